@@ -1,0 +1,134 @@
+// Package attach owns the attachment lifecycle: it records an attachment, applies its CNI ADD through
+// cnibridge, and is the one teardown path (CNI DEL, then forget) for every caller.
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/state"
+)
+
+// Manager creates, hands over and removes attachments. Operations on one attachment are serialized (libcni
+// has no locking of its own); different attachments proceed in parallel.
+type Manager struct {
+	store *state.Store
+	cni   *cnibridge.Runner
+	log   *slog.Logger
+	locks keyedMutex
+}
+
+// NewManager returns a Manager over the store and runner.
+func NewManager(store *state.Store, cni *cnibridge.Runner, log *slog.Logger) *Manager {
+	return &Manager{store: store, cni: cni, log: log}
+}
+
+// Store returns the state store the manager records into.
+func (m *Manager) Store() *state.Store { return m.store }
+
+// Runner returns the CNI runner.
+func (m *Manager) Runner() *cnibridge.Runner { return m.cni }
+
+// Add plans the attachment, records it as adding, runs CNI ADD, and records the result with the phase and
+// owners given in owner. On failure nothing is left behind: not the CNI side, not the record.
+func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state.Attachment) (*state.Attachment, error) {
+	planned, err := m.cni.Plan(req)
+	if err != nil {
+		return nil, err
+	}
+	unlock := m.locks.lock(planned.ContainerID)
+	defer unlock()
+
+	rec := owner
+	rec.Attachment = *planned
+	rec.Created = time.Now().UTC()
+	final := rec.Phase
+	rec.Phase = state.PhaseAdding
+	if err := m.store.PutAttachment(&rec); err != nil {
+		return nil, fmt.Errorf("recording attachment: %w", err)
+	}
+	if err := m.cni.Add(ctx, &rec.Attachment); err != nil {
+		if derr := m.store.DeleteAttachment(&rec); derr != nil {
+			m.log.Error("forgetting failed attachment", "attachment", rec.ID(), "error", derr)
+		}
+		return nil, err
+	}
+	rec.Phase = final
+	if err := m.store.PutAttachment(&rec); err != nil {
+		err = fmt.Errorf("recording attachment: %w", err)
+		if terr := m.cni.Teardown(context.WithoutCancel(ctx), &rec.Attachment); terr != nil {
+			return nil, errors.Join(err, terr)
+		}
+		return nil, err
+	}
+	m.log.Info("attachment added", "attachment", rec.ID(), "cni_network", rec.Network,
+		"address", rec.Interface.IPv4, "address_v6", rec.Interface.IPv6, "endpoint", rec.EndpointID)
+	return &rec, nil
+}
+
+// Join hands the attachment's link to the host netns for Docker to move into the container.
+func (m *Manager) Join(a *state.Attachment) error {
+	unlock := m.locks.lock(a.ID())
+	defer unlock()
+	if err := m.cni.MoveToHost(&a.Attachment); err != nil {
+		return err
+	}
+	a.Phase = state.PhaseJoined
+	return m.store.PutAttachment(a)
+}
+
+// Remove tears the attachment down (CNI DEL with its recorded conflist and args) and forgets it. When DEL
+// fails the record is kept so that a later Remove (or reconciliation) can retry.
+func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
+	unlock := m.locks.lock(a.ID())
+	defer unlock()
+	if err := m.cni.Teardown(ctx, &a.Attachment); err != nil {
+		return err
+	}
+	if err := m.store.DeleteAttachment(a); err != nil {
+		return fmt.Errorf("forgetting attachment %s: %w", a.ID(), err)
+	}
+	m.log.Info("attachment removed", "attachment", a.ID(), "cni_network", a.Network,
+		"address", a.Interface.IPv4, "endpoint", a.EndpointID)
+	return nil
+}
+
+// keyedMutex is a set of mutexes created on demand and dropped when unused.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*refMutex
+}
+
+type refMutex struct {
+	sync.Mutex
+	refs int
+}
+
+func (k *keyedMutex) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*refMutex{}
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &refMutex{}
+		k.locks[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		l.refs--
+		if l.refs == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
+}

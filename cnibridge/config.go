@@ -1,0 +1,276 @@
+// Package cnibridge runs CNI networks for Docker endpoints: it resolves conflists, runs libcni ADD/DEL in
+// per-attachment staging network namespaces, moves the resulting link to and from the host, and tears
+// attachments down.
+package cnibridge
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/containernetworking/cni/libcni"
+)
+
+// validName is the CNI spec's rule for network names; it also keeps a Docker user from naming a path.
+var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)
+
+// Network is a parsed CNI network configuration list together with the exact bytes it was parsed from.
+type Network struct {
+	Name  string
+	Bytes []byte
+	List  *libcni.NetworkConfigList
+	// File is the conflist's path at resolve time (for messages only).
+	File string
+}
+
+// Range is an address range a CNI network declares in its IPAM configuration.
+type Range struct {
+	Subnet  *net.IPNet
+	Gateway net.IP // nil when the range declares none and the IPAM type has no default
+}
+
+// ParseNetwork parses conflist bytes (a .conflist, or a single-plugin .conf which is wrapped into a list).
+func ParseNetwork(data []byte) (*Network, error) {
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return nil, fmt.Errorf("invalid JSON: %w", err)
+	}
+	var list *libcni.NetworkConfigList
+	var err error
+	if _, ok := probe["plugins"]; ok {
+		list, err = libcni.NetworkConfFromBytes(data)
+	} else {
+		var conf *libcni.PluginConfig
+		conf, err = libcni.NetworkPluginConfFromBytes(data)
+		if err == nil {
+			list, err = libcni.ConfListFromConf(conf)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(list.Plugins) == 0 {
+		return nil, fmt.Errorf("network %q has no plugins", list.Name)
+	}
+	for i, p := range list.Plugins {
+		if p.Network.Type == "" {
+			return nil, fmt.Errorf("network %q: plugin %d has no type", list.Name, i)
+		}
+		if !validName.MatchString(p.Network.Type) {
+			return nil, fmt.Errorf("network %q: plugin type %q is not a plain program name", list.Name, p.Network.Type)
+		}
+		if t := p.Network.IPAM.Type; t != "" && !validName.MatchString(t) {
+			return nil, fmt.Errorf("network %q: ipam type %q is not a plain program name", list.Name, t)
+		}
+	}
+	return &Network{Name: list.Name, Bytes: list.Bytes, List: list}, nil
+}
+
+// ResolveNetwork finds the CNI network called name (the "name" inside the file, not the file name) in confDir.
+// Files are read in lexical order and the first match wins, as libcni does. The error lists the names that
+// exist and any files that could not be parsed, so the operator can see what went wrong.
+func ResolveNetwork(confDir, name string) (*Network, error) {
+	if !validName.MatchString(name) {
+		return nil, fmt.Errorf("invalid CNI network name %q: it must match %s", name, validName)
+	}
+	files, err := libcni.ConfFiles(confDir, []string{".conflist", ".conf", ".json"})
+	if err != nil {
+		return nil, fmt.Errorf("reading CNI conf dir %s: %w", confDir, err)
+	}
+	sort.Strings(files)
+	var names, broken []string
+	for _, f := range files {
+		data, err := readConfFile(f)
+		if err != nil {
+			broken = append(broken, fmt.Sprintf("%s: %v", filepath.Base(f), err))
+			continue
+		}
+		n, err := ParseNetwork(data)
+		if err != nil {
+			broken = append(broken, fmt.Sprintf("%s: %v", filepath.Base(f), err))
+			continue
+		}
+		if n.Name == name {
+			n.File = f
+			return n, nil
+		}
+		names = append(names, n.Name)
+	}
+	msg := fmt.Sprintf("no CNI network named %q in %s", name, confDir)
+	if len(names) > 0 {
+		msg += fmt.Sprintf(" (networks found: %s)", strings.Join(names, ", "))
+	} else {
+		msg += " (no CNI networks found there)"
+	}
+	if len(broken) > 0 {
+		msg += fmt.Sprintf("; unparsable files: %s", strings.Join(broken, "; "))
+	}
+	return nil, errors.New(msg)
+}
+
+// maxConfSize bounds what is read from the conf dir; real conflists are a few KiB.
+const maxConfSize = 1 << 20
+
+func readConfFile(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > maxConfSize {
+		return nil, fmt.Errorf("file is larger than %d bytes", maxConfSize)
+	}
+	return os.ReadFile(path)
+}
+
+// ipamSection is the part of a plugin's configuration that declares addresses.
+type ipamSection struct {
+	Type    string `json:"type"`
+	Subnet  string `json:"subnet"`
+	Gateway string `json:"gateway"`
+	Ranges  [][]struct {
+		Subnet  string `json:"subnet"`
+		Gateway string `json:"gateway"`
+	} `json:"ranges"`
+}
+
+// DeclaredRanges returns the address ranges the network's IPAM declares (host-local style "ranges" or the
+// legacy "subnet"), and the IPAM type. Networks whose addresses come from elsewhere (dhcp, calico-ipam,
+// whereabouts) declare none. For host-local the default gateway is the subnet's first address.
+func (n *Network) DeclaredRanges() (ranges []Range, ipamType string) {
+	for _, p := range n.List.Plugins {
+		var conf struct {
+			IPAM ipamSection `json:"ipam"`
+		}
+		if err := json.Unmarshal(p.Bytes, &conf); err != nil || conf.IPAM.Type == "" {
+			continue
+		}
+		ipamType = conf.IPAM.Type
+		add := func(subnet, gw string) {
+			_, sn, err := net.ParseCIDR(subnet)
+			if err != nil {
+				return
+			}
+			r := Range{Subnet: sn}
+			if g := net.ParseIP(gw); g != nil {
+				r.Gateway = g
+			} else if ipamType == "host-local" {
+				r.Gateway = nextIP(sn.IP)
+			}
+			ranges = append(ranges, r)
+		}
+		if conf.IPAM.Subnet != "" {
+			add(conf.IPAM.Subnet, conf.IPAM.Gateway)
+		}
+		for _, set := range conf.IPAM.Ranges {
+			for _, r := range set {
+				add(r.Subnet, r.Gateway)
+			}
+		}
+		return ranges, ipamType
+	}
+	return nil, ""
+}
+
+// FirstRange returns the first declared range of the given family, or nil.
+func (n *Network) FirstRange(v6 bool) *Range {
+	ranges, _ := n.DeclaredRanges()
+	for i := range ranges {
+		if (ranges[i].Subnet.IP.To4() == nil) == v6 {
+			return &ranges[i]
+		}
+	}
+	return nil
+}
+
+// Capabilities returns the capabilities any plugin in the chain declares.
+func (n *Network) Capabilities() map[string]bool {
+	caps := map[string]bool{}
+	for _, p := range n.List.Plugins {
+		for c, on := range p.Network.Capabilities {
+			if on {
+				caps[c] = true
+			}
+		}
+	}
+	return caps
+}
+
+// PluginTypes lists the plugin programs the chain runs, including IPAM plugins.
+func (n *Network) PluginTypes() []string {
+	var types []string
+	for _, p := range n.List.Plugins {
+		types = append(types, p.Network.Type)
+		if p.Network.IPAM.Type != "" {
+			types = append(types, p.Network.IPAM.Type)
+		}
+	}
+	return types
+}
+
+// masqueradesByLinkAddress reports whether DEL of this chain finds what to clean up by reading the addresses
+// of CNI_IFNAME: bridge and ptp with ipMasq remove their CNI-xxx chain using those addresses, so DEL needs a
+// link carrying them even when the real one is gone.
+func (n *Network) masqueradesByLinkAddress() bool {
+	for _, p := range n.List.Plugins {
+		if p.Network.Type != "bridge" && p.Network.Type != "ptp" {
+			continue
+		}
+		var conf struct {
+			IPMasq bool `json:"ipMasq"`
+		}
+		if json.Unmarshal(p.Bytes, &conf) == nil && conf.IPMasq {
+			return true
+		}
+	}
+	return false
+}
+
+func nextIP(ip net.IP) net.IP {
+	out := make(net.IP, len(ip))
+	copy(out, ip)
+	for i := len(out) - 1; i >= 0; i-- {
+		out[i]++
+		if out[i] != 0 {
+			break
+		}
+	}
+	return out
+}
+
+// RequestArgs builds the CNI_ARGS and capability args that ask the network for specific addresses (CIDRs)
+// and a MAC: the "ips"/"mac" capabilities where the chain declares them, else IP=/MAC= in CNI_ARGS, which
+// host-local, static, bridge, macvlan and tuning read. IgnoreUnknown=1 keeps plugins that do not know a key
+// from failing.
+func RequestArgs(n *Network, addresses []string, mac string) ([][2]string, map[string]any) {
+	args := [][2]string{{"IgnoreUnknown", "1"}}
+	caps := map[string]any{}
+	declared := n.Capabilities()
+	if len(addresses) > 0 {
+		if declared["ips"] {
+			caps["ips"] = addresses
+		} else {
+			// CNI_ARGS carries one IP; host-local takes it for its first range set.
+			ip, _, err := net.ParseCIDR(addresses[0])
+			if err == nil {
+				args = append(args, [2]string{"IP", ip.String()})
+			}
+		}
+	}
+	if mac != "" {
+		if declared["mac"] {
+			caps["mac"] = mac
+		} else {
+			args = append(args, [2]string{"MAC", mac})
+		}
+	}
+	if len(caps) == 0 {
+		caps = nil
+	}
+	return args, caps
+}

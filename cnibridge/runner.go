@@ -1,0 +1,487 @@
+package cnibridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// StagingIfName is CNI_IFNAME for every attachment: each attachment has a staging netns of its own, and Docker
+// renames the link to eth<N> when it moves it into the container.
+const StagingIfName = "eth0"
+
+// Config configures a Runner.
+type Config struct {
+	BinDirs  []string
+	CacheDir string // libcni cache dir (results/<net>-<cid>-<ifname>)
+	NetNSDir string // where staging namespaces are pinned
+	Timeout  time.Duration
+	Logger   *slog.Logger
+}
+
+// Runner performs CNI operations for attachments. It holds no per-attachment state: callers persist the
+// Attachment it returns and serialize operations on one attachment.
+type Runner struct {
+	cni      *libcni.CNIConfig
+	binDirs  []string
+	netnsDir string
+	timeout  time.Duration
+	hostNS   netns.NsHandle
+	log      *slog.Logger
+}
+
+// NewRunner opens a handle on the caller's (host) network namespace; Close releases it.
+func NewRunner(cfg Config) (*Runner, error) {
+	host, err := netns.GetFromPath("/proc/self/ns/net")
+	if err != nil {
+		return nil, fmt.Errorf("opening host netns: %w", err)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Runner{
+		cni:      libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, &boundedExec{}),
+		binDirs:  cfg.BinDirs,
+		netnsDir: cfg.NetNSDir,
+		timeout:  cfg.Timeout,
+		hostNS:   host,
+		log:      cfg.Logger,
+	}, nil
+}
+
+// Close releases the host netns handle.
+func (r *Runner) Close() error { return r.hostNS.Close() }
+
+// Timeout is the deadline applied to each CNI operation.
+func (r *Runner) Timeout() time.Duration { return r.timeout }
+
+// Attachment is one CNI attachment and everything needed to find and delete it later. It is stored as JSON.
+type Attachment struct {
+	ContainerID    string         `json:"containerID"` // CNI_CONTAINERID
+	IfName         string         `json:"ifName"`      // CNI_IFNAME in the staging netns
+	NetNS          string         `json:"netns"`       // staging netns path
+	HostIfName     string         `json:"hostIfName"`  // link name while it waits in the host netns
+	Network        string         `json:"network"`     // CNI network name
+	Conflist       []byte         `json:"conflist"`    // exact bytes used for ADD, reused for DEL
+	Args           [][2]string    `json:"args,omitempty"`
+	CapabilityArgs map[string]any `json:"capabilityArgs,omitempty"`
+	Interface      Interface      `json:"interface"`
+}
+
+// Interface is what the CNI plugins configured on the attachment's link, read from the staging netns.
+type Interface struct {
+	IPv4        string   `json:"ipv4,omitempty"` // CIDR
+	IPv6        string   `json:"ipv6,omitempty"` // CIDR
+	Extra       []string `json:"extra,omitempty"`
+	MAC         string   `json:"mac,omitempty"`
+	MTU         int      `json:"mtu,omitempty"`
+	Gateway     string   `json:"gateway,omitempty"`
+	GatewayIPv6 string   `json:"gatewayIPv6,omitempty"`
+	Routes      []Route  `json:"routes,omitempty"`
+}
+
+// Addresses lists every address the link carried after ADD.
+func (i Interface) Addresses() []string {
+	var out []string
+	for _, a := range append([]string{i.IPv4, i.IPv6}, i.Extra...) {
+		if a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Route is a non-default route of the link. Connected routes have no next hop (Docker RouteType 1).
+type Route struct {
+	Destination string `json:"destination"`
+	NextHop     string `json:"nextHop,omitempty"`
+}
+
+// AddRequest asks for one attachment of a container to a CNI network.
+type AddRequest struct {
+	ContainerID    string
+	Network        *Network
+	Args           [][2]string
+	CapabilityArgs map[string]any
+}
+
+// Plan names everything an attachment will create (staging netns, host link name) without creating it, so
+// the caller can record the attachment before applying it.
+func (r *Runner) Plan(req AddRequest) (*Attachment, error) {
+	if len(req.ContainerID) < 12 || !validName.MatchString(req.ContainerID) {
+		return nil, fmt.Errorf("invalid attachment id %q", req.ContainerID)
+	}
+	short := req.ContainerID[:12]
+	return &Attachment{
+		ContainerID:    req.ContainerID,
+		IfName:         StagingIfName,
+		NetNS:          filepath.Join(r.netnsDir, "cniplug-"+short),
+		HostIfName:     "cnp" + short,
+		Network:        req.Network.Name,
+		Conflist:       req.Network.Bytes,
+		Args:           req.Args,
+		CapabilityArgs: req.CapabilityArgs,
+	}, nil
+}
+
+// Add creates the planned staging netns, runs CNI ADD into it and reads back the link into att.Interface. On
+// any failure everything it created is torn down again and the error carries the plugin's message.
+func (r *Runner) Add(ctx context.Context, att *Attachment) error {
+	nw, err := ParseNetwork(att.Conflist)
+	if err != nil {
+		return fmt.Errorf("conflist of CNI network %q: %w", att.Network, err)
+	}
+	if err := createNetNS(att.NetNS); err != nil {
+		return fmt.Errorf("creating staging netns: %w", err)
+	}
+	addCtx, cancel := context.WithTimeout(ctx, r.timeout)
+	_, err = r.cni.AddNetworkList(addCtx, nw.List, att.runtimeConf())
+	timedOut := errors.Is(addCtx.Err(), context.DeadlineExceeded)
+	cancel()
+	if err == nil {
+		var iface *Interface
+		if iface, err = r.readInterface(att); err == nil {
+			att.Interface = *iface
+			return nil
+		}
+		err = fmt.Errorf("reading the interface CNI created: %w", err)
+	} else if timedOut {
+		err = fmt.Errorf("CNI ADD did not finish within %s (plugin killed): %w", r.timeout, err)
+	} else {
+		err = fmt.Errorf("CNI ADD failed: %w", err)
+	}
+	// libcni does not DEL after a failed ADD; the runtime must (CNI spec: DEL after a failed ADD).
+	if terr := r.Teardown(context.WithoutCancel(ctx), att); terr != nil {
+		err = fmt.Errorf("%w; rollback also failed: %v", err, terr)
+	}
+	return err
+}
+
+// MoveToHost renames the attachment's link to its HostIfName and moves it into the host netns, where
+// libnetwork picks it up (Join SrcName). Calling it again once the link is in the host is a no-op.
+func (r *Runner) MoveToHost(att *Attachment) error {
+	host, err := netlink.NewHandleAt(r.hostNS)
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	if _, err := host.LinkByName(att.HostIfName); err == nil {
+		return nil
+	}
+	return r.inStaging(att, func(stage *netlink.Handle) error {
+		l, err := stage.LinkByName(att.IfName)
+		if err != nil {
+			return fmt.Errorf("link %s not found in staging netns %s: %w", att.IfName, att.NetNS, err)
+		}
+		// The kernel refuses to rename a running interface.
+		if err := stage.LinkSetDown(l); err != nil {
+			return fmt.Errorf("setting %s down: %w", att.IfName, err)
+		}
+		if err := stage.LinkSetName(l, att.HostIfName); err != nil {
+			return fmt.Errorf("renaming %s to %s: %w", att.IfName, att.HostIfName, err)
+		}
+		if err := stage.LinkSetNsFd(l, int(r.hostNS)); err != nil {
+			// Put the name back so a later teardown finds the link where it expects it.
+			_ = stage.LinkSetName(l, att.IfName)
+			return fmt.Errorf("moving %s to the host netns: %w", att.HostIfName, err)
+		}
+		return nil
+	})
+}
+
+// Teardown is the one way an attachment is removed. It puts the link back into the staging netns under its
+// ADD-time name with its addresses (recreating the netns, or a stand-in link, when they are gone, e.g. after
+// a killed container or a reboot), runs CNI DEL with the recorded conflist and args, and removes the staging
+// netns. It is safe to call again after a failure or a success.
+func (r *Runner) Teardown(ctx context.Context, att *Attachment) error {
+	nw, err := ParseNetwork(att.Conflist)
+	if err != nil {
+		return fmt.Errorf("recorded conflist of CNI network %q is unusable: %w", att.Network, err)
+	}
+	if !isNetNS(att.NetNS) {
+		_ = removeNetNS(att.NetNS)
+		if err := createNetNS(att.NetNS); err != nil {
+			return fmt.Errorf("recreating staging netns for DEL: %w", err)
+		}
+	}
+	if err := r.returnLink(att, nw); err != nil {
+		// DEL still runs: it releases addresses and rules even when the link cannot be recovered.
+		r.log.Warn("could not return link to staging netns before CNI DEL", "attachment", att.ContainerID, "network", att.Network, "error", err)
+	}
+	delCtx, cancel := context.WithTimeout(ctx, r.timeout)
+	err = r.cni.DelNetworkList(delCtx, nw.List, att.runtimeConf())
+	timedOut := errors.Is(delCtx.Err(), context.DeadlineExceeded)
+	cancel()
+	if err != nil {
+		if timedOut {
+			return fmt.Errorf("CNI DEL on network %q did not finish within %s: %w", att.Network, r.timeout, err)
+		}
+		return fmt.Errorf("CNI DEL on network %q failed: %w", att.Network, err)
+	}
+	if err := removeNetNS(att.NetNS); err != nil {
+		return err
+	}
+	// A link left in the host (its move back failed) would otherwise outlive the attachment.
+	if host, err := netlink.NewHandleAt(r.hostNS); err == nil {
+		if l, err := host.LinkByName(att.HostIfName); err == nil {
+			_ = host.LinkDel(l)
+		}
+		host.Close()
+	}
+	return nil
+}
+
+// returnLink makes sure CNI_IFNAME exists in the staging netns with the attachment's addresses.
+func (r *Runner) returnLink(att *Attachment, nw *Network) error {
+	host, err := netlink.NewHandleAt(r.hostNS)
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	return r.inStaging(att, func(stage *netlink.Handle) error {
+		l, err := stage.LinkByName(att.IfName)
+		if err != nil {
+			l, err = stage.LinkByName(att.HostIfName)
+			if err != nil {
+				if hl, herr := host.LinkByName(att.HostIfName); herr == nil {
+					_ = host.LinkSetDown(hl)
+					fd, ferr := netns.GetFromPath(att.NetNS)
+					if ferr != nil {
+						return ferr
+					}
+					err = host.LinkSetNsFd(hl, int(fd))
+					fd.Close()
+					if err != nil {
+						return fmt.Errorf("moving %s back to staging netns: %w", att.HostIfName, err)
+					}
+					l, err = stage.LinkByName(att.HostIfName)
+				}
+			}
+			if err == nil {
+				_ = stage.LinkSetDown(l)
+				if err := stage.LinkSetName(l, att.IfName); err != nil {
+					return fmt.Errorf("renaming %s back to %s: %w", att.HostIfName, att.IfName, err)
+				}
+			}
+		}
+		if l == nil || err != nil {
+			if !nw.masqueradesByLinkAddress() || len(att.Interface.Addresses()) == 0 {
+				return nil // nothing to recover and DEL does not need it
+			}
+			// A stand-in carrying the addresses lets bridge/ptp DEL find and remove the CNI-xxx masquerade chain.
+			if err := stage.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: att.IfName}}); err != nil {
+				return fmt.Errorf("creating stand-in link for DEL: %w", err)
+			}
+			if l, err = stage.LinkByName(att.IfName); err != nil {
+				return err
+			}
+		}
+		for _, a := range att.Interface.Addresses() {
+			addr, err := netlink.ParseAddr(a)
+			if err != nil {
+				continue
+			}
+			if err := stage.AddrAdd(l, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("restoring address %s on %s: %w", a, att.IfName, err)
+			}
+		}
+		return nil
+	})
+}
+
+func (r *Runner) inStaging(att *Attachment, fn func(*netlink.Handle) error) error {
+	ns, err := netns.GetFromPath(att.NetNS)
+	if err != nil {
+		return fmt.Errorf("opening staging netns %s: %w", att.NetNS, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink handle in %s: %w", att.NetNS, err)
+	}
+	defer h.Close()
+	return fn(h)
+}
+
+// readInterface reads the link's MAC, MTU, addresses and routes from the staging netns. The netns, not the
+// CNI result, is the truth: Calico's result, for one, lists no container routes.
+func (r *Runner) readInterface(att *Attachment) (*Interface, error) {
+	iface := &Interface{}
+	err := r.inStaging(att, func(stage *netlink.Handle) error {
+		l, err := stage.LinkByName(att.IfName)
+		if err != nil {
+			return fmt.Errorf("CNI reported success but %s does not exist in the staging netns: %w", att.IfName, err)
+		}
+		iface.MAC = l.Attrs().HardwareAddr.String()
+		iface.MTU = l.Attrs().MTU
+		addrs, err := stage.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			return err
+		}
+		var nets []*net.IPNet
+		for _, a := range addrs {
+			if !a.IP.IsGlobalUnicast() {
+				continue
+			}
+			nets = append(nets, a.IPNet)
+			switch {
+			case a.IP.To4() != nil && iface.IPv4 == "":
+				iface.IPv4 = a.IPNet.String()
+			case a.IP.To4() == nil && iface.IPv6 == "":
+				iface.IPv6 = a.IPNet.String()
+			default:
+				iface.Extra = append(iface.Extra, a.IPNet.String())
+			}
+		}
+		routes, err := stage.RouteListFiltered(netlink.FAMILY_ALL,
+			&netlink.Route{LinkIndex: l.Attrs().Index, Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return err
+		}
+		connected := map[string]bool{}
+		for _, rt := range routes {
+			if rt.Protocol == unix.RTPROT_KERNEL || len(rt.MultiPath) > 0 {
+				continue // the kernel re-creates subnet routes when Docker adds the address
+			}
+			isDefault := rt.Dst == nil || (rt.Dst.IP.IsUnspecified() && maskBits(rt.Dst) == 0)
+			if isDefault && rt.Gw != nil {
+				if rt.Gw.To4() != nil && iface.Gateway == "" {
+					iface.Gateway = rt.Gw.String()
+					continue
+				}
+				if rt.Gw.To4() == nil && iface.GatewayIPv6 == "" {
+					iface.GatewayIPv6 = rt.Gw.String()
+					continue
+				}
+			}
+			if rt.Dst == nil || rt.Dst.IP.IsLinkLocalUnicast() || rt.Dst.IP.IsMulticast() {
+				continue
+			}
+			if rt.Gw == nil {
+				connected[rt.Dst.String()] = true
+			}
+			iface.Routes = append(iface.Routes, subnetSafeRoutes(rt.Dst, rt.Gw, nets)...)
+		}
+		// An off-subnet gateway (Calico's 169.254.1.1) is only reachable through a connected /32 route.
+		for _, gw := range []string{iface.Gateway, iface.GatewayIPv6} {
+			ip := net.ParseIP(gw)
+			if ip == nil || onLink(ip, nets) {
+				continue
+			}
+			host := hostNet(ip)
+			if !connected[host.String()] {
+				iface.Routes = append([]Route{{Destination: host.String()}}, iface.Routes...)
+			}
+		}
+		return nil
+	})
+	return iface, err
+}
+
+// subnetSafeRoutes converts a CNI route into routes Docker can add. When Docker puts an address on the link
+// the kernel adds an on-link route for the address's subnet, so a CNI route to that same subnet cannot be
+// added (EEXIST): ptp, for one, routes its subnet via the gateway instead. The on-link duplicate is dropped,
+// and a via-gateway route is split into its two halves, which are more specific than the kernel's route and
+// so send the traffic exactly where CNI did.
+func subnetSafeRoutes(dst *net.IPNet, gw net.IP, addrs []*net.IPNet) []Route {
+	for _, a := range addrs {
+		subnet := &net.IPNet{IP: a.IP.Mask(a.Mask), Mask: a.Mask}
+		if subnet.String() != dst.String() {
+			continue
+		}
+		if gw == nil {
+			return nil
+		}
+		ones, bits := dst.Mask.Size()
+		if ones == bits {
+			break
+		}
+		lower := &net.IPNet{IP: dst.IP.Mask(dst.Mask), Mask: net.CIDRMask(ones+1, bits)}
+		upper := &net.IPNet{IP: append(net.IP(nil), lower.IP...), Mask: lower.Mask}
+		upper.IP[(ones)/8] |= 0x80 >> (ones % 8)
+		return []Route{{Destination: lower.String(), NextHop: gw.String()}, {Destination: upper.String(), NextHop: gw.String()}}
+	}
+	r := Route{Destination: dst.String()}
+	if gw != nil {
+		r.NextHop = gw.String()
+	}
+	return []Route{r}
+}
+
+func maskBits(n *net.IPNet) int { ones, _ := n.Mask.Size(); return ones }
+
+func onLink(ip net.IP, nets []*net.IPNet) bool {
+	for _, n := range nets {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func hostNet(ip net.IP) *net.IPNet {
+	if ip4 := ip.To4(); ip4 != nil {
+		return &net.IPNet{IP: ip4, Mask: net.CIDRMask(32, 32)}
+	}
+	return &net.IPNet{IP: ip, Mask: net.CIDRMask(128, 128)}
+}
+
+func (a *Attachment) runtimeConf() *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{
+		ContainerID:    a.ContainerID,
+		NetNS:          a.NetNS,
+		IfName:         a.IfName,
+		Args:           a.Args,
+		CapabilityArgs: a.CapabilityArgs,
+	}
+}
+
+// Validate checks that every plugin of the network (including IPAM plugins) exists in the bin dirs and
+// supports the network's CNI version.
+func (r *Runner) Validate(ctx context.Context, nw *Network) error {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	for _, t := range nw.PluginTypes() {
+		if _, err := invoke.FindInPath(t, r.binDirs); err != nil {
+			return fmt.Errorf("CNI plugin %q not found in %s", t, strings.Join(r.binDirs, ":"))
+		}
+	}
+	if _, err := r.cni.ValidateNetworkList(ctx, nw.List); err != nil {
+		return fmt.Errorf("CNI network %q is not usable: %w", nw.Name, err)
+	}
+	return nil
+}
+
+// boundedExec runs plugins with only the CNI_* variables and PATH (plugins such as portmap exec iptables),
+// not cniplug's whole environment.
+type boundedExec struct{ invoke.RawExec }
+
+func (e *boundedExec) Decode(jsonBytes []byte) (version.PluginInfo, error) {
+	return (&version.PluginDecoder{}).Decode(jsonBytes)
+}
+
+func (e *boundedExec) ExecPlugin(ctx context.Context, pluginPath string, stdinData []byte, environ []string) ([]byte, error) {
+	env := make([]string, 0, 8)
+	for _, kv := range environ {
+		if strings.HasPrefix(kv, "CNI_") || strings.HasPrefix(kv, "PATH=") {
+			env = append(env, kv)
+		}
+	}
+	return e.RawExec.ExecPlugin(ctx, pluginPath, stdinData, env)
+}

@@ -1,0 +1,433 @@
+// Package driver is cniplug's libnetwork NetworkDriver: it binds Docker networks to CNI networks and turns
+// endpoint create/join/leave/delete into CNI attachments.
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/cniplug/cniplug/attach"
+	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/ipam"
+	"github.com/cniplug/cniplug/state"
+	"github.com/docker/go-plugins-helpers/network"
+)
+
+// Option keys understood in `docker network create --opt`.
+const (
+	OptCNI = "cni"
+
+	genericOptions = "com.docker.network.generic"
+)
+
+var knownOptions = []string{OptCNI}
+
+// Driver implements the NetworkDriver side of cniplug.
+type Driver struct {
+	name    string // the driver name Docker knows us by, for messages
+	confDir string
+	mgr     *attach.Manager
+	store   *state.Store
+	log     *slog.Logger
+}
+
+// New returns a Driver.
+func New(name, confDir string, mgr *attach.Manager, log *slog.Logger) *Driver {
+	return &Driver{name: name, confDir: confDir, mgr: mgr, store: mgr.Store(), log: log}
+}
+
+func (d *Driver) errorf(netID, format string, args ...any) error {
+	return fmt.Errorf("%s: network %s: %w", d.name, short(netID), fmt.Errorf(format, args...))
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// GetCapabilities reports a local-scope driver.
+func (d *Driver) GetCapabilities(context.Context, *struct{}) (*network.CapabilitiesResponse, error) {
+	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
+}
+
+// CreateNetwork binds the Docker network to the CNI network named by --opt cni, after checking that the CNI
+// network exists, its plugins are present, and the addressing Docker chose can work with it. The conflist
+// bytes are recorded so later edits of the file cannot break DEL of existing attachments.
+func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRequest) (*struct{}, error) {
+	if _, err := d.store.Network(req.NetworkID); err == nil {
+		return nil, nil // Docker may replay CreateNetwork for a network it already created
+	}
+	opts, err := stringOptions(req.Options[genericOptions])
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "%v", err)
+	}
+	var unknown []string
+	for k := range opts {
+		if !contains(knownOptions, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, d.errorf(req.NetworkID, "unknown option(s) %s: %s understands --opt %s",
+			strings.Join(unknown, ", "), d.name, strings.Join(knownOptions, ", "))
+	}
+	cniName := opts[OptCNI]
+	if cniName == "" {
+		return nil, d.errorf(req.NetworkID, "missing --opt cni=<name>: say which CNI network (the \"name\" in a conflist in %s) this Docker network uses", d.confDir)
+	}
+	nw, err := cnibridge.ResolveNetwork(d.confDir, cniName)
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "%w", err)
+	}
+	if err := d.mgr.Runner().Validate(ctx, nw); err != nil {
+		return nil, d.errorf(req.NetworkID, "%w", err)
+	}
+	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC()}
+	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
+		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
+		rec.Mode = modeOf(v4.AddressSpace)
+	} else {
+		rec.Mode = state.ModeNull
+	}
+	if v6 := firstIPAM(req.IPv6Data); v6 != nil {
+		rec.IPv6Pool = v6.Pool
+	}
+	switch rec.Mode {
+	case state.ModeDocker:
+		if err := checkDockerPool(nw, firstIPAM(req.IPv4Data), false); err != nil {
+			return nil, d.errorf(req.NetworkID, "%w", err)
+		}
+		if v6 := firstIPAM(req.IPv6Data); v6 != nil {
+			if err := checkDockerPool(nw, v6, true); err != nil {
+				return nil, d.errorf(req.NetworkID, "%w", err)
+			}
+		}
+	case state.ModeCNIIPAM:
+		if err := d.checkCNIPool(nw, rec.IPv4Pool); err != nil {
+			return nil, d.errorf(req.NetworkID, "%w", err)
+		}
+	}
+	if err := d.store.PutNetwork(rec); err != nil {
+		return nil, d.errorf(req.NetworkID, "recording network: %w", err)
+	}
+	d.log.Info("network created", "network", req.NetworkID, "cni_network", nw.Name, "file", nw.File, "mode", rec.Mode)
+	return nil, nil
+}
+
+func modeOf(addressSpace string) state.AddressMode {
+	switch addressSpace {
+	case ipam.LocalAddressSpace, ipam.GlobalAddressSpace:
+		return state.ModeCNIIPAM
+	case "null":
+		return state.ModeNull
+	default:
+		return state.ModeDocker
+	}
+}
+
+// checkDockerPool verifies that addresses from Docker's IPAM pool can be requested from the CNI network: the
+// pool and gateway must be the ones the conflist declares, else CNI would hand out other addresses.
+func checkDockerPool(nw *cnibridge.Network, data *network.IPAMData, v6 bool) error {
+	family := "IPv4"
+	subnetFlag, gwFlag := "--subnet", "--gateway"
+	if v6 {
+		family = "IPv6"
+	}
+	r := nw.FirstRange(v6)
+	if r == nil {
+		_, ipamType := nw.DeclaredRanges()
+		return fmt.Errorf("CNI network %q declares no fixed %s range (ipam type %q), so Docker's IPAM cannot choose its addresses: "+
+			"create the network with --ipam-driver cniplug --ipam-opt cni=%s (addresses from CNI), or --ipam-driver null",
+			nw.Name, family, ipamType, nw.Name)
+	}
+	_, pool, err := net.ParseCIDR(data.Pool)
+	if err != nil {
+		return fmt.Errorf("docker sent an unparsable %s pool %q: %w", family, data.Pool, err)
+	}
+	gw := ""
+	if data.Gateway != "" {
+		if ip, _, err := net.ParseCIDR(data.Gateway); err == nil {
+			gw = ip.String()
+		}
+	}
+	wantGW := ""
+	if r.Gateway != nil {
+		wantGW = r.Gateway.String()
+	}
+	if pool.String() == r.Subnet.String() && (wantGW == "" || gw == wantGW) {
+		return nil
+	}
+	flags := fmt.Sprintf("%s %s", subnetFlag, r.Subnet)
+	if wantGW != "" {
+		flags += fmt.Sprintf(" %s %s", gwFlag, wantGW)
+	}
+	return fmt.Errorf("CNI network %q assigns %s addresses from %s (gateway %s) but Docker's IPAM chose %s (gateway %s): "+
+		"create the network with %s, or use --ipam-driver cniplug --ipam-opt cni=%s",
+		nw.Name, family, r.Subnet, orNone(wantGW), pool, orNone(gw), flags, nw.Name)
+}
+
+func (d *Driver) checkCNIPool(nw *cnibridge.Network, pool string) error {
+	pools, err := d.store.Pools()
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, p := range pools {
+		if p.CIDR == pool && !p.V6 {
+			if p.CNIName == nw.Name {
+				return nil
+			}
+			names = append(names, p.CNIName)
+		}
+	}
+	return fmt.Errorf("the network uses %s IPAM for CNI network %s but --opt cni=%s: pass the same CNI network to --opt cni and --ipam-opt cni",
+		d.name, strings.Join(names, "/"), nw.Name)
+}
+
+// DeleteNetwork forgets the network, tearing down any attachment Docker did not delete first.
+func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRequest) (*struct{}, error) {
+	atts, err := d.store.Attachments()
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "reading state: %w", err)
+	}
+	var errs []error
+	for _, a := range atts {
+		if a.NetworkID == req.NetworkID {
+			if err := d.mgr.Remove(ctx, a); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, d.errorf(req.NetworkID, "removing leftover attachments: %w", errors.Join(errs...))
+	}
+	if err := d.store.DeleteNetwork(req.NetworkID); err != nil {
+		return nil, d.errorf(req.NetworkID, "forgetting network: %w", err)
+	}
+	d.log.Info("network deleted", "network", req.NetworkID)
+	return nil, nil
+}
+
+// CreateEndpoint creates (or, with cniplug IPAM, claims) the endpoint's CNI attachment in a staging netns and
+// tells Docker the address and MAC it got, for whichever fields Docker's IPAM left empty.
+func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	nw, err := d.store.Network(req.NetworkID)
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "unknown to %s (its state was lost?): %w", d.name, err)
+	}
+	want := network.EndpointInterface{}
+	if req.Interface != nil {
+		want = *req.Interface
+	}
+	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
+	if err == nil {
+		return endpointResponse(want, a), nil // a retried CreateEndpoint
+	}
+	if nw.Mode == state.ModeCNIIPAM {
+		ip := ipOf(want.Address)
+		a, err = d.store.ClaimPending(nw.CNIName, ip, req.NetworkID, req.EndpointID)
+		if err != nil {
+			return nil, d.errorf(req.NetworkID, "no address %s allocated by %s IPAM is waiting on CNI network %q: %w", ip, d.name, nw.CNIName, err)
+		}
+		return endpointResponse(want, a), nil
+	}
+	cniNet, err := cnibridge.ParseNetwork(nw.Conflist)
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "recorded conflist: %w", err)
+	}
+	var requested []string
+	for _, addr := range []string{want.Address, want.AddressIPv6} {
+		if addr != "" {
+			requested = append(requested, addr)
+		}
+	}
+	addReq := cnibridge.AddRequest{
+		ContainerID: req.EndpointID,
+		Network:     cniNet,
+	}
+	addReq.Args, addReq.CapabilityArgs = cnibridge.RequestArgs(cniNet, requested, want.MacAddress)
+	a, err = d.mgr.Add(ctx, addReq, state.Attachment{Phase: state.PhaseEndpoint, NetworkID: req.NetworkID, EndpointID: req.EndpointID})
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
+	}
+	if err := mismatch(want, a); err != nil {
+		if rerr := d.mgr.Remove(context.WithoutCancel(ctx), a); rerr != nil {
+			err = fmt.Errorf("%w; removing it also failed: %v", err, rerr)
+		}
+		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
+	}
+	return endpointResponse(want, a), nil
+}
+
+// mismatch reports a CNI result that differs from what Docker asked for.
+func mismatch(want network.EndpointInterface, a *state.Attachment) error {
+	got := a.Interface
+	if want.Address != "" && ipOf(want.Address) != ipOf(got.IPv4) {
+		return fmt.Errorf("Docker's IPAM chose %s but CNI assigned %s (does the CNI IPAM honour IP=/ips requests?)", want.Address, orNone(got.IPv4))
+	}
+	if want.AddressIPv6 != "" && ipOf(want.AddressIPv6) != ipOf(got.IPv6) {
+		return fmt.Errorf("Docker's IPAM chose %s but CNI assigned %s", want.AddressIPv6, orNone(got.IPv6))
+	}
+	if want.MacAddress != "" && !strings.EqualFold(want.MacAddress, got.MAC) {
+		return fmt.Errorf("requested MAC %s but CNI set %s", want.MacAddress, got.MAC)
+	}
+	return nil
+}
+
+// endpointResponse fills in only what Docker left empty: libnetwork rejects a driver changing a field it set.
+func endpointResponse(want network.EndpointInterface, a *state.Attachment) *network.CreateEndpointResponse {
+	out := &network.EndpointInterface{}
+	if want.Address == "" {
+		out.Address = a.Interface.IPv4
+	}
+	if want.AddressIPv6 == "" {
+		out.AddressIPv6 = a.Interface.IPv6
+	}
+	if want.MacAddress == "" {
+		out.MacAddress = a.Interface.MAC
+	}
+	return &network.CreateEndpointResponse{Interface: out}
+}
+
+// Join hands the CNI-created link to Docker through the host netns, with the gateway and routes CNI set up.
+func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
+	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "endpoint %s has no CNI attachment: %w", short(req.EndpointID), err)
+	}
+	if err := d.mgr.Join(a); err != nil {
+		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", short(req.EndpointID), err)
+	}
+	resp := &network.JoinResponse{
+		InterfaceName: network.InterfaceName{SrcName: a.HostIfName, DstPrefix: "eth"},
+		Gateway:       a.Interface.Gateway,
+		GatewayIPv6:   a.Interface.GatewayIPv6,
+		// The container gets exactly the routes CNI set up; no docker_gwbridge behind the driver's back.
+		DisableGatewayService: true,
+	}
+	for _, r := range a.Interface.Routes {
+		sr := &network.StaticRoute{Destination: r.Destination, NextHop: r.NextHop}
+		if r.NextHop == "" {
+			sr.RouteType = routeConnected
+		}
+		resp.StaticRoutes = append(resp.StaticRoutes, sr)
+	}
+	return resp, nil
+}
+
+// libnetwork's route types (types.NEXTHOP = 0, types.CONNECTED = 1).
+const routeConnected = 1
+
+// Leave needs no work: libnetwork itself moves the link back to the host netns under SrcName, where
+// DeleteEndpoint's teardown picks it up.
+func (d *Driver) Leave(ctx context.Context, req *network.LeaveRequest) (*struct{}, error) {
+	return nil, nil
+}
+
+// DeleteEndpoint tears the endpoint's attachment down. An endpoint cniplug does not know is already gone.
+func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpointRequest) (*struct{}, error) {
+	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "reading state: %w", err)
+	}
+	if err := d.mgr.Remove(ctx, a); err != nil {
+		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", short(req.EndpointID), err)
+	}
+	return nil, nil
+}
+
+// EndpointInfo reports where the endpoint's attachment lives.
+func (d *Driver) EndpointInfo(ctx context.Context, req *network.InfoRequest) (*network.InfoResponse, error) {
+	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
+	if err != nil {
+		return &network.InfoResponse{Value: map[string]string{}}, nil
+	}
+	return &network.InfoResponse{Value: map[string]string{
+		"cniplug.cni_network":      a.Network,
+		"cniplug.cni_container_id": a.ContainerID,
+		"cniplug.staging_netns":    a.NetNS,
+	}}, nil
+}
+
+// Nothing to do for the calls below on a local-scope driver that lets CNI own connectivity.
+
+func (d *Driver) AllocateNetwork(context.Context, *network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+	return &network.AllocateNetworkResponse{}, nil
+}
+func (d *Driver) FreeNetwork(context.Context, *network.FreeNetworkRequest) (*struct{}, error) {
+	return nil, nil
+}
+func (d *Driver) DiscoverNew(context.Context, *network.DiscoveryNotification) (*struct{}, error) {
+	return nil, nil
+}
+func (d *Driver) DiscoverDelete(context.Context, *network.DiscoveryNotification) (*struct{}, error) {
+	return nil, nil
+}
+func (d *Driver) ProgramExternalConnectivity(context.Context, *network.ProgramExternalConnectivityRequest) (*struct{}, error) {
+	return nil, nil
+}
+func (d *Driver) RevokeExternalConnectivity(context.Context, *network.RevokeExternalConnectivityRequest) (*struct{}, error) {
+	return nil, nil
+}
+
+func firstIPAM(data []*network.IPAMData) *network.IPAMData {
+	if len(data) == 0 {
+		return nil
+	}
+	return data[0]
+}
+
+// stringOptions reads Docker's generic option map (`--opt k=v`, JSON-decoded as map[string]interface{}).
+func stringOptions(v any) (map[string]string, error) {
+	out := map[string]string{}
+	if v == nil {
+		return out, nil
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("malformed network options: %T", v)
+	}
+	for k, val := range m {
+		s, ok := val.(string)
+		if !ok {
+			return nil, fmt.Errorf("option %q must be a string", k)
+		}
+		out[k] = s
+	}
+	return out, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func ipOf(cidr string) string {
+	if i := strings.IndexByte(cidr, '/'); i >= 0 {
+		return cidr[:i]
+	}
+	return cidr
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

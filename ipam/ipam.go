@@ -1,0 +1,233 @@
+// Package ipam is cniplug's libnetwork IpamDriver: it lets a CNI network's own IPAM (host-local, Calico,
+// DHCP, ...) choose container addresses, by running the CNI ADD when Docker asks for an address.
+package ipam
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+
+	"github.com/cniplug/cniplug/attach"
+	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/state"
+	"github.com/docker/go-plugins-helpers/ipam"
+)
+
+// The address spaces cniplug reports; the network driver recognises its own pools by them.
+const (
+	LocalAddressSpace  = "CniplugLocal"
+	GlobalAddressSpace = "CniplugGlobal"
+
+	OptCNI = "cni"
+
+	// libnetwork's keys.
+	requestAddressType = "RequestAddressType"
+	gatewayType        = "com.docker.network.gateway"
+	poolGatewayKey     = "com.docker.network.gateway"
+)
+
+// Ipam implements the IpamDriver side of cniplug.
+type Ipam struct {
+	name    string
+	confDir string
+	mgr     *attach.Manager
+	store   *state.Store
+	log     *slog.Logger
+}
+
+// New returns an Ipam.
+func New(name, confDir string, mgr *attach.Manager, log *slog.Logger) *Ipam {
+	return &Ipam{name: name, confDir: confDir, mgr: mgr, store: mgr.Store(), log: log}
+}
+
+func (p *Ipam) errorf(format string, args ...any) error {
+	return fmt.Errorf("%s IPAM: %w", p.name, fmt.Errorf(format, args...))
+}
+
+// GetCapabilities: cniplug needs no MAC address to allocate.
+func (p *Ipam) GetCapabilities(context.Context, *struct{}) (*ipam.CapabilitiesResponse, error) {
+	return &ipam.CapabilitiesResponse{}, nil
+}
+
+// GetDefaultAddressSpaces returns cniplug's address spaces.
+func (p *Ipam) GetDefaultAddressSpaces(context.Context, *struct{}) (*ipam.AddressSpacesResponse, error) {
+	return &ipam.AddressSpacesResponse{LocalDefaultAddressSpace: LocalAddressSpace, GlobalDefaultAddressSpace: GlobalAddressSpace}, nil
+}
+
+// RequestPool binds a pool to the CNI network named by --ipam-opt cni. The pool is the CNI network's declared
+// range (0.0.0.0/0 when its IPAM declares none, e.g. Calico or DHCP), and the gateway is given in the pool
+// data so that Docker does not allocate one: the CNI network owns every address.
+func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*ipam.RequestPoolResponse, error) {
+	var unknown []string
+	for k := range req.Options {
+		if k != OptCNI {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, p.errorf("unknown --ipam-opt %s: %s IPAM understands --ipam-opt %s=<CNI network>", strings.Join(unknown, ", "), p.name, OptCNI)
+	}
+	name := req.Options[OptCNI]
+	if name == "" {
+		return nil, p.errorf("missing --ipam-opt cni=<name>: say which CNI network (the \"name\" in a conflist in %s) allocates the addresses", p.confDir)
+	}
+	if req.SubPool != "" {
+		return nil, p.errorf("--ip-range is not supported: CNI network %q chooses addresses from its own ranges", name)
+	}
+	nw, err := cnibridge.ResolveNetwork(p.confDir, name)
+	if err != nil {
+		return nil, p.errorf("%w", err)
+	}
+	if err := p.mgr.Runner().Validate(ctx, nw); err != nil {
+		return nil, p.errorf("%w", err)
+	}
+	if req.V6 {
+		return nil, p.errorf("CNI network %q: IPv6 pools are not supported by %s IPAM yet; its IPv6 addresses still reach the container when the CNI IPAM assigns them", name, p.name)
+	}
+	cidr, gateway := "0.0.0.0/0", "0.0.0.0/0"
+	if r := nw.FirstRange(false); r != nil {
+		cidr = r.Subnet.String()
+		if r.Gateway != nil {
+			ones, _ := r.Subnet.Mask.Size()
+			gateway = fmt.Sprintf("%s/%d", r.Gateway, ones)
+		}
+		if req.Pool != "" && !sameCIDR(req.Pool, cidr) {
+			return nil, p.errorf("--subnet %s does not match CNI network %q's range %s: omit --subnet, or pass --subnet %s", req.Pool, name, cidr, cidr)
+		}
+	} else if req.Pool != "" {
+		return nil, p.errorf("CNI network %q declares no address range, so --subnet %s cannot be honoured: omit --subnet", name, req.Pool)
+	}
+	pool := &state.Pool{ID: "cniplug-" + randomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr}
+	if err := p.store.PutPool(pool); err != nil {
+		return nil, p.errorf("recording pool: %w", err)
+	}
+	p.log.Info("pool requested", "pool", pool.ID, "cni_network", nw.Name, "cidr", cidr)
+	return &ipam.RequestPoolResponse{PoolID: pool.ID, Pool: cidr, Data: map[string]string{poolGatewayKey: gateway}}, nil
+}
+
+// ReleasePool forgets the pool and tears down addresses allocated from it that no endpoint claimed.
+func (p *Ipam) ReleasePool(ctx context.Context, req *ipam.ReleasePoolRequest) (*struct{}, error) {
+	pool, err := p.store.Pool(req.PoolID)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, p.errorf("reading state: %w", err)
+	}
+	atts, err := p.store.Attachments()
+	if err != nil {
+		return nil, p.errorf("reading state: %w", err)
+	}
+	for _, a := range atts {
+		if a.PoolID == pool.ID && a.Phase == state.PhasePending {
+			if err := p.mgr.Remove(ctx, a); err != nil {
+				return nil, p.errorf("pool %s: %w", pool.ID, err)
+			}
+		}
+	}
+	if err := p.store.DeletePool(pool.ID); err != nil {
+		return nil, p.errorf("forgetting pool: %w", err)
+	}
+	return nil, nil
+}
+
+// RequestAddress runs the CNI ADD (Docker has no other way to learn the address CNI will assign) into a
+// staging netns and keeps the attachment pending until CreateEndpoint claims it by address.
+func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressRequest) (*ipam.RequestAddressResponse, error) {
+	pool, err := p.store.Pool(req.PoolID)
+	if err != nil {
+		return nil, p.errorf("unknown pool %q: %w", req.PoolID, err)
+	}
+	if req.Options[requestAddressType] == gatewayType {
+		// Only reached with an explicit --gateway: the pool data already carries the CNI gateway.
+		if req.Address == "" {
+			return nil, p.errorf("CNI network %q: no gateway to allocate", pool.CNIName)
+		}
+		_, poolNet, _ := net.ParseCIDR(pool.CIDR)
+		ones, _ := poolNet.Mask.Size()
+		return &ipam.RequestAddressResponse{Address: fmt.Sprintf("%s/%d", req.Address, ones)}, nil
+	}
+	nw, err := cnibridge.ParseNetwork(pool.Conflist)
+	if err != nil {
+		return nil, p.errorf("recorded conflist of %q: %w", pool.CNIName, err)
+	}
+	var requested []string
+	if req.Address != "" {
+		_, poolNet, _ := net.ParseCIDR(pool.CIDR)
+		ones, _ := poolNet.Mask.Size()
+		requested = []string{fmt.Sprintf("%s/%d", req.Address, ones)}
+	}
+	addReq := cnibridge.AddRequest{ContainerID: randomID(), Network: nw}
+	addReq.Args, addReq.CapabilityArgs = cnibridge.RequestArgs(nw, requested, "")
+	a, err := p.mgr.Add(ctx, addReq, state.Attachment{Phase: state.PhasePending, PoolID: pool.ID})
+	if err != nil {
+		return nil, p.errorf("CNI network %q: %w", pool.CNIName, err)
+	}
+	got := a.Interface.IPv4
+	var problem string
+	switch {
+	case got == "":
+		problem = "assigned no IPv4 address"
+	case req.Address != "" && ipOf(got) != req.Address:
+		problem = fmt.Sprintf("assigned %s instead of the requested %s (does its IPAM honour IP=/ips requests?)", got, req.Address)
+	}
+	if problem != "" {
+		err := p.errorf("CNI network %q %s", pool.CNIName, problem)
+		if rerr := p.mgr.Remove(context.WithoutCancel(ctx), a); rerr != nil {
+			err = fmt.Errorf("%w; removing it also failed: %v", err, rerr)
+		}
+		return nil, err
+	}
+	return &ipam.RequestAddressResponse{Address: got}, nil
+}
+
+// ReleaseAddress tears down a pending attachment nobody claimed; the release Docker sends after deleting an
+// endpoint finds nothing pending (DeleteEndpoint already tore that attachment down).
+func (p *Ipam) ReleaseAddress(ctx context.Context, req *ipam.ReleaseAddressRequest) (*struct{}, error) {
+	pool, err := p.store.Pool(req.PoolID)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, p.errorf("reading state: %w", err)
+	}
+	pending, err := p.store.TakeRelease(pool.CNIName, ipOf(req.Address))
+	if errors.Is(err, state.ErrNotFound) || pending == nil {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, p.errorf("reading state: %w", err)
+	}
+	if err := p.mgr.Remove(ctx, pending); err != nil {
+		return nil, p.errorf("releasing %s on CNI network %q: %w", req.Address, pool.CNIName, err)
+	}
+	return nil, nil
+}
+
+func randomID() string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return hex.EncodeToString(b)
+}
+
+func ipOf(cidr string) string {
+	if i := strings.IndexByte(cidr, '/'); i >= 0 {
+		return cidr[:i]
+	}
+	return cidr
+}
+
+func sameCIDR(a, b string) bool {
+	_, x, err1 := net.ParseCIDR(a)
+	_, y, err2 := net.ParseCIDR(b)
+	return err1 == nil && err2 == nil && x.String() == y.String()
+}

@@ -1,0 +1,124 @@
+// Command cniplug is a Docker network and IPAM plugin that makes CNI networks usable as Docker networks.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cniplug/cniplug/attach"
+	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/driver"
+	"github.com/cniplug/cniplug/ipam"
+	"github.com/cniplug/cniplug/plugin"
+	"github.com/cniplug/cniplug/state"
+)
+
+type config struct {
+	socket     string
+	confDir    string
+	binDirs    string
+	stateDir   string
+	cacheDir   string
+	netnsDir   string
+	logLevel   string
+	cniTimeout time.Duration
+}
+
+// envOr returns the environment variable's value (how the managed plugin is configured) or def.
+func envOr(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func parseFlags(args []string) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("cniplug", flag.ContinueOnError)
+	fs.StringVar(&c.socket, "socket", envOr("CNIPLUG_SOCKET", "/run/docker/plugins/cniplug.sock"), "plugin socket; the driver name is its base name without .sock (env CNIPLUG_SOCKET)")
+	fs.StringVar(&c.confDir, "cni-conf-dir", envOr("CNIPLUG_CNI_CONF_DIR", "/etc/cni/net.d"), "CNI network configuration dir (env CNIPLUG_CNI_CONF_DIR)")
+	fs.StringVar(&c.binDirs, "cni-bin-dir", envOr("CNIPLUG_CNI_BIN_DIR", "/opt/cni/bin"), "colon-separated CNI plugin dirs (env CNIPLUG_CNI_BIN_DIR)")
+	fs.StringVar(&c.stateDir, "state-dir", envOr("CNIPLUG_STATE_DIR", "/var/lib/cniplug"), "cniplug state dir (env CNIPLUG_STATE_DIR)")
+	fs.StringVar(&c.cacheDir, "cni-cache-dir", envOr("CNIPLUG_CNI_CACHE_DIR", "/var/lib/cni"), "libcni cache dir (env CNIPLUG_CNI_CACHE_DIR)")
+	fs.StringVar(&c.netnsDir, "netns-dir", envOr("CNIPLUG_NETNS_DIR", "/run/netns"), "where staging network namespaces are pinned (env CNIPLUG_NETNS_DIR)")
+	fs.StringVar(&c.logLevel, "log-level", envOr("CNIPLUG_LOG_LEVEL", "info"), "debug, info, warn or error (env CNIPLUG_LOG_LEVEL)")
+	timeout := envOr("CNIPLUG_CNI_TIMEOUT", "10s")
+	fs.Func("cni-timeout", "deadline for each CNI ADD or DEL, below Docker's 30s plugin timeout (env CNIPLUG_CNI_TIMEOUT, default 10s)", func(s string) error {
+		timeout = s
+		return nil
+	})
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	d, err := time.ParseDuration(timeout)
+	if err != nil || d <= 0 {
+		return nil, fmt.Errorf("invalid --cni-timeout %q: want a positive duration such as 10s", timeout)
+	}
+	c.cniTimeout = d
+	return c, nil
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func run(ctx context.Context, c *config, log *slog.Logger) error {
+	name := strings.TrimSuffix(filepath.Base(c.socket), ".sock")
+	store, err := state.Open(c.stateDir)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	runner, err := cnibridge.NewRunner(cnibridge.Config{
+		BinDirs:  filepath.SplitList(c.binDirs),
+		CacheDir: c.cacheDir,
+		NetNSDir: c.netnsDir,
+		Timeout:  c.cniTimeout,
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	defer runner.Close()
+	mgr := attach.NewManager(store, runner, log)
+	h := plugin.NewHandler(driver.New(name, c.confDir, mgr, log), ipam.New(name, c.confDir, mgr, log), log)
+	l, err := plugin.Listen(c.socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(c.socket)
+	log.Info("cniplug serving", "driver", name, "socket", c.socket, "cni_conf_dir", c.confDir, "cni_bin_dir", c.binDirs,
+		"state_dir", c.stateDir, "cni_timeout", c.cniTimeout)
+	return plugin.Serve(ctx, l, h)
+}
+
+func main() {
+	c, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cniplug:", err)
+		os.Exit(2)
+	}
+	log, err := newLogger(c.logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cniplug:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c, log); err != nil {
+		log.Error("cniplug stopped", "error", err)
+		os.Exit(1)
+	}
+}

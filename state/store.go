@@ -1,0 +1,333 @@
+// Package state is cniplug's one durable store: Docker networks, IPAM pools and CNI attachments, kept in a
+// bbolt file so they survive plugin restarts and crashes (every write is an fsynced transaction).
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cniplug/cniplug/cnibridge"
+	bolt "go.etcd.io/bbolt"
+)
+
+// AddressMode is how a Docker network gets its container addresses.
+type AddressMode string
+
+const (
+	// ModeCNIIPAM: --ipam-driver cniplug; RequestAddress runs the CNI ADD and returns its address.
+	ModeCNIIPAM AddressMode = "cni-ipam"
+	// ModeNull: --ipam-driver null; CreateEndpoint runs the ADD and tells Docker the address.
+	ModeNull AddressMode = "null-ipam"
+	// ModeDocker: Docker's default IPAM picks the address; CreateEndpoint asks CNI for exactly that one.
+	ModeDocker AddressMode = "docker-ipam"
+)
+
+// Network is a Docker network bound to a CNI network.
+type Network struct {
+	ID          string      `json:"id"`
+	CNIName     string      `json:"cniName"`
+	Conflist    []byte      `json:"conflist"`
+	Mode        AddressMode `json:"mode"`
+	IPv4Pool    string      `json:"ipv4Pool,omitempty"`
+	IPv4Gateway string      `json:"ipv4Gateway,omitempty"`
+	IPv6Pool    string      `json:"ipv6Pool,omitempty"`
+	Created     time.Time   `json:"created"`
+}
+
+// Pool is an address pool handed to Docker by cniplug's IPAM driver.
+type Pool struct {
+	ID       string `json:"id"`
+	CNIName  string `json:"cniName"`
+	Conflist []byte `json:"conflist"`
+	CIDR     string `json:"cidr"`
+	V6       bool   `json:"v6"`
+}
+
+// Phase is where an attachment is in Docker's lifecycle.
+type Phase string
+
+const (
+	// PhaseAdding: recorded before CNI ADD runs; a crash leaves this for reconciliation to tear down.
+	PhaseAdding Phase = "adding"
+	// PhasePending: added by IPAM RequestAddress, not yet claimed by an endpoint.
+	PhasePending Phase = "pending"
+	// PhaseEndpoint: owned by a Docker endpoint; the link waits in the staging netns.
+	PhaseEndpoint Phase = "endpoint"
+	// PhaseJoined: the link was handed to Docker for a container.
+	PhaseJoined Phase = "joined"
+)
+
+// Attachment is a CNI attachment and the Docker objects that own it.
+type Attachment struct {
+	cnibridge.Attachment
+	Phase      Phase     `json:"phase"`
+	NetworkID  string    `json:"networkID,omitempty"`
+	EndpointID string    `json:"endpointID,omitempty"`
+	PoolID     string    `json:"poolID,omitempty"`
+	Created    time.Time `json:"created"`
+}
+
+// ID is the attachment's key (its CNI container ID).
+func (a *Attachment) ID() string { return a.ContainerID }
+
+var (
+	bucketNetworks    = []byte("networks")
+	bucketPools       = []byte("pools")
+	bucketAttachments = []byte("attachments")
+	bucketEndpoints   = []byte("endpoints") // endpoint ID -> attachment ID
+	bucketPending     = []byte("pending")   // cniName/ip -> attachment ID, for addresses not yet claimed
+	bucketReleases    = []byte("releases")  // cniName/ip -> count of ReleaseAddress calls owed to claimed addresses
+)
+
+// ErrNotFound is returned for missing records.
+var ErrNotFound = errors.New("not found")
+
+// Store is the bbolt-backed state store.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens (creating if needed) the store in dir. Only one process may hold it.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state dir: %w", err)
+	}
+	path := filepath.Join(dir, "cniplug.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("opening state store %s (is another cniplug running?): %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketNetworks, bucketPools, bucketAttachments, bucketEndpoints, bucketPending, bucketReleases} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialising state store: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the store.
+func (s *Store) Close() error { return s.db.Close() }
+
+func put(tx *bolt.Tx, bucket []byte, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucket).Put([]byte(key), data)
+}
+
+func get(tx *bolt.Tx, bucket []byte, key string, v any) error {
+	data := tx.Bucket(bucket).Get([]byte(key))
+	if data == nil {
+		return ErrNotFound
+	}
+	return json.Unmarshal(data, v)
+}
+
+// PutNetwork records a network.
+func (s *Store) PutNetwork(n *Network) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return put(tx, bucketNetworks, n.ID, n) })
+}
+
+// Network returns the network with the given Docker ID.
+func (s *Store) Network(id string) (*Network, error) {
+	n := &Network{}
+	err := s.db.View(func(tx *bolt.Tx) error { return get(tx, bucketNetworks, id, n) })
+	return n, err
+}
+
+// DeleteNetwork removes a network record.
+func (s *Store) DeleteNetwork(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketNetworks).Delete([]byte(id)) })
+}
+
+// PutPool records a pool.
+func (s *Store) PutPool(p *Pool) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return put(tx, bucketPools, p.ID, p) })
+}
+
+// Pool returns the pool with the given ID.
+func (s *Store) Pool(id string) (*Pool, error) {
+	p := &Pool{}
+	err := s.db.View(func(tx *bolt.Tx) error { return get(tx, bucketPools, id, p) })
+	return p, err
+}
+
+// Pools lists every pool.
+func (s *Store) Pools() ([]*Pool, error) {
+	var out []*Pool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPools).ForEach(func(_, v []byte) error {
+			p := &Pool{}
+			if err := json.Unmarshal(v, p); err != nil {
+				return err
+			}
+			out = append(out, p)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// DeletePool removes a pool record.
+func (s *Store) DeletePool(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPools).Delete([]byte(id)) })
+}
+
+func addressKey(cniName, ip string) string { return cniName + "/" + ip }
+
+// PutAttachment records an attachment and keeps the endpoint and pending-address indexes in step with it.
+func (s *Store) PutAttachment(a *Attachment) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return putAttachment(tx, a) })
+}
+
+func putAttachment(tx *bolt.Tx, a *Attachment) error {
+	if err := put(tx, bucketAttachments, a.ID(), a); err != nil {
+		return err
+	}
+	if a.EndpointID != "" {
+		if err := tx.Bucket(bucketEndpoints).Put([]byte(a.EndpointID), []byte(a.ID())); err != nil {
+			return err
+		}
+	}
+	if a.Phase == PhasePending {
+		return tx.Bucket(bucketPending).Put([]byte(addressKey(a.Network, ipOf(a.Interface.IPv4))), []byte(a.ID()))
+	}
+	return nil
+}
+
+// ClaimPending moves the pending attachment holding ip on CNI network cniName to an endpoint, and records
+// that Docker still owes a ReleaseAddress for that address. It fails with ErrNotFound when none is pending.
+func (s *Store) ClaimPending(cniName, ip, networkID, endpointID string) (*Attachment, error) {
+	a := &Attachment{}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		key := []byte(addressKey(cniName, ip))
+		id := tx.Bucket(bucketPending).Get(key)
+		if id == nil {
+			return ErrNotFound
+		}
+		if err := get(tx, bucketAttachments, string(id), a); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketPending).Delete(key); err != nil {
+			return err
+		}
+		if err := addRelease(tx, key, 1); err != nil {
+			return err
+		}
+		a.Phase, a.NetworkID, a.EndpointID = PhaseEndpoint, networkID, endpointID
+		return putAttachment(tx, a)
+	})
+	return a, err
+}
+
+func addRelease(tx *bolt.Tx, key []byte, delta int) error {
+	b := tx.Bucket(bucketReleases)
+	n := 0
+	if v := b.Get(key); v != nil {
+		_ = json.Unmarshal(v, &n)
+	}
+	n += delta
+	if n <= 0 {
+		return b.Delete(key)
+	}
+	data, _ := json.Marshal(n)
+	return b.Put(key, data)
+}
+
+// TakeRelease decides what a ReleaseAddress of ip on cniName means: if an endpoint claimed that address, the
+// release is the one Docker owes it (consumed, nothing pending returned); otherwise it returns the pending
+// attachment (or ErrNotFound) for the caller to tear down.
+func (s *Store) TakeRelease(cniName, ip string) (*Attachment, error) {
+	var pending *Attachment
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		key := []byte(addressKey(cniName, ip))
+		if tx.Bucket(bucketReleases).Get(key) != nil {
+			return addRelease(tx, key, -1)
+		}
+		id := tx.Bucket(bucketPending).Get(key)
+		if id == nil {
+			return ErrNotFound
+		}
+		pending = &Attachment{}
+		return get(tx, bucketAttachments, string(id), pending)
+	})
+	return pending, err
+}
+
+// Attachment returns an attachment by ID.
+func (s *Store) Attachment(id string) (*Attachment, error) {
+	a := &Attachment{}
+	err := s.db.View(func(tx *bolt.Tx) error { return get(tx, bucketAttachments, id, a) })
+	return a, err
+}
+
+// AttachmentByEndpoint returns the attachment owned by a Docker endpoint.
+func (s *Store) AttachmentByEndpoint(endpointID string) (*Attachment, error) {
+	a := &Attachment{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bucketEndpoints).Get([]byte(endpointID))
+		if id == nil {
+			return ErrNotFound
+		}
+		return get(tx, bucketAttachments, string(id), a)
+	})
+	return a, err
+}
+
+// Attachments lists every attachment.
+func (s *Store) Attachments() ([]*Attachment, error) {
+	var out []*Attachment
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAttachments).ForEach(func(_, v []byte) error {
+			a := &Attachment{}
+			if err := json.Unmarshal(v, a); err != nil {
+				return err
+			}
+			out = append(out, a)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// DeleteAttachment removes an attachment and its index entries.
+func (s *Store) DeleteAttachment(a *Attachment) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if a.EndpointID != "" {
+			if id := tx.Bucket(bucketEndpoints).Get([]byte(a.EndpointID)); string(id) == a.ID() {
+				if err := tx.Bucket(bucketEndpoints).Delete([]byte(a.EndpointID)); err != nil {
+					return err
+				}
+			}
+		}
+		key := []byte(addressKey(a.Network, ipOf(a.Interface.IPv4)))
+		if id := tx.Bucket(bucketPending).Get(key); string(id) == a.ID() {
+			if err := tx.Bucket(bucketPending).Delete(key); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketAttachments).Delete([]byte(a.ID()))
+	})
+}
+
+// ipOf strips the prefix length from a CIDR string.
+func ipOf(cidr string) string {
+	for i := 0; i < len(cidr); i++ {
+		if cidr[i] == '/' {
+			return cidr[:i]
+		}
+	}
+	return cidr
+}
