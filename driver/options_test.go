@@ -1,0 +1,172 @@
+package driver
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/state"
+	"github.com/docker/go-plugins-helpers/network"
+)
+
+func TestStringOptions(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      any
+		want    map[string]string
+		wantErr string
+	}{
+		{name: "nil (no --opt given)", in: nil, want: map[string]string{}},
+		{name: "empty map", in: map[string]any{}, want: map[string]string{}},
+		{name: "strings", in: map[string]any{"cni": "mynet", "other": ""}, want: map[string]string{"cni": "mynet", "other": ""}},
+		{name: "non-string value", in: map[string]any{"cni": 1.0}, wantErr: `option "cni" must be a string`},
+		{name: "nested object value", in: map[string]any{"cni": map[string]any{}}, wantErr: `option "cni" must be a string`},
+		{name: "null value", in: map[string]any{"cni": nil}, wantErr: `option "cni" must be a string`},
+		{name: "wrong type: string", in: "cni=mynet", wantErr: "malformed network options: string"},
+		{name: "wrong type: list", in: []any{"cni"}, wantErr: "malformed network options: []interface {}"},
+		// JSON decoding never produces map[string]string; only the decoded form is accepted.
+		{name: "wrong type: map[string]string", in: map[string]string{"cni": "x"}, wantErr: "malformed network options: map[string]string"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := stringOptions(tc.in)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("stringOptions(%#v) = %v, %v; want error containing %q", tc.in, got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("stringOptions(%#v): %v", tc.in, err)
+			}
+			if got == nil || !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("stringOptions(%#v) = %#v, want %#v", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestModeOf(t *testing.T) {
+	tests := []struct {
+		space string
+		want  state.AddressMode
+	}{
+		{"CniplugLocal", state.ModeCNIIPAM},
+		{"CniplugGlobal", state.ModeCNIIPAM},
+		{"null", state.ModeNull},
+		{"LocalDefault", state.ModeDocker},
+		{"GlobalDefault", state.ModeDocker},
+		{"SomeOtherIPAMsSpace", state.ModeDocker},
+		{"", state.ModeDocker},
+	}
+	for _, tc := range tests {
+		if got := modeOf(tc.space); got != tc.want {
+			t.Errorf("modeOf(%q) = %q, want %q", tc.space, got, tc.want)
+		}
+	}
+}
+
+func parseNet(t *testing.T, conf string) *cnibridge.Network {
+	t.Helper()
+	nw, err := cnibridge.ParseNetwork([]byte(conf))
+	if err != nil {
+		t.Fatalf("ParseNetwork: %v\n%s", err, conf)
+	}
+	return nw
+}
+
+func TestCheckDockerPool(t *testing.T) {
+	const (
+		hostLocal = `{"cniVersion":"1.0.0","name":"hl","plugins":[{"type":"bridge","bridge":"br0",
+			"ipam":{"type":"host-local","ranges":[[{"subnet":"10.1.2.0/24"}]]}}]}`
+		hostLocalGW = `{"cniVersion":"1.0.0","name":"hlgw","plugins":[{"type":"bridge","bridge":"br0",
+			"ipam":{"type":"host-local","ranges":[[{"subnet":"10.1.2.0/24","gateway":"10.1.2.254"}]]}}]}`
+		legacySubnet = `{"cniVersion":"0.4.0","name":"legacy","type":"bridge","bridge":"br0",
+			"ipam":{"type":"host-local","subnet":"10.3.0.0/16"}}`
+		noGatewayIPAM = `{"cniVersion":"1.0.0","name":"custom","plugins":[{"type":"bridge",
+			"ipam":{"type":"my-ipam","subnet":"10.4.0.0/24"}}]}`
+		dualStack = `{"cniVersion":"1.0.0","name":"ds","plugins":[{"type":"bridge",
+			"ipam":{"type":"host-local","ranges":[[{"subnet":"fd00:1::/64"}],[{"subnet":"10.5.0.0/24"}]]}}]}`
+		dhcp   = `{"cniVersion":"1.0.0","name":"dh","plugins":[{"type":"macvlan","master":"eth0","ipam":{"type":"dhcp"}}]}`
+		noIPAM = `{"cniVersion":"1.0.0","name":"bare","plugins":[{"type":"host-device","device":"eth1"}]}`
+	)
+	tests := []struct {
+		name    string
+		conf    string
+		data    network.IPAMData
+		v6      bool
+		wantErr []string // substrings; nil = success
+	}{
+		{name: "match, host-local default gateway", conf: hostLocal,
+			data: network.IPAMData{AddressSpace: "LocalDefault", Pool: "10.1.2.0/24", Gateway: "10.1.2.1/24"}},
+		{name: "match, non-canonical pool", conf: hostLocal,
+			data: network.IPAMData{Pool: "10.1.2.77/24", Gateway: "10.1.2.1/24"}},
+		{name: "match, explicit conflist gateway", conf: hostLocalGW,
+			data: network.IPAMData{Pool: "10.1.2.0/24", Gateway: "10.1.2.254/24"}},
+		{name: "match, legacy subnet in a .conf", conf: legacySubnet,
+			data: network.IPAMData{Pool: "10.3.0.0/16", Gateway: "10.3.0.1/16"}},
+		{name: "match, IPAM without a gateway accepts any", conf: noGatewayIPAM,
+			data: network.IPAMData{Pool: "10.4.0.0/24", Gateway: "10.4.0.99/24"}},
+		{name: "match, IPv4 range after an IPv6 one", conf: dualStack,
+			data: network.IPAMData{Pool: "10.5.0.0/24", Gateway: "10.5.0.1/24"}},
+		{name: "match, IPv6", conf: dualStack, v6: true,
+			data: network.IPAMData{Pool: "fd00:1::/64", Gateway: "fd00:1::1/64"}},
+
+		{name: "wrong subnet", conf: hostLocal,
+			data: network.IPAMData{Pool: "172.18.0.0/16", Gateway: "172.18.0.1/16"},
+			wantErr: []string{`CNI network "hl" assigns IPv4 addresses from 10.1.2.0/24 (gateway 10.1.2.1)`,
+				"Docker's IPAM chose 172.18.0.0/16 (gateway 172.18.0.1)",
+				"create the network with --subnet 10.1.2.0/24 --gateway 10.1.2.1,",
+				"--ipam-driver cniplug --ipam-opt cni=hl"}},
+		{name: "right subnet, wrong gateway", conf: hostLocal,
+			data:    network.IPAMData{Pool: "10.1.2.0/24", Gateway: "10.1.2.254/24"},
+			wantErr: []string{"(gateway 10.1.2.254)", "--subnet 10.1.2.0/24 --gateway 10.1.2.1,"}},
+		{name: "right subnet, Docker's default gateway vs the conflist's", conf: hostLocalGW,
+			data:    network.IPAMData{Pool: "10.1.2.0/24", Gateway: "10.1.2.1/24"},
+			wantErr: []string{"--subnet 10.1.2.0/24 --gateway 10.1.2.254,"}},
+		{name: "right subnet, no gateway", conf: hostLocal,
+			data:    network.IPAMData{Pool: "10.1.2.0/24"},
+			wantErr: []string{"(gateway none)", "--subnet 10.1.2.0/24 --gateway 10.1.2.1,"}},
+		{name: "wrong subnet, IPAM without a gateway: only --subnet", conf: noGatewayIPAM,
+			data:    network.IPAMData{Pool: "10.9.0.0/24", Gateway: "10.9.0.1/24"},
+			wantErr: []string{"(gateway none) but", "create the network with --subnet 10.4.0.0/24, or"}},
+		{name: "wrong IPv6 subnet", conf: dualStack, v6: true,
+			data:    network.IPAMData{Pool: "fd00:2::/64", Gateway: "fd00:2::1/64"},
+			wantErr: []string{"assigns IPv6 addresses from fd00:1::/64", "--subnet fd00:1::/64 --gateway fd00:1::1"}},
+		{name: "unparsable pool", conf: hostLocal,
+			data:    network.IPAMData{Pool: "banana", Gateway: "10.1.2.1/24"},
+			wantErr: []string{`unparsable IPv4 pool "banana"`}},
+		{name: "no declared range (dhcp)", conf: dhcp,
+			data: network.IPAMData{Pool: "172.18.0.0/16", Gateway: "172.18.0.1/16"},
+			wantErr: []string{`CNI network "dh" declares no fixed IPv4 range (ipam type "dhcp")`,
+				"--ipam-driver cniplug --ipam-opt cni=dh", "--ipam-driver null"}},
+		{name: "no IPAM at all", conf: noIPAM,
+			data:    network.IPAMData{Pool: "172.18.0.0/16", Gateway: "172.18.0.1/16"},
+			wantErr: []string{`declares no fixed IPv4 range (ipam type "")`, "--ipam-driver cniplug --ipam-opt cni=bare"}},
+		{name: "IPv4-only conflist asked for IPv6", conf: hostLocal, v6: true,
+			data:    network.IPAMData{Pool: "fd00::/64", Gateway: "fd00::1/64"},
+			wantErr: []string{"declares no fixed IPv6 range", "--ipam-driver cniplug --ipam-opt cni=hl"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			nw := parseNet(t, tc.conf)
+			data := tc.data
+			err := checkDockerPool(nw, &data, tc.v6)
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatalf("checkDockerPool: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("checkDockerPool accepted pool %s gateway %s", tc.data.Pool, tc.data.Gateway)
+			}
+			for _, want := range tc.wantErr {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q\n does not contain %q", err, want)
+				}
+			}
+		})
+	}
+}
