@@ -1,0 +1,359 @@
+// Package tests drives a real dockerd with the real docker CLI against a cniplug started by the suite.
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cniplug/cniplug/internal/testutil"
+)
+
+const (
+	driverName = "cniplug-e2e"
+	image      = "cniplug-test/busybox:latest"
+	cniTimeout = 5 * time.Second
+)
+
+// suite is the environment TestMain prepares; skipReason is set when it cannot run.
+type suite struct {
+	skipReason string
+	confDir    string
+	stateDir   string
+	testBinDir string // scripted failing/hanging plugins
+	cniBinDir  string
+	socket     string
+	logPath    string
+	plugin     *exec.Cmd
+}
+
+var env suite
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if reason := prepare(); reason != "" {
+			env.skipReason = reason
+			return m.Run()
+		}
+		defer stopPlugin()
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func prepare() string {
+	if os.Geteuid() != 0 {
+		return "needs root (drives dockerd and creates network namespaces)"
+	}
+	if out, err := exec.Command("docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
+		return fmt.Sprintf("needs a running dockerd reachable by the docker CLI (`docker info`: %v: %s); scripts/setup.sh starts one", err, strings.TrimSpace(string(out)))
+	}
+	root := testutil.RepoRoot()
+	bin := filepath.Join(root, "bin", "cniplug")
+	if _, err := os.Stat(bin); err != nil {
+		return "bin/cniplug is not built (run `make build`)"
+	}
+	env.cniBinDir = filepath.Join(root, "bin", "cni")
+	if _, err := os.Stat(filepath.Join(env.cniBinDir, "bridge")); err != nil {
+		return "reference CNI plugins are not built in bin/cni (run `make cni-plugins`)"
+	}
+	if out, err := exec.Command(filepath.Join(root, "scripts", "busybox-image.sh"), image).CombinedOutput(); err != nil {
+		return fmt.Sprintf("cannot build the test image: %v: %s", err, out)
+	}
+	tmp, err := os.MkdirTemp("", "cniplug-e2e-")
+	if err != nil {
+		return err.Error()
+	}
+	env.confDir = filepath.Join(tmp, "net.d")
+	env.stateDir = filepath.Join(tmp, "state")
+	env.testBinDir = filepath.Join(tmp, "bin")
+	env.logPath = filepath.Join(tmp, "cniplug.log")
+	env.socket = "/run/docker/plugins/" + driverName + ".sock"
+	for _, d := range []string{env.confDir, env.testBinDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err.Error()
+		}
+	}
+	writeScriptedPlugins(env.testBinDir)
+	if err := startPlugin(); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// startPlugin runs bin/cniplug as a v1 plugin on the suite's socket; its log is appended to logPath.
+func startPlugin() error {
+	logf, err := os.OpenFile(env.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(filepath.Join(testutil.RepoRoot(), "bin", "cniplug"),
+		"--socket", env.socket,
+		"--cni-conf-dir", env.confDir,
+		"--cni-bin-dir", env.testBinDir+":"+env.cniBinDir,
+		"--state-dir", env.stateDir,
+		"--cni-timeout", cniTimeout.String(),
+		"--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting cniplug: %w", err)
+	}
+	env.plugin = cmd
+	for i := 0; i < 100; i++ {
+		if st, err := os.Stat(env.socket); err == nil && st.Mode()&os.ModeSocket != 0 {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("cniplug did not create %s; log: %s", env.socket, env.logPath)
+}
+
+// stopPlugin stops cniplug: SIGTERM lets in-flight requests finish, SIGKILL simulates a crash.
+func stopPluginWith(sig syscall.Signal) {
+	if env.plugin == nil {
+		return
+	}
+	_ = env.plugin.Process.Signal(sig)
+	_ = env.plugin.Wait()
+	env.plugin = nil
+}
+
+func stopPlugin() { stopPluginWith(syscall.SIGTERM) }
+
+// writeScriptedPlugins installs CNI plugins that misbehave on purpose.
+func writeScriptedPlugins(dir string) {
+	version := `{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}`
+	scripts := map[string]string{
+		// failer: ADD fails with its own message; DEL succeeds.
+		"e2e-failer": `#!/bin/sh
+case "$CNI_COMMAND" in
+ADD) echo '{"cniVersion":"1.0.0","code":999,"msg":"e2e-failer refuses ADD on purpose"}'; exit 1;;
+VERSION) echo '` + version + `';;
+esac
+exit 0
+`,
+		// hanger: ADD never answers (cniplug must kill it at its deadline); DEL succeeds.
+		"e2e-hanger": `#!/bin/sh
+case "$CNI_COMMAND" in
+ADD) cat >/dev/null; exec sleep 300;;
+VERSION) echo '` + version + `';;
+esac
+exit 0
+`,
+	}
+	for name, body := range scripts {
+		_ = os.WriteFile(filepath.Join(dir, name), []byte(body), 0o755)
+	}
+}
+
+// requireSuite skips the test when the environment is missing and returns a leak-checked test context.
+func requireSuite(t *testing.T) {
+	t.Helper()
+	if env.skipReason != "" {
+		t.Skip("skipping end-to-end test: " + env.skipReason)
+	}
+	before := testutil.TakeSnapshot(t)
+	// Registered first, so it runs after every other cleanup of the test.
+	t.Cleanup(func() {
+		testutil.AssertNoLeaks(t, before)
+		if t.Failed() {
+			dumpLog(t)
+		}
+	})
+}
+
+func dumpLog(t *testing.T) {
+	data, err := os.ReadFile(env.logPath)
+	if err != nil {
+		return
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > 40 {
+		lines = lines[len(lines)-40:]
+	}
+	t.Logf("cniplug log (last lines):\n%s", strings.Join(lines, "\n"))
+}
+
+var subnetSeq atomic.Int32
+
+// nextSubnet returns a /24 no other test of this run uses.
+func nextSubnet() (subnet, gateway, prefix string) {
+	n := 10 + subnetSeq.Add(1)
+	prefix = fmt.Sprintf("10.213.%d.", n)
+	return prefix + "0/24", prefix + "1", prefix
+}
+
+// cniNet is a CNI network written into the suite's conf dir for one test.
+type cniNet struct {
+	Name    string
+	Subnet  string
+	Gateway string
+	Prefix  string
+}
+
+// writeConflist writes a conflist whose main plugin is given by pluginJSON (with %s for the ipam section)
+// and which ends with the firewall plugin: Docker sets the FORWARD policy to DROP, and the firewall plugin
+// is what lets routed container traffic through.
+func writeConflist(t *testing.T, kind string, mainPlugin func(ipam string) string, extra ...string) cniNet {
+	t.Helper()
+	subnet, gw, prefix := nextSubnet()
+	n := cniNet{Name: testutil.UniqueName("e2e" + kind), Subnet: subnet, Gateway: gw, Prefix: prefix}
+	ipam := fmt.Sprintf(`{"type":"host-local","ranges":[[{"subnet":"%s"}]],"routes":[{"dst":"0.0.0.0/0"}]}`, subnet)
+	plugins := append([]string{mainPlugin(ipam)}, extra...)
+	plugins = append(plugins, `{"type":"firewall"}`)
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"%s","plugins":[%s]}`, n.Name, strings.Join(plugins, ","))
+	path := testutil.WriteFile(t, env.confDir, n.Name+".conflist", conf)
+	t.Cleanup(func() { os.Remove(path) })
+	return n
+}
+
+func bridgeNet(t *testing.T, extra ...string) cniNet {
+	br := testutil.UniqueName("e2ebr")
+	n := writeConflist(t, "br", func(ipam string) string {
+		return fmt.Sprintf(`{"type":"bridge","bridge":"%s","isGateway":true,"ipMasq":true,"ipam":%s}`, br, ipam)
+	}, extra...)
+	// The bridge device outlives its last port by design of the bridge plugin; remove it with the test.
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
+	return n
+}
+
+func ptpNet(t *testing.T) cniNet {
+	return writeConflist(t, "ptp", func(ipam string) string {
+		return fmt.Sprintf(`{"type":"ptp","ipMasq":true,"ipam":%s}`, ipam)
+	})
+}
+
+// docker runs the docker CLI and fails the test on error.
+func docker(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := dockerErr(args...)
+	if err != nil {
+		t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func dockerErr(args ...string) (string, error) {
+	out, err := exec.Command("docker", args...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// addressing is one of the three ways a cniplug network gets its addresses.
+type addressing string
+
+const (
+	cniIPAM    addressing = "cni-ipam"
+	nullIPAM   addressing = "null-ipam"
+	dockerIPAM addressing = "docker-ipam"
+)
+
+func (a addressing) flags(n cniNet) []string {
+	switch a {
+	case cniIPAM:
+		return []string{"--ipam-driver", driverName, "--ipam-opt", "cni=" + n.Name}
+	case nullIPAM:
+		return []string{"--ipam-driver", "null"}
+	default:
+		return []string{"--subnet", n.Subnet, "--gateway", n.Gateway}
+	}
+}
+
+// createNetwork creates a Docker network on CNI network n and removes it when the test ends.
+func createNetwork(t *testing.T, n cniNet, mode addressing, extra ...string) string {
+	t.Helper()
+	name := testutil.UniqueName("dn")
+	args := append([]string{"network", "create", "-d", driverName, "--opt", "cni=" + n.Name}, mode.flags(n)...)
+	args = append(append(args, extra...), name)
+	docker(t, args...)
+	t.Cleanup(func() {
+		if out, err := dockerErr("network", "rm", name); err != nil {
+			t.Errorf("docker network rm %s: %v: %s", name, err, out)
+		}
+	})
+	return name
+}
+
+// runContainer starts a long-running container and force-removes it when the test ends.
+func runContainer(t *testing.T, network string, extra ...string) string {
+	t.Helper()
+	name := testutil.UniqueName("dc")
+	args := []string{"run", "-d", "--name", name}
+	if network != "" {
+		args = append(args, "--net", network)
+	}
+	args = append(append(args, extra...), image, "sleep", "600")
+	t.Cleanup(func() { _, _ = dockerErr("rm", "-f", name) })
+	docker(t, args...)
+	return name
+}
+
+// endpoint is what `docker inspect` says about a container on one network.
+type endpoint struct {
+	IPAddress   string
+	IPPrefixLen int
+	Gateway     string
+	MacAddress  string
+	EndpointID  string
+}
+
+func inspectEndpoint(t *testing.T, container, network string) endpoint {
+	t.Helper()
+	out := docker(t, "inspect", "-f", fmt.Sprintf(`{{json (index .NetworkSettings.Networks %q)}}`, network), container)
+	var ep endpoint
+	if err := json.Unmarshal([]byte(out), &ep); err != nil {
+		t.Fatalf("inspect %s on %s: %v: %s", container, network, err, out)
+	}
+	return ep
+}
+
+// linkFacts is what the container itself sees on the interface that carries ip.
+type linkFacts struct {
+	Name, CIDR, MAC, DefaultGateway string
+}
+
+func containerLink(t *testing.T, container, ip string) linkFacts {
+	t.Helper()
+	addrs := docker(t, "exec", container, "ip", "-o", "addr", "show")
+	var f linkFacts
+	for _, line := range strings.Split(addrs, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) >= 4 && fields[2] == "inet" && strings.HasPrefix(fields[3], ip+"/") {
+			f.Name, f.CIDR = strings.TrimSuffix(fields[1], ":"), fields[3]
+		}
+	}
+	if f.Name == "" {
+		t.Fatalf("container %s has no interface with %s:\n%s", container, ip, addrs)
+	}
+	link := docker(t, "exec", container, "ip", "-o", "link", "show", f.Name)
+	if i := strings.Index(link, "link/ether "); i >= 0 {
+		f.MAC = strings.Fields(link[i+len("link/ether "):])[0]
+	}
+	routes := docker(t, "exec", container, "ip", "route", "show", "default")
+	for _, line := range strings.Split(routes, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) >= 5 && fields[0] == "default" && fields[4] == f.Name {
+			f.DefaultGateway = fields[2]
+		}
+	}
+	return f
+}
+
+func ping(t *testing.T, container, ip string) {
+	t.Helper()
+	if out, err := dockerErr("exec", container, "ping", "-c", "1", "-W", "2", ip); err != nil {
+		t.Errorf("%s cannot ping %s: %v\n%s", container, ip, err, out)
+	}
+}
+
+// reservedByHostLocal reports whether host-local holds ip for CNI network name.
+func reservedByHostLocal(name, ip string) bool {
+	_, err := os.Stat(filepath.Join(testutil.CNIDataDir, "networks", name, ip))
+	return err == nil
+}

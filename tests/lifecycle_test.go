@@ -1,0 +1,213 @@
+package tests
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/cniplug/cniplug/internal/testutil"
+)
+
+// checkEndpoint verifies that inspect, the container and CNI (host-local's reservation) agree.
+func checkEndpoint(t *testing.T, container, network string, n cniNet) endpoint {
+	t.Helper()
+	ep := inspectEndpoint(t, container, network)
+	if !strings.HasPrefix(ep.IPAddress, n.Prefix) {
+		t.Fatalf("inspect shows address %q, not in CNI subnet %s", ep.IPAddress, n.Subnet)
+	}
+	in := containerLink(t, container, ep.IPAddress)
+	if want := fmt.Sprintf("%s/%d", ep.IPAddress, ep.IPPrefixLen); in.CIDR != want {
+		t.Errorf("container has %s, inspect says %s", in.CIDR, want)
+	}
+	if ep.IPPrefixLen != 24 {
+		t.Errorf("inspect prefix length %d, CNI assigned /24", ep.IPPrefixLen)
+	}
+	if !strings.EqualFold(in.MAC, ep.MacAddress) || ep.MacAddress == "" {
+		t.Errorf("container MAC %q, inspect MAC %q", in.MAC, ep.MacAddress)
+	}
+	if ep.Gateway != n.Gateway {
+		t.Errorf("inspect gateway %q, CNI gateway %s", ep.Gateway, n.Gateway)
+	}
+	// A sandbox has one default route, on the first network that offers a gateway (Docker's rule); a
+	// container connected to more networks only gets it from one of them.
+	if nets := docker(t, "inspect", "-f", "{{len .NetworkSettings.Networks}}", container); nets == "1" && in.DefaultGateway != n.Gateway {
+		t.Errorf("container default route via %q on %s, CNI gateway %s", in.DefaultGateway, in.Name, n.Gateway)
+	}
+	if !reservedByHostLocal(n.Name, ep.IPAddress) {
+		t.Errorf("host-local holds no reservation for %s on %s: the address did not come from CNI", ep.IPAddress, n.Name)
+	}
+	return ep
+}
+
+func TestAddressingModes(t *testing.T) {
+	for _, kind := range []string{"bridge", "ptp"} {
+		for _, mode := range []addressing{cniIPAM, nullIPAM, dockerIPAM} {
+			t.Run(kind+"/"+string(mode), func(t *testing.T) {
+				requireSuite(t)
+				var n cniNet
+				if kind == "bridge" {
+					n = bridgeNet(t)
+				} else {
+					n = ptpNet(t)
+				}
+				net := createNetwork(t, n, mode)
+				a := runContainer(t, net)
+				b := runContainer(t, net)
+				epA := checkEndpoint(t, a, net, n)
+				epB := checkEndpoint(t, b, net, n)
+				if epA.IPAddress == epB.IPAddress {
+					t.Fatalf("both containers got %s", epA.IPAddress)
+				}
+				ping(t, a, epB.IPAddress)
+				ping(t, b, epA.IPAddress)
+				ping(t, a, n.Gateway)
+				docker(t, "rm", "-f", a, b)
+				for _, ip := range []string{epA.IPAddress, epB.IPAddress} {
+					if reservedByHostLocal(n.Name, ip) {
+						t.Errorf("%s still reserved after docker rm -f", ip)
+					}
+				}
+			})
+		}
+	}
+}
+
+func TestRequestedAddress(t *testing.T) {
+	for _, mode := range []addressing{cniIPAM, dockerIPAM} {
+		t.Run(string(mode), func(t *testing.T) {
+			requireSuite(t)
+			n := bridgeNet(t)
+			// Docker accepts --ip only on networks created with --subnet.
+			var extra []string
+			if mode == cniIPAM {
+				extra = []string{"--subnet", n.Subnet}
+			}
+			net := createNetwork(t, n, mode, extra...)
+			want := n.Prefix + "77"
+			c := runContainer(t, net, "--ip", want)
+			if ep := checkEndpoint(t, c, net, n); ep.IPAddress != want {
+				t.Errorf("--ip %s: got %s", want, ep.IPAddress)
+			}
+			// The same address again must fail and leave the first container's address alone.
+			name := testutil.UniqueName("dc")
+			t.Cleanup(func() { _, _ = dockerErr("rm", "-f", name) })
+			if out, err := dockerErr("run", "-d", "--name", name, "--net", net, "--ip", want, image, "sleep", "60"); err == nil {
+				t.Errorf("second container with --ip %s started", want)
+			} else {
+				t.Logf("second --ip %s refused: %s", want, out)
+			}
+			_, _ = dockerErr("rm", "-f", name)
+			if !reservedByHostLocal(n.Name, want) {
+				t.Errorf("the failed second request released %s from the first container", want)
+			}
+			ping(t, c, n.Gateway)
+		})
+	}
+}
+
+func TestMacvlan(t *testing.T) {
+	requireSuite(t)
+	parent, peer := testutil.UniqueName("mvp"), testutil.UniqueName("mvq")
+	testutil.Run(t, "ip", "link", "add", parent, "type", "veth", "peer", "name", peer)
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", parent).Run() })
+	testutil.Run(t, "ip", "link", "set", parent, "up")
+	testutil.Run(t, "ip", "link", "set", peer, "up")
+	n := writeConflist(t, "mv", func(ipam string) string {
+		return fmt.Sprintf(`{"type":"macvlan","master":"%s","mode":"bridge","ipam":%s}`, parent, ipam)
+	})
+	net := createNetwork(t, n, cniIPAM)
+	a := runContainer(t, net)
+	b := runContainer(t, net)
+	epA := checkEndpoint(t, a, net, n)
+	epB := checkEndpoint(t, b, net, n)
+	ping(t, a, epB.IPAddress)
+	ping(t, b, epA.IPAddress)
+}
+
+func TestConnectDisconnect(t *testing.T) {
+	requireSuite(t)
+	n := bridgeNet(t)
+	net := createNetwork(t, n, cniIPAM)
+	peer := runContainer(t, net)
+	c := runContainer(t, "")
+	docker(t, "network", "connect", net, c)
+	ep := checkEndpoint(t, c, net, n)
+	ping(t, c, inspectEndpoint(t, peer, net).IPAddress)
+	docker(t, "network", "disconnect", net, c)
+	if out := docker(t, "exec", c, "ip", "-o", "addr"); strings.Contains(out, ep.IPAddress) {
+		t.Errorf("address %s still in the container after disconnect:\n%s", ep.IPAddress, out)
+	}
+	if reservedByHostLocal(n.Name, ep.IPAddress) {
+		t.Errorf("%s still reserved after disconnect", ep.IPAddress)
+	}
+	// Connect again: a fresh attachment works.
+	docker(t, "network", "connect", net, c)
+	checkEndpoint(t, c, net, n)
+}
+
+func TestMultipleNetworks(t *testing.T) {
+	requireSuite(t)
+	n1, n2 := bridgeNet(t), ptpNet(t)
+	net1 := createNetwork(t, n1, cniIPAM)
+	net2 := createNetwork(t, n2, nullIPAM)
+	dbr := testutil.UniqueName("dbr")
+	docker(t, "network", "create", dbr)
+	t.Cleanup(func() { _, _ = dockerErr("network", "rm", dbr) })
+	c := runContainer(t, net1)
+	docker(t, "network", "connect", net2, c)
+	docker(t, "network", "connect", dbr, c)
+	ep1 := inspectEndpoint(t, c, net1)
+	ep2 := inspectEndpoint(t, c, net2)
+	ep3 := inspectEndpoint(t, c, dbr)
+	for _, ep := range []endpoint{ep1, ep2, ep3} {
+		containerLink(t, c, ep.IPAddress)
+	}
+	if !strings.HasPrefix(ep1.IPAddress, n1.Prefix) || !strings.HasPrefix(ep2.IPAddress, n2.Prefix) {
+		t.Errorf("addresses %s / %s not from their CNI networks", ep1.IPAddress, ep2.IPAddress)
+	}
+	ping(t, c, n1.Gateway)
+	ping(t, c, n2.Gateway)
+	ping(t, c, ep3.Gateway)
+}
+
+func TestStopStartRestart(t *testing.T) {
+	requireSuite(t)
+	n := bridgeNet(t)
+	net := createNetwork(t, n, cniIPAM)
+	c := runContainer(t, net)
+	checkEndpoint(t, c, net, n)
+	for _, step := range [][]string{{"stop", "-t", "1", c}, {"start", c}, {"restart", "-t", "1", c}} {
+		docker(t, step...)
+		if step[0] == "stop" {
+			if out := docker(t, "inspect", "-f", "{{json .NetworkSettings.Networks}}", c); strings.Contains(out, n.Prefix) {
+				t.Errorf("stopped container still has a CNI address: %s", out)
+			}
+			continue
+		}
+		ep := checkEndpoint(t, c, net, n)
+		ping(t, c, n.Gateway)
+		t.Logf("after %s: %s", step[0], ep.IPAddress)
+	}
+}
+
+// TestPluginRestart: state is durable; a crashed and restarted cniplug still cleans up existing containers.
+func TestPluginRestart(t *testing.T) {
+	requireSuite(t)
+	n := bridgeNet(t)
+	net := createNetwork(t, n, cniIPAM)
+	c := runContainer(t, net)
+	ep := checkEndpoint(t, c, net, n)
+	stopPluginWith(syscall.SIGKILL)
+	if err := startPlugin(); err != nil {
+		t.Fatal(err)
+	}
+	ping(t, c, n.Gateway)
+	docker(t, "rm", "-f", c)
+	if reservedByHostLocal(n.Name, ep.IPAddress) {
+		t.Errorf("%s still reserved after rm -f across a plugin restart", ep.IPAddress)
+	}
+	c2 := runContainer(t, net)
+	checkEndpoint(t, c2, net, n)
+}
