@@ -7,6 +7,10 @@ CNI_BIN  ?= /opt/cni/bin
 # Reference CNI plugins, pinned by go.mod (tool directives).
 CNI_PLUGIN_PKGS := $(addprefix github.com/containernetworking/plugins/plugins/,main/bridge main/ptp main/macvlan main/host-device ipam/host-local ipam/static meta/portmap meta/firewall meta/tuning meta/bandwidth)
 
+# Tests share one host (links, netns, iptables, dockerd) and end with host-wide leak checks, so test runs
+# never overlap: each takes this lock.
+TESTLOCK := flock /tmp/cniplug-tests.lock
+
 .PHONY: build cni-plugins test test-unit test-e2e vet fuzz clean
 
 build:
@@ -22,13 +26,13 @@ vet:
 
 # The whole suite: unit tests (real netns + real CNI plugins) and end-to-end tests (real dockerd).
 test: build cni-plugins vet
-	$(GO) test -count=1 -p 1 -timeout 25m ./...
+	$(TESTLOCK) $(GO) test -count=1 -p 1 -timeout 25m ./...
 
 test-unit: build cni-plugins
-	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v /tests)
+	$(TESTLOCK) $(GO) test -count=1 -p 1 -timeout 10m $$($(GO) list ./... | grep -v /tests)
 
 test-e2e: build cni-plugins
-	$(GO) test -count=1 -v -timeout 20m ./tests/
+	$(TESTLOCK) $(GO) test -count=1 -v -timeout 20m ./tests/
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzParseNetwork -fuzztime 30s ./cnibridge/
