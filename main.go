@@ -15,6 +15,7 @@ import (
 
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/driver"
 	"github.com/cniplug/cniplug/ipam"
 	"github.com/cniplug/cniplug/plugin"
@@ -30,12 +31,23 @@ type config struct {
 	netnsDir   string
 	logLevel   string
 	cniTimeout time.Duration
+
+	dockerSocket      string
+	reconcileInterval time.Duration
+	reconcileMinAge   time.Duration
 }
 
 // envOr returns the environment variable's value (how the managed plugin is configured) or def.
 func envOr(key, def string) string {
 	if v, ok := os.LookupEnv(key); ok && v != "" {
 		return v
+	}
+	return def
+}
+
+func envDuration(key string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(key)); err == nil {
+		return d
 	}
 	return def
 }
@@ -50,6 +62,9 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.cacheDir, "cni-cache-dir", envOr("CNIPLUG_CNI_CACHE_DIR", "/var/lib/cni"), "libcni cache dir (env CNIPLUG_CNI_CACHE_DIR)")
 	fs.StringVar(&c.netnsDir, "netns-dir", envOr("CNIPLUG_NETNS_DIR", "/run/netns"), "where staging network namespaces are pinned (env CNIPLUG_NETNS_DIR)")
 	fs.StringVar(&c.logLevel, "log-level", envOr("CNIPLUG_LOG_LEVEL", "info"), "debug, info, warn or error (env CNIPLUG_LOG_LEVEL)")
+	fs.StringVar(&c.dockerSocket, "docker-socket", envOr("CNIPLUG_DOCKER_SOCKET", "/var/run/docker.sock"), "Docker Engine API socket, used to find attachments whose endpoints Docker forgot; empty disables (env CNIPLUG_DOCKER_SOCKET)")
+	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", envDuration("CNIPLUG_RECONCILE_INTERVAL", time.Minute), "how often to release attachments no live Docker endpoint owns; 0 disables (env CNIPLUG_RECONCILE_INTERVAL)")
+	fs.DurationVar(&c.reconcileMinAge, "reconcile-min-age", envDuration("CNIPLUG_RECONCILE_MIN_AGE", 0), "attachments younger than this are in flight and never reconciled (default 2 x --cni-timeout + 30s) (env CNIPLUG_RECONCILE_MIN_AGE)")
 	timeout := envOr("CNIPLUG_CNI_TIMEOUT", "10s")
 	fs.Func("cni-timeout", "deadline for each CNI ADD or DEL, below Docker's 30s plugin timeout (env CNIPLUG_CNI_TIMEOUT, default 10s)", func(s string) error {
 		timeout = s
@@ -93,6 +108,9 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	}
 	defer runner.Close()
 	mgr := attach.NewManager(store, runner, log)
+	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
+	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
+	logReconcile(log, "startup", rep, err)
 	h := plugin.NewHandler(driver.New(name, c.confDir, mgr, log), ipam.New(name, c.confDir, mgr, log), log)
 	l, err := plugin.Listen(c.socket)
 	if err != nil {
@@ -101,7 +119,57 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	defer os.Remove(c.socket)
 	log.Info("cniplug serving", "driver", name, "socket", c.socket, "cni_conf_dir", c.confDir, "cni_bin_dir", c.binDirs,
 		"state_dir", c.stateDir, "cni_timeout", c.cniTimeout)
+	if c.dockerSocket != "" && c.reconcileInterval > 0 {
+		go reconcileLoop(ctx, c, name, mgr, log)
+	}
 	return plugin.Serve(ctx, l, h)
+}
+
+// reconcileMinAge leaves alone anything young enough to belong to a Docker call still in flight.
+func reconcileMinAge(c *config) time.Duration {
+	if c.reconcileMinAge > 0 {
+		return c.reconcileMinAge
+	}
+	return 2*c.cniTimeout + 30*time.Second
+}
+
+// reconcileLoop periodically releases attachments whose endpoints Docker no longer has: a v1 plugin gets no
+// DeleteEndpoint for containers that died with a dockerd crash or a reboot.
+func reconcileLoop(ctx context.Context, c *config, name string, mgr *attach.Manager, log *slog.Logger) {
+	docker := dockerapi.New(c.dockerSocket)
+	for first := true; ; first = false {
+		wait := c.reconcileInterval
+		if first {
+			wait = 5 * time.Second // let dockerd finish starting and restoring
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		live, err := docker.LiveEndpoints(ctx, name)
+		if err != nil {
+			log.Debug("reconcile: cannot ask Docker for live endpoints", "error", err)
+			continue
+		}
+		rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Live: live, MinAge: reconcileMinAge(c)})
+		logReconcile(log, "periodic", rep, err)
+	}
+}
+
+func logReconcile(log *slog.Logger, kind string, rep attach.Report, err error) {
+	if err != nil {
+		log.Error("reconcile failed", "kind", kind, "error", err)
+	}
+	if n := len(rep.Leftovers.NetNS) + len(rep.Leftovers.Links) + len(rep.Attachments) + len(rep.ForgottenNetworks); n == 0 {
+		return
+	}
+	log.Info("reconciled", "kind", kind, "leftover_netns", rep.Leftovers.NetNS, "leftover_links", rep.Leftovers.Links,
+		"forgotten_networks", rep.ForgottenNetworks)
+	for _, a := range rep.Attachments {
+		log.Info("reconcile removed attachment", "attachment", a.Attachment, "cni_network", a.Network,
+			"endpoint", a.Endpoint, "address", a.Address, "reason", a.Reason, "error", a.Error)
+	}
 }
 
 func main() {

@@ -87,6 +87,10 @@ func (m *Manager) Join(a *state.Attachment) error {
 func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 	unlock := m.locks.lock(a.ID())
 	defer unlock()
+	// Another caller (DeleteEndpoint, ReleaseAddress, reconciliation) may have removed it while we waited.
+	if _, err := m.store.Attachment(a.ID()); errors.Is(err, state.ErrNotFound) {
+		return nil
+	}
 	if err := m.cni.Teardown(ctx, &a.Attachment); err != nil {
 		return err
 	}

@@ -44,7 +44,7 @@ type Runner struct {
 
 // NewRunner opens a handle on the caller's (host) network namespace; Close releases it.
 func NewRunner(cfg Config) (*Runner, error) {
-	host, err := netns.GetFromPath("/proc/self/ns/net")
+	host, err := netns.Get() // this thread's netns: /proc/self is the main thread, which createNetNS may have left in a staging netns
 	if err != nil {
 		return nil, fmt.Errorf("opening host netns: %w", err)
 	}
@@ -484,4 +484,65 @@ func (e *boundedExec) ExecPlugin(ctx context.Context, pluginPath string, stdinDa
 		}
 	}
 	return e.RawExec.ExecPlugin(ctx, pluginPath, stdinData, env)
+}
+
+// Leftovers are staging namespaces and parked host links that no known attachment accounts for (a crash
+// between steps, or state lost). known holds the ContainerIDs of every recorded attachment.
+type Leftovers struct {
+	NetNS []string
+	Links []string
+}
+
+// FindLeftovers lists cniplug-named staging namespaces and host links not belonging to known attachments.
+func (r *Runner) FindLeftovers(known []*Attachment) (Leftovers, error) {
+	var out Leftovers
+	netnsOwned, linkOwned := map[string]bool{}, map[string]bool{}
+	for _, a := range known {
+		netnsOwned[a.NetNS] = true
+		linkOwned[a.HostIfName] = true
+	}
+	entries, err := filepath.Glob(filepath.Join(r.netnsDir, "cniplug-*"))
+	if err != nil {
+		return out, err
+	}
+	for _, p := range entries {
+		if !netnsOwned[p] {
+			out.NetNS = append(out.NetNS, p)
+		}
+	}
+	host, err := netlink.NewHandleAt(r.hostNS)
+	if err != nil {
+		return out, err
+	}
+	defer host.Close()
+	links, err := host.LinkList()
+	if err != nil {
+		return out, err
+	}
+	for _, l := range links {
+		name := l.Attrs().Name
+		if strings.HasPrefix(name, "cnp") && len(name) == len("cnp")+12 && !linkOwned[name] {
+			out.Links = append(out.Links, name)
+		}
+	}
+	return out, nil
+}
+
+// RemoveLeftovers deletes what FindLeftovers found. Removing a namespace destroys the links inside it.
+func (r *Runner) RemoveLeftovers(l Leftovers) error {
+	var errs []error
+	for _, p := range l.NetNS {
+		errs = append(errs, removeNetNS(p))
+	}
+	host, err := netlink.NewHandleAt(r.hostNS)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	defer host.Close()
+	for _, name := range l.Links {
+		if link, err := host.LinkByName(name); err == nil {
+			errs = append(errs, host.LinkDel(link))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime/debug"
 	"time"
 
@@ -59,7 +60,9 @@ func NewHandler(nd NetworkDriver, id IPAMDriver, log *slog.Logger) http.Handler 
 	r.Methods(http.MethodPost).Path("/Plugin.Activate").HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
 	})
-	n := func(method string, h http.HandlerFunc) { r.Methods(http.MethodPost).Path("/NetworkDriver." + method).Handler(h) }
+	n := func(method string, h http.HandlerFunc) {
+		r.Methods(http.MethodPost).Path("/NetworkDriver." + method).Handler(h)
+	}
 	n("GetCapabilities", handle(log, "NetworkDriver.GetCapabilities", nd.GetCapabilities))
 	n("CreateNetwork", handle(log, "NetworkDriver.CreateNetwork", nd.CreateNetwork))
 	n("AllocateNetwork", handle(log, "NetworkDriver.AllocateNetwork", nd.AllocateNetwork))
@@ -74,7 +77,9 @@ func NewHandler(nd NetworkDriver, id IPAMDriver, log *slog.Logger) http.Handler 
 	n("DiscoverDelete", handle(log, "NetworkDriver.DiscoverDelete", nd.DiscoverDelete))
 	n("ProgramExternalConnectivity", handle(log, "NetworkDriver.ProgramExternalConnectivity", nd.ProgramExternalConnectivity))
 	n("RevokeExternalConnectivity", handle(log, "NetworkDriver.RevokeExternalConnectivity", nd.RevokeExternalConnectivity))
-	i := func(method string, h http.HandlerFunc) { r.Methods(http.MethodPost).Path("/IpamDriver." + method).Handler(h) }
+	i := func(method string, h http.HandlerFunc) {
+		r.Methods(http.MethodPost).Path("/IpamDriver." + method).Handler(h)
+	}
 	i("GetCapabilities", handle(log, "IpamDriver.GetCapabilities", id.GetCapabilities))
 	i("GetDefaultAddressSpaces", handle(log, "IpamDriver.GetDefaultAddressSpaces", id.GetDefaultAddressSpaces))
 	i("RequestPool", handle(log, "IpamDriver.RequestPool", id.RequestPool))
@@ -104,7 +109,15 @@ func handle[Req, Resp any](log *slog.Logger, method string, fn func(context.Cont
 		}()
 		req := new(Req)
 		body := http.MaxBytesReader(w, r.Body, MaxRequestBytes)
-		if err := json.NewDecoder(body).Decode(req); err != nil && !errors.Is(err, io.EOF) {
+		err := json.NewDecoder(body).Decode(req)
+		if errors.Is(err, io.EOF) && reflect.TypeOf(req).Elem().NumField() > 0 {
+			// Docker's plugin client re-sends an already consumed body when it retries a call (e.g. across a
+			// plugin restart), so an empty body must not be read as a request with empty IDs.
+			err = errors.New("empty request body")
+		} else if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		if err != nil {
 			log.Warn("bad request", "method", method, "error", err)
 			writeJSON(w, http.StatusBadRequest, network.ErrorResponse{Err: fmt.Sprintf("cniplug: malformed %s request: %v", method, err)})
 			return

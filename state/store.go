@@ -127,6 +127,21 @@ func put(tx *bolt.Tx, bucket []byte, key string, v any) error {
 	return tx.Bucket(bucket).Put([]byte(key), data)
 }
 
+func list[T any](db *bolt.DB, bucket []byte) ([]*T, error) {
+	var out []*T
+	err := db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(_, v []byte) error {
+			item := new(T)
+			if err := json.Unmarshal(v, item); err != nil {
+				return err
+			}
+			out = append(out, item)
+			return nil
+		})
+	})
+	return out, err
+}
+
 func get(tx *bolt.Tx, bucket []byte, key string, v any) error {
 	data := tx.Bucket(bucket).Get([]byte(key))
 	if data == nil {
@@ -147,6 +162,9 @@ func (s *Store) Network(id string) (*Network, error) {
 	return n, err
 }
 
+// Networks lists every network.
+func (s *Store) Networks() ([]*Network, error) { return list[Network](s.db, bucketNetworks) }
+
 // DeleteNetwork removes a network record.
 func (s *Store) DeleteNetwork(id string) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketNetworks).Delete([]byte(id)) })
@@ -165,20 +183,7 @@ func (s *Store) Pool(id string) (*Pool, error) {
 }
 
 // Pools lists every pool.
-func (s *Store) Pools() ([]*Pool, error) {
-	var out []*Pool
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPools).ForEach(func(_, v []byte) error {
-			p := &Pool{}
-			if err := json.Unmarshal(v, p); err != nil {
-				return err
-			}
-			out = append(out, p)
-			return nil
-		})
-	})
-	return out, err
-}
+func (s *Store) Pools() ([]*Pool, error) { return list[Pool](s.db, bucketPools) }
 
 // DeletePool removes a pool record.
 func (s *Store) DeletePool(id string) error {
@@ -288,18 +293,7 @@ func (s *Store) AttachmentByEndpoint(endpointID string) (*Attachment, error) {
 
 // Attachments lists every attachment.
 func (s *Store) Attachments() ([]*Attachment, error) {
-	var out []*Attachment
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketAttachments).ForEach(func(_, v []byte) error {
-			a := &Attachment{}
-			if err := json.Unmarshal(v, a); err != nil {
-				return err
-			}
-			out = append(out, a)
-			return nil
-		})
-	})
-	return out, err
+	return list[Attachment](s.db, bucketAttachments)
 }
 
 // DeleteAttachment removes an attachment and its index entries.

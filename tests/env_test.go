@@ -100,7 +100,9 @@ func startPlugin() error {
 		"--cni-bin-dir", env.testBinDir+":"+env.cniBinDir,
 		"--state-dir", env.stateDir,
 		"--cni-timeout", cniTimeout.String(),
-		"--log-level", "debug")
+		"--log-level", "debug",
+		// Reconcile quickly so recovery tests need not wait minutes.
+		"--reconcile-interval", "2s", "--reconcile-min-age", "3s")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting cniplug: %w", err)

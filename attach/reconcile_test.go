@@ -1,0 +1,44 @@
+package attach
+
+import (
+	"testing"
+	"time"
+
+	"github.com/cniplug/cniplug/dockerapi"
+	"github.com/cniplug/cniplug/state"
+)
+
+func TestStaleReason(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	old, young := now.Add(-time.Hour), now.Add(-time.Second)
+	live := dockerapi.Live{"net1": {"ep-live": true}}
+	att := func(phase state.Phase, created time.Time, netID, epID string) *state.Attachment {
+		return &state.Attachment{Phase: phase, Created: created, NetworkID: netID, EndpointID: epID}
+	}
+	cases := []struct {
+		name    string
+		a       *state.Attachment
+		live    dockerapi.Live
+		startup bool
+		stale   bool
+	}{
+		{"young adding during operation is in flight", att(state.PhaseAdding, young, "", ""), nil, false, false},
+		{"adding at startup is a crash leftover", att(state.PhaseAdding, young, "", ""), nil, true, true},
+		{"old adding", att(state.PhaseAdding, old, "", ""), nil, false, true},
+		{"old unclaimed address", att(state.PhasePending, old, "", ""), nil, false, true},
+		{"young unclaimed address", att(state.PhasePending, young, "", ""), nil, true, false},
+		{"joined, Docker unknown: keep", att(state.PhaseJoined, old, "net1", "ep-gone"), nil, false, false},
+		{"joined and live", att(state.PhaseJoined, old, "net1", "ep-live"), live, false, false},
+		{"joined, endpoint gone", att(state.PhaseJoined, old, "net1", "ep-gone"), live, false, true},
+		{"endpoint, network gone", att(state.PhaseEndpoint, old, "net2", "ep"), live, false, true},
+		{"young endpoint not yet visible in Docker", att(state.PhaseEndpoint, young, "net1", "ep-new"), live, false, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := staleReason(tc.a, ReconcileOptions{Live: tc.live, Startup: tc.startup, MinAge: time.Minute, Now: now})
+			if (got != "") != tc.stale {
+				t.Errorf("staleReason = %q, want stale=%v", got, tc.stale)
+			}
+		})
+	}
+}

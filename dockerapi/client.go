@@ -1,0 +1,85 @@
+// Package dockerapi asks the Docker Engine which endpoints of a driver's networks are live, so that cniplug
+// can release attachments Docker forgot (Docker replays nothing to a remote driver after a crash or reboot).
+package dockerapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Client talks to the Docker Engine API over its unix socket.
+type Client struct {
+	http *http.Client
+}
+
+// New returns a client for the Engine API socket at path.
+func New(path string) *Client {
+	return &Client{http: &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}},
+	}}
+}
+
+// Live is Docker's view of one driver's networks: network ID -> endpoint IDs of running containers.
+type Live map[string]map[string]bool
+
+// LiveEndpoints lists the networks of the given driver and their live endpoints. Docker may register a
+// managed plugin's driver as name:latest, so both forms are matched.
+func (c *Client) LiveEndpoints(ctx context.Context, driver string) (Live, error) {
+	var nets []struct {
+		ID     string `json:"Id"`
+		Driver string `json:"Driver"`
+	}
+	if err := c.get(ctx, "/networks", &nets); err != nil {
+		return nil, err
+	}
+	live := Live{}
+	for _, n := range nets {
+		if n.Driver != driver && n.Driver != driver+":latest" {
+			continue
+		}
+		var detail struct {
+			Containers map[string]struct {
+				EndpointID string `json:"EndpointID"`
+			} `json:"Containers"`
+		}
+		if err := c.get(ctx, "/networks/"+url.PathEscape(n.ID), &detail); err != nil {
+			return nil, err
+		}
+		eps := map[string]bool{}
+		for _, ct := range detail.Containers {
+			eps[ct.EndpointID] = true
+		}
+		live[n.ID] = eps
+	}
+	return live, nil
+}
+
+func (c *Client) get(ctx context.Context, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("docker API %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("docker API %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("docker API %s: %s: %s", path, resp.Status, body)
+	}
+	return json.Unmarshal(body, out)
+}

@@ -1,0 +1,141 @@
+package tests
+
+import (
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cniplug/cniplug/internal/testutil"
+)
+
+// TestParallelLifecycles: many `docker run -d` at once on one network all succeed with distinct addresses,
+// then as many parallel `rm -f` leave nothing behind.
+func TestParallelLifecycles(t *testing.T) {
+	for _, mode := range []addressing{cniIPAM, nullIPAM} {
+		t.Run(string(mode), func(t *testing.T) {
+			requireSuite(t)
+			const n = 25
+			cn := bridgeNet(t)
+			net := createNetwork(t, cn, mode)
+			names := make([]string, n)
+			errs := make([]error, n)
+			outs := make([]string, n)
+			var wg sync.WaitGroup
+			for i := range names {
+				names[i] = testutil.UniqueName("dp")
+				t.Cleanup(func() { _, _ = dockerErr("rm", "-f", names[i]) })
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					outs[i], errs[i] = dockerErr("run", "-d", "--name", names[i], "--net", net, image, "sleep", "600")
+				}()
+			}
+			wg.Wait()
+			seen := map[string]string{}
+			for i, name := range names {
+				if errs[i] != nil {
+					t.Errorf("docker run %s: %v: %s", name, errs[i], outs[i])
+					continue
+				}
+				ip := inspectEndpoint(t, name, net).IPAddress
+				if other, dup := seen[ip]; dup {
+					t.Errorf("%s and %s both got %s", name, other, ip)
+				}
+				seen[ip] = name
+				if !reservedByHostLocal(cn.Name, ip) {
+					t.Errorf("%s: %s not reserved by host-local", name, ip)
+				}
+			}
+			for i, name := range names {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					outs[i], errs[i] = dockerErr("rm", "-f", name)
+				}()
+			}
+			wg.Wait()
+			for i, name := range names {
+				if errs[i] != nil {
+					t.Errorf("docker rm -f %s: %v: %s", name, errs[i], outs[i])
+				}
+			}
+		})
+	}
+}
+
+// TestCrashDuringAdd: cniplug killed while a CNI ADD is in flight leaves a half-made attachment; the next
+// start removes it (its bridge, masquerade chain, reservation and staging netns) before serving.
+func TestCrashDuringAdd(t *testing.T) {
+	requireSuite(t)
+	n := bridgeNet(t, `{"type":"e2e-hanger"}`)
+	net := createNetwork(t, n, nullIPAM)
+	name := testutil.UniqueName("dc")
+	t.Cleanup(func() { _, _ = dockerErr("rm", "-f", name) })
+	done := make(chan string, 1)
+	go func() {
+		out, _ := dockerErr("run", "-d", "--name", name, "--net", net, image, "sleep", "60")
+		done <- out
+	}()
+	// Wait until the chain's bridge step has run (the staging netns exists) and the hanger is in flight.
+	waitFor(t, 10*time.Second, "a staging netns to appear", func() bool {
+		m, _ := filepath.Glob("/run/netns/cniplug-*")
+		return len(m) > 0 && reservedDir(n.Name)
+	})
+	stopPluginWith(syscall.SIGKILL)
+	// The hanger is a child of the dead plugin's exec; it does not matter to cleanup, but do not leave it.
+	_ = exec.Command("pkill", "-f", "e2e-hanger").Run()
+	if err := startPlugin(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("docker run ended with: %s", <-done)
+	if left, _ := filepath.Glob(filepath.Join(testutil.CNIDataDir, "networks", n.Name, "10.*")); len(left) > 0 {
+		t.Errorf("reservations left after restart: %v", left)
+	}
+}
+
+// TestForgottenEndpoint: a container removed while cniplug was down (Docker could not call DeleteEndpoint)
+// is released by reconciliation against Docker's live endpoints.
+func TestForgottenEndpoint(t *testing.T) {
+	requireSuite(t)
+	n := bridgeNet(t)
+	net := createNetwork(t, n, cniIPAM)
+	c := runContainer(t, net)
+	ep := checkEndpoint(t, c, net, n)
+	stopPluginWith(syscall.SIGKILL)
+	// Docker retries the dead plugin, then force-removes the container without the driver.
+	out, err := dockerErr("rm", "-f", c)
+	if err != nil {
+		t.Logf("docker rm -f with the plugin down: %v: %s", err, out)
+		_, _ = dockerErr("rm", "-f", c)
+	}
+	if !reservedByHostLocal(n.Name, ep.IPAddress) {
+		t.Log("note: Docker released the endpoint without the plugin; nothing left to reconcile")
+	}
+	if err := startPlugin(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "reconciliation to release "+ep.IPAddress, func() bool {
+		return !reservedByHostLocal(n.Name, ep.IPAddress)
+	})
+	// The network still works for new containers.
+	c2 := runContainer(t, net)
+	checkEndpoint(t, c2, net, n)
+}
+
+func reservedDir(cniName string) bool {
+	m, _ := filepath.Glob(filepath.Join(testutil.CNIDataDir, "networks", cniName, "10.*"))
+	return len(m) > 0
+}
+
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out after %s waiting for %s", limit, what)
+}
