@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,16 +24,29 @@ func createNetNS(path string) error {
 
 	errCh := make(chan error, 1)
 	go func() {
-		// The thread is moved into the new namespace and never unlocked, so the Go runtime discards it when
-		// this goroutine returns instead of reusing a thread in the wrong namespace.
 		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errCh <- fmt.Errorf("reading thread netns: %w", err)
+			return
+		}
+		defer orig.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errCh <- fmt.Errorf("unshare netns: %w", err)
 			return
 		}
 		self := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
-		if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
-			errCh <- fmt.Errorf("bind-mounting netns at %s: %w", path, err)
+		mountErr := unix.Mount(self, path, "none", unix.MS_BIND, "")
+		// Put the thread back before unlocking it. If that fails it stays locked, and the runtime discards
+		// it when this goroutine ends instead of running other goroutines in the wrong namespace. (Locking
+		// without restoring would wedge the main thread forever were this goroutine scheduled there.)
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+		if mountErr != nil {
+			errCh <- fmt.Errorf("bind-mounting netns at %s: %w", path, mountErr)
 			return
 		}
 		errCh <- nil

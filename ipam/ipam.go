@@ -199,11 +199,14 @@ func (p *Ipam) ReleaseAddress(ctx context.Context, req *ipam.ReleaseAddressReque
 		return nil, p.errorf("reading state: %w", err)
 	}
 	pending, err := p.store.TakeRelease(pool.CNIName, ipOf(req.Address))
-	if errors.Is(err, state.ErrNotFound) || pending == nil {
+	if errors.Is(err, state.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, p.errorf("reading state: %w", err)
+	}
+	if pending == nil {
+		return nil, nil // the release Docker owed an address an endpoint claimed
 	}
 	if err := p.mgr.Remove(ctx, pending); err != nil {
 		return nil, p.errorf("releasing %s on CNI network %q: %w", req.Address, pool.CNIName, err)
