@@ -212,7 +212,10 @@ func writeConflist(t *testing.T, kind string, mainPlugin func(ipam string) strin
 	plugins = append(plugins, `{"type":"firewall"}`)
 	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"%s","plugins":[%s]}`, n.Name, strings.Join(plugins, ","))
 	path := testutil.WriteFile(t, env.confDir, n.Name+".conflist", conf)
-	t.Cleanup(func() { os.Remove(path) })
+	t.Cleanup(func() {
+		os.Remove(path)
+		testutil.RemoveHostLocalBookkeeping(n.Name)
+	})
 	return n
 }
 
