@@ -29,6 +29,15 @@ type Config struct {
 	NetNSDir string // where staging namespaces are pinned
 	Timeout  time.Duration
 	Logger   *slog.Logger
+	// ExecObserver, when set, is told the duration of every CNI plugin exec (metrics; cnibridge stays free of
+	// any metrics library).
+	ExecObserver ExecObserver
+}
+
+// ExecObserver is told about each CNI plugin exec: the plugin's type (its binary's name), the CNI command
+// (ADD, DEL, CHECK, VERSION, ...), how long it ran and whether it failed.
+type ExecObserver interface {
+	ObserveExec(plugin, command string, d time.Duration, err error)
 }
 
 // Runner performs CNI operations for attachments. It holds no per-attachment state: callers persist the
@@ -55,7 +64,7 @@ func NewRunner(cfg Config) (*Runner, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Runner{
-		cni:      libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, &boundedExec{}),
+		cni:      libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, &boundedExec{observer: cfg.ExecObserver}),
 		binDirs:  cfg.BinDirs,
 		netnsDir: cfg.NetNSDir,
 		timeout:  cfg.Timeout,
@@ -221,7 +230,7 @@ func (r *Runner) Teardown(ctx context.Context, att *Attachment) error {
 	}
 	if err := r.returnLink(att, nw); err != nil {
 		// DEL still runs: it releases addresses and rules even when the link cannot be recovered.
-		r.log.Warn("could not return link to staging netns before CNI DEL", "attachment", att.ContainerID, "network", att.Network, "error", err)
+		r.log.Warn("could not return link to staging netns before CNI DEL", "attachment", att.ContainerID, "cni_network", att.Network, "error", err)
 	}
 	delCtx, cancel := context.WithTimeout(ctx, r.timeout)
 	err = r.cni.DelNetworkList(delCtx, nw.List, att.runtimeConf())
@@ -470,7 +479,11 @@ func (r *Runner) Validate(ctx context.Context, nw *Network) error {
 
 // boundedExec runs plugins with only the CNI_* variables and PATH (plugins such as portmap exec iptables),
 // not cniplug's whole environment.
-type boundedExec struct{ invoke.RawExec }
+// It also reports each exec's duration to the observer, if any.
+type boundedExec struct {
+	invoke.RawExec
+	observer ExecObserver
+}
 
 func (e *boundedExec) Decode(jsonBytes []byte) (version.PluginInfo, error) {
 	return (&version.PluginDecoder{}).Decode(jsonBytes)
@@ -478,12 +491,22 @@ func (e *boundedExec) Decode(jsonBytes []byte) (version.PluginInfo, error) {
 
 func (e *boundedExec) ExecPlugin(ctx context.Context, pluginPath string, stdinData []byte, environ []string) ([]byte, error) {
 	env := make([]string, 0, 8)
+	command := ""
 	for _, kv := range environ {
 		if strings.HasPrefix(kv, "CNI_") || strings.HasPrefix(kv, "PATH=") {
 			env = append(env, kv)
 		}
+		if c, ok := strings.CutPrefix(kv, "CNI_COMMAND="); ok {
+			command = c
+		}
 	}
-	return e.RawExec.ExecPlugin(ctx, pluginPath, stdinData, env)
+	if e.observer == nil {
+		return e.RawExec.ExecPlugin(ctx, pluginPath, stdinData, env)
+	}
+	start := time.Now()
+	out, err := e.RawExec.ExecPlugin(ctx, pluginPath, stdinData, env)
+	e.observer.ObserveExec(filepath.Base(pluginPath), command, time.Since(start), err)
+	return out, err
 }
 
 // Leftovers are staging namespaces and parked host links that no known attachment accounts for (a crash
