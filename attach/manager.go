@@ -54,7 +54,8 @@ func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state
 	}
 	if err := m.cni.Add(ctx, &rec.Attachment); err != nil {
 		if derr := m.store.DeleteAttachment(&rec); derr != nil {
-			m.log.Error("forgetting failed attachment", "attachment", rec.ID(), "error", derr)
+			m.log.Error("forgetting failed attachment", "attachment", rec.ID(), "cni_network", rec.Network,
+				"network", rec.NetworkID, "endpoint", rec.EndpointID, "error", derr)
 		}
 		return nil, err
 	}
@@ -66,8 +67,8 @@ func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state
 		}
 		return nil, err
 	}
-	m.log.Info("attachment added", "attachment", rec.ID(), "cni_network", rec.Network,
-		"address", rec.Interface.IPv4, "address_v6", rec.Interface.IPv6, "endpoint", rec.EndpointID)
+	m.log.Info("attachment added", "attachment", rec.ID(), "cni_network", rec.Network, "network", rec.NetworkID,
+		"endpoint", rec.EndpointID, "pool", rec.PoolID, "address", rec.Interface.IPv4, "address_v6", rec.Interface.IPv6)
 	return &rec, nil
 }
 
@@ -97,8 +98,8 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 	if err := m.store.DeleteAttachment(a); err != nil {
 		return fmt.Errorf("forgetting attachment %s: %w", a.ID(), err)
 	}
-	m.log.Info("attachment removed", "attachment", a.ID(), "cni_network", a.Network,
-		"address", a.Interface.IPv4, "endpoint", a.EndpointID)
+	m.log.Info("attachment removed", "attachment", a.ID(), "cni_network", a.Network, "network", a.NetworkID,
+		"endpoint", a.EndpointID, "address", a.Interface.IPv4)
 	return nil
 }
 

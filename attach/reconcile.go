@@ -29,6 +29,7 @@ type ReconcileOptions struct {
 type Action struct {
 	Attachment string `json:"attachment"`
 	Network    string `json:"cniNetwork"`
+	NetworkID  string `json:"networkID,omitempty"` // Docker network ID
 	Endpoint   string `json:"endpoint,omitempty"`
 	Address    string `json:"address,omitempty"`
 	Reason     string `json:"reason"`
@@ -97,7 +98,7 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 		if reason == "" {
 			continue
 		}
-		act := Action{Attachment: a.ID(), Network: a.Network, Endpoint: a.EndpointID, Address: a.Interface.IPv4, Reason: reason}
+		act := Action{Attachment: a.ID(), Network: a.Network, NetworkID: a.NetworkID, Endpoint: a.EndpointID, Address: a.Interface.IPv4, Reason: reason}
 		if !o.DryRun {
 			if err := m.Remove(ctx, a); err != nil {
 				act.Error = err.Error()

@@ -32,36 +32,76 @@ func New(path string) *Client {
 // Live is Docker's view of one driver's networks: network ID -> endpoint IDs of running containers.
 type Live map[string]map[string]bool
 
-// LiveEndpoints lists the networks of the given driver and their live endpoints. Docker may register a
-// managed plugin's driver as name:latest, so both forms are matched.
+// Network is one of the driver's Docker networks with the endpoints of its running containers.
+type Network struct {
+	ID        string
+	Name      string
+	Endpoints map[string]Container // endpoint ID -> the container that owns it
+}
+
+// Container is a running container attached to a network.
+type Container struct {
+	ID   string
+	Name string
+}
+
+// Inventory is everything Docker knows about one driver's networks, by network ID.
+type Inventory map[string]*Network
+
+// Live reduces the inventory to network ID -> live endpoint IDs.
+func (inv Inventory) Live() Live {
+	live := Live{}
+	for id, n := range inv {
+		eps := map[string]bool{}
+		for ep := range n.Endpoints {
+			eps[ep] = true
+		}
+		live[id] = eps
+	}
+	return live
+}
+
+// LiveEndpoints lists the networks of the given driver and their live endpoints.
 func (c *Client) LiveEndpoints(ctx context.Context, driver string) (Live, error) {
+	inv, err := c.Inventory(ctx, driver)
+	if err != nil {
+		return nil, err
+	}
+	return inv.Live(), nil
+}
+
+// Inventory lists the networks of the given driver, with their names and the containers on them. Docker may
+// register a managed plugin's driver as name:latest, so both forms are matched.
+func (c *Client) Inventory(ctx context.Context, driver string) (Inventory, error) {
 	var nets []struct {
 		ID     string `json:"Id"`
+		Name   string `json:"Name"`
 		Driver string `json:"Driver"`
 	}
 	if err := c.get(ctx, "/networks", &nets); err != nil {
 		return nil, err
 	}
-	live := Live{}
+	inv := Inventory{}
 	for _, n := range nets {
 		if n.Driver != driver && n.Driver != driver+":latest" {
 			continue
 		}
 		var detail struct {
 			Containers map[string]struct {
+				Name       string `json:"Name"`
 				EndpointID string `json:"EndpointID"`
 			} `json:"Containers"`
 		}
 		if err := c.get(ctx, "/networks/"+url.PathEscape(n.ID), &detail); err != nil {
 			return nil, err
 		}
-		eps := map[string]bool{}
-		for _, ct := range detail.Containers {
-			eps[ct.EndpointID] = true
+		nw := &Network{ID: n.ID, Name: n.Name, Endpoints: map[string]Container{}}
+		for id, ct := range detail.Containers {
+			nw.Endpoints[ct.EndpointID] = Container{ID: id, Name: ct.Name}
 		}
-		live[n.ID] = eps
+		inv[n.ID] = nw
 	}
-	return live, nil
+	return inv, nil
 }
 
 func (c *Client) get(ctx context.Context, path string, out any) error {
