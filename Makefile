@@ -8,8 +8,9 @@ CNI_BIN  ?= /opt/cni/bin
 CNI_PLUGIN_PKGS := $(addprefix github.com/containernetworking/plugins/plugins/,main/bridge main/ptp main/macvlan main/host-device ipam/host-local ipam/static meta/portmap meta/firewall meta/tuning meta/bandwidth)
 
 # Tests share one host (links, netns, iptables, dockerd) and end with host-wide leak checks, so test runs
-# never overlap: each takes this lock.
-TESTLOCK := flock /tmp/cniplug-tests.lock
+# never overlap: each takes this lock (-o: processes a test leaves running, such as a restarted dockerd,
+# must not inherit it).
+TESTLOCK := flock -o /tmp/cniplug-tests.lock
 
 .PHONY: build cni-plugins test test-unit test-e2e vet fuzz clean
 

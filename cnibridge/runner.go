@@ -155,6 +155,9 @@ func (r *Runner) Add(ctx context.Context, att *Attachment) error {
 	if err != nil {
 		return fmt.Errorf("conflist of CNI network %q: %w", att.Network, err)
 	}
+	if err := r.status(ctx, nw); err != nil {
+		return err
+	}
 	if err := createNetNS(att.NetNS); err != nil {
 		return fmt.Errorf("creating staging netns: %w", err)
 	}
@@ -473,6 +476,17 @@ func (r *Runner) Validate(ctx context.Context, nw *Network) error {
 	}
 	if _, err := r.cni.ValidateNetworkList(ctx, nw.List); err != nil {
 		return fmt.Errorf("CNI network %q is not usable: %w", nw.Name, err)
+	}
+	return r.status(ctx, nw)
+}
+
+// status runs CNI STATUS (spec 1.1+; a no-op for older networks): a plugin that says it cannot serve ADD
+// yet (e.g. its daemon is down) fails the Docker call with its own message instead of a half-made ADD.
+func (r *Runner) status(ctx context.Context, nw *Network) error {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	if err := r.cni.GetStatusNetworkList(ctx, nw.List); err != nil {
+		return fmt.Errorf("CNI network %q is not ready (CNI STATUS): %w", nw.Name, err)
 	}
 	return nil
 }

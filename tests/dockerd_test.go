@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,6 +66,8 @@ func restartDockerd(t *testing.T, sig syscall.Signal, liveRestore bool, between 
 	if err != nil {
 		t.Fatal(err)
 	}
+	// dockerd outlives this test binary: it must not inherit descriptors such as the test-run lock.
+	closeInheritedFDs()
 	cmd := exec.Command(argv[0], args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlive the test binary
@@ -185,4 +188,16 @@ func TestSimulatedReboot(t *testing.T) {
 	waitFor(t, 30*time.Second, "the pre-reboot address "+old.IPAddress+" to be released", func() bool {
 		return len(reservations(n.Name)) == 1
 	})
+}
+
+// closeInheritedFDs marks every descriptor above stderr close-on-exec. Go does so for files it opens, but not
+// for descriptors the test binary inherited (e.g. from flock).
+func closeInheritedFDs() {
+	entries, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range entries {
+		var fd int
+		if _, err := fmt.Sscan(e.Name(), &fd); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }

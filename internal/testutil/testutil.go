@@ -225,3 +225,8 @@ func RemoveHostLocalBookkeeping(network string) {
 	}
 	_ = os.Remove(dir)
 }
+
+// RunQuiet runs a command for its side effect, ignoring its output.
+func RunQuiet(name string, args ...string) error {
+	return exec.Command(name, args...).Run()
+}
