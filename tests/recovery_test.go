@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"sync"
@@ -14,10 +15,13 @@ import (
 // TestParallelLifecycles: many `docker run -d` at once on one network all succeed with distinct addresses,
 // then as many parallel `rm -f` leave nothing behind.
 func TestParallelLifecycles(t *testing.T) {
-	for _, mode := range []addressing{cniIPAM, nullIPAM} {
-		t.Run(string(mode), func(t *testing.T) {
+	for _, tc := range []struct {
+		mode addressing
+		n    int
+	}{{cniIPAM, 50}, {nullIPAM, 25}} {
+		mode, n := tc.mode, tc.n
+		t.Run(fmt.Sprintf("%s/%d", mode, n), func(t *testing.T) {
 			requireSuite(t)
-			const n = 25
 			cn := bridgeNet(t)
 			net := createNetwork(t, cn, mode)
 			names := make([]string, n)
