@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/hostports"
 	"github.com/cniplug/cniplug/state"
 )
 
@@ -21,6 +22,9 @@ type Manager struct {
 	cni   *cnibridge.Runner
 	log   *slog.Logger
 	locks keyedMutex
+
+	ports     portsState            // host port publishing (ports.go)
+	hostPorts *hostports.Programmer // set by tests; nil = iptables from PATH
 }
 
 // NewManager returns a Manager over the store and runner.
@@ -91,6 +95,9 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 	// Another caller (DeleteEndpoint, ReleaseAddress, reconciliation) may have removed it while we waited.
 	if _, err := m.store.Attachment(a.ID()); errors.Is(err, state.ErrNotFound) {
 		return nil
+	}
+	if err := m.unpublish(ctx, a); err != nil {
+		return err
 	}
 	if err := m.cni.Teardown(ctx, &a.Attachment); err != nil {
 		return err

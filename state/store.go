@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/cniplug/cniplug/cniargs"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/hostports"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -36,6 +38,8 @@ type Network struct {
 	IPv4Gateway string      `json:"ipv4Gateway,omitempty"`
 	IPv6Pool    string      `json:"ipv6Pool,omitempty"`
 	Created     time.Time   `json:"created"`
+	// Extra is the allow-listed CNI_ARGS / capability args given with --opt cni.<...>.
+	Extra cniargs.Extra `json:"extra,omitempty"`
 }
 
 // Pool is an address pool handed to Docker by cniplug's IPAM driver.
@@ -45,6 +49,8 @@ type Pool struct {
 	Conflist []byte `json:"conflist"`
 	CIDR     string `json:"cidr"`
 	V6       bool   `json:"v6"`
+	// Extra is the allow-listed CNI_ARGS / capability args given with --ipam-opt cni.<...>.
+	Extra cniargs.Extra `json:"extra,omitempty"`
 }
 
 // Phase is where an attachment is in Docker's lifecycle.
@@ -69,6 +75,14 @@ type Attachment struct {
 	EndpointID string    `json:"endpointID,omitempty"`
 	PoolID     string    `json:"poolID,omitempty"`
 	Created    time.Time `json:"created"`
+	// HostPorts are the ports published for the endpoint (`docker run -p`), recorded before their rules are
+	// programmed so that teardown removes them even after a crash.
+	HostPorts *hostports.Record `json:"hostPorts,omitempty"`
+	// RequestMAC is the MAC Docker generated (or the user asked for) and passed to cniplug IPAM's
+	// RequestAddress: it pairs the endpoint's IPv6 request with the attachment its IPv4 request created.
+	RequestMAC string `json:"requestMAC,omitempty"`
+	// V6Taken: Docker's IPv6 RequestAddress already received this pending attachment's IPv6 address.
+	V6Taken bool `json:"v6Taken,omitempty"`
 }
 
 // ID is the attachment's key (its CNI container ID).

@@ -1,0 +1,285 @@
+package hostports
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/vishvananda/netns"
+)
+
+func TestParseDockerPortmap(t *testing.T) {
+	decode := func(s string) any {
+		var v any
+		if err := json.Unmarshal([]byte(s), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	got, err := ParseDockerPortmap(decode(`[{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080},
+		{"Proto":17,"IP":"","Port":53,"HostIP":"127.0.0.1","HostPort":0,"HostPortEnd":0},
+		{"Proto":132,"Port":9,"HostIP":"::1","HostPort":9000,"HostPortEnd":9010}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Binding{
+		{Proto: 6, Port: 80, HostPort: 8080, HostPortEnd: 8080},
+		{Proto: 17, Port: 53, HostIP: "127.0.0.1"},
+		{Proto: 132, Port: 9, HostIP: "::1", HostPort: 9000, HostPortEnd: 9010},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+	if b, err := ParseDockerPortmap(nil); err != nil || b != nil {
+		t.Errorf("nil option: %v %v", b, err)
+	}
+	for _, bad := range []string{
+		`{"Proto":6}`,
+		`[{"Proto":1,"Port":80}]`,
+		`[{"Proto":6,"Port":0,"HostPort":1}]`,
+		`[{"Proto":6,"Port":80,"HostPort":90,"HostPortEnd":80}]`,
+		`[{"Proto":6,"Port":80,"HostPort":0,"HostPortEnd":80}]`,
+		`[{"Proto":6,"Port":70000}]`,
+		`[{"Proto":6,"Port":80,"HostIP":"not-an-ip"}]`,
+		`[{"Proto":6,"Port":"80"}]`,
+	} {
+		if _, err := ParseDockerPortmap(decode(bad)); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+func FuzzParseDockerPortmap(f *testing.F) {
+	f.Add([]byte(`[{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080}]`))
+	f.Add([]byte(`[{"Proto":17,"Port":53,"HostIP":"::1","HostPort":0}]`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var v any
+		if json.Unmarshal(data, &v) != nil {
+			return
+		}
+		bs, err := ParseDockerPortmap(v)
+		if err != nil {
+			return
+		}
+		if len(bs) > MaxMappings {
+			t.Fatalf("%d bindings accepted", len(bs))
+		}
+		for _, b := range bs {
+			if protoNames[b.Proto] == "" || protoNames[b.Proto] == "icmp" || b.Port == 0 {
+				t.Fatalf("invalid binding accepted: %+v", b)
+			}
+			if b.HostPortEnd != 0 && (b.HostPortEnd < b.HostPort || b.HostPort == 0) {
+				t.Fatalf("invalid range accepted: %+v", b)
+			}
+			if b.HostIP != "" && net.ParseIP(b.HostIP) == nil {
+				t.Fatalf("invalid host IP accepted: %+v", b)
+			}
+		}
+	})
+}
+
+func TestOverlap(t *testing.T) {
+	m := func(proto, ip string, port int) Mapping { return Mapping{Proto: proto, HostIP: ip, HostPort: port} }
+	cases := []struct {
+		a, b Mapping
+		want bool
+	}{
+		{m("tcp", "", 80), m("tcp", "10.0.0.1", 80), true},
+		{m("tcp", "0.0.0.0", 80), m("tcp", "10.0.0.1", 80), true},
+		{m("tcp", "10.0.0.2", 80), m("tcp", "10.0.0.1", 80), false},
+		{m("tcp", "", 80), m("udp", "", 80), false},
+		{m("tcp", "", 80), m("tcp", "", 81), false},
+	}
+	for _, c := range cases {
+		if got := Overlap(c.a, c.b); got != c.want {
+			t.Errorf("Overlap(%v, %v) = %v", c.a, c.b, got)
+		}
+	}
+}
+
+func TestResolve(t *testing.T) {
+	testutil.RequireRoot(t)
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	hp := uint16(held.Addr().(*net.TCPAddr).Port)
+	_, err = Resolve([]Binding{{Proto: 6, Port: 80, HostIP: "127.0.0.1", HostPort: hp}}, nil)
+	if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), fmt.Sprintf("host port %d/tcp is already in use", hp)) {
+		t.Errorf("held port: %v", err)
+	}
+	// A range skips the held port; a port another container publishes is skipped too.
+	other := func(m Mapping) bool { return m.HostPort == int(hp)+1 }
+	ms, err := Resolve([]Binding{{Proto: 6, Port: 80, HostIP: "127.0.0.1", HostPort: hp, HostPortEnd: hp + 5}}, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ms[0].HostPort <= int(hp)+1 || ms[0].HostPort > int(hp)+5 {
+		t.Errorf("range resolved to %d (held %d, published %d)", ms[0].HostPort, hp, hp+1)
+	}
+	ms, err = Resolve([]Binding{{Proto: 17, Port: 53}, {Proto: 6, Port: 80}}, nil)
+	if err != nil || ms[0].HostPort == 0 || ms[1].HostPort == 0 {
+		t.Errorf("ephemeral: %v %v", ms, err)
+	}
+	if _, err := Resolve([]Binding{{Proto: 6, Port: 80, HostIP: "192.0.2.77", HostPort: 8080}}, nil); err == nil ||
+		!strings.Contains(err.Error(), "not an address of this host") {
+		t.Errorf("foreign host IP: %v", err)
+	}
+}
+
+// inNetNS runs fn on a thread in ns.
+func inNetNS(t *testing.T, ns netns.NsHandle, fn func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			t.Error(err)
+			return
+		}
+		fn()
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+	<-done
+}
+
+// TestApplyRemove programs real rules with both iptables backends in a pair of namespaces standing in for
+// the host and a container, checks that TCP to the published port reaches the container from the "host"
+// itself (OUTPUT DNAT) and from a third namespace (PREROUTING + FORWARD with a DROP policy), and that Remove
+// leaves no rule or chain, also when repeated.
+func TestApplyRemove(t *testing.T) {
+	testutil.RequireRoot(t)
+	before := testutil.TakeSnapshot(t)
+	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
+	for _, backend := range []string{"legacy", "nft"} {
+		t.Run(backend, func(t *testing.T) {
+			v4, v6 := "iptables-"+backend, "ip6tables-"+backend
+			if _, err := exec.LookPath(v4); err != nil {
+				t.Skipf("skipping: %s not installed", v4)
+			}
+			host, ctr, client := nsName("hph"), nsName("hpc"), nsName("hpx")
+			for _, n := range []string{host, ctr, client} {
+				testutil.Run(t, "ip", "netns", "add", n)
+				t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n).Run() })
+			}
+			sh := func(ns, cmd string) string { return testutil.Run(t, "ip", "netns", "exec", ns, "sh", "-c", cmd) }
+			testutil.Run(t, "ip", "link", "add", "hpveth0", "netns", host, "type", "veth", "peer", "name", "eth0", "netns", ctr)
+			testutil.Run(t, "ip", "link", "add", "hpveth1", "netns", host, "type", "veth", "peer", "name", "eth0", "netns", client)
+			sh(host, "ip link set lo up; ip addr add 10.99.0.1/24 dev hpveth0; ip link set hpveth0 up; ip addr add 10.98.0.1/24 dev hpveth1; ip link set hpveth1 up; sysctl -qw net.ipv4.ip_forward=1")
+			sh(host, v4+" -P FORWARD DROP")
+			sh(ctr, "ip link set lo up; ip addr add 10.99.0.2/24 dev eth0; ip link set eth0 up; ip route add default via 10.99.0.1")
+			sh(client, "ip link set lo up; ip addr add 10.98.0.2/24 dev eth0; ip link set eth0 up; ip route add default via 10.98.0.1")
+
+			hostNS, err := netns.GetFromName(host)
+			testutil.Must(t, err)
+			defer hostNS.Close()
+			ctrNS, err := netns.GetFromName(ctr)
+			testutil.Must(t, err)
+			defer ctrNS.Close()
+			clientNS, err := netns.GetFromName(client)
+			testutil.Must(t, err)
+			defer clientNS.Close()
+
+			// The "container" serves its name.
+			var l net.Listener
+			inNetNS(t, ctrNS, func() { l, err = net.Listen("tcp", "10.99.0.2:80") })
+			testutil.Must(t, err)
+			defer l.Close()
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					fmt.Fprintln(c, "container")
+					c.Close()
+				}
+			}()
+
+			p, err := NewWithPaths(v4, v6)
+			testutil.Must(t, err)
+			rec := Record{ID: "0123456789abcdef", ContainerIPv4: "10.99.0.2/24", DNAT: true,
+				Mappings: []Mapping{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}, {Proto: "udp", HostIP: "10.98.0.1", HostPort: 5353, ContainerPort: 53}}}
+			inNetNS(t, hostNS, func() {
+				p.procSys = "/proc/sys"
+				err = p.Apply(rec)
+				if err == nil {
+					err = p.Apply(rec) // idempotent
+				}
+			})
+			testutil.Must(t, err)
+			rules := sh(host, v4+"-save")
+			for _, want := range []string{"-j DNAT --to-destination 10.99.0.2:80", "-A CNIPLUG-FORWARD", "-A FORWARD -m comment --comment \"cniplug host ports\" -j CNIPLUG-FORWARD", "MASQUERADE"} {
+				if !strings.Contains(rules, want) {
+					t.Errorf("rules lack %q:\n%s", want, rules)
+				}
+			}
+			if n := strings.Count(rules, "-j DNAT"); n != 2 {
+				t.Errorf("%d DNAT rules after applying twice, want 2:\n%s", n, rules)
+			}
+			dial := func(ns netns.NsHandle, addr string) (string, error) {
+				var line string
+				var err error
+				inNetNS(t, ns, func() {
+					var c net.Conn
+					c, err = net.DialTimeout("tcp", addr, 2*time.Second)
+					if err != nil {
+						return
+					}
+					defer c.Close()
+					_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+					line, err = bufio.NewReader(c).ReadString('\n')
+					if errors.Is(err, io.EOF) {
+						err = nil
+					}
+				})
+				return strings.TrimSpace(line), err
+			}
+			for _, tc := range []struct {
+				name string
+				ns   netns.NsHandle
+				addr string
+			}{{"other host", clientNS, "10.98.0.1:8080"}, {"host itself", hostNS, "10.98.0.1:8080"}, {"host localhost", hostNS, "127.0.0.1:8080"}} {
+				if got, err := dial(tc.ns, tc.addr); err != nil || got != "container" {
+					t.Errorf("%s -> %s: %q, %v", tc.name, tc.addr, got, err)
+				}
+			}
+
+			inNetNS(t, hostNS, func() {
+				err = p.Remove(rec)
+				if err == nil {
+					err = p.Remove(rec)
+				}
+			})
+			testutil.Must(t, err)
+			if rules := sh(host, v4+"-save"); strings.Contains(rules, "CNIPLUG") {
+				t.Errorf("rules remain after Remove:\n%s", rules)
+			}
+			if _, err := dial(clientNS, "10.98.0.1:8080"); err == nil {
+				t.Errorf("published port still reachable after Remove")
+			}
+		})
+	}
+}
+
+func nsName(prefix string) string { return testutil.UniqueName(prefix) }

@@ -1,0 +1,47 @@
+package state
+
+import (
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// TakePendingV6 finds the pending attachment on CNI network cniName that Docker's IPv4 RequestAddress created
+// for the endpoint with this MAC, and marks its IPv6 address as handed out. Docker sends the same MAC with
+// both of an endpoint's RequestAddress calls (cniplug IPAM requires one), so the pairing is exact even when
+// containers start in parallel. With several candidates (a MAC given twice with --mac-address) the newest
+// untaken one is used. ErrNotFound when there is none.
+func (s *Store) TakePendingV6(cniName, mac string) (*Attachment, error) {
+	var found *Attachment
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		pending := tx.Bucket(bucketPending)
+		err := pending.ForEach(func(k, id []byte) error {
+			if !strings.HasPrefix(string(k), cniName+"/") {
+				return nil
+			}
+			a := &Attachment{}
+			if err := get(tx, bucketAttachments, string(id), a); err != nil {
+				return nil
+			}
+			if a.Phase != PhasePending || a.V6Taken || !strings.EqualFold(a.RequestMAC, mac) || a.Network != cniName {
+				return nil
+			}
+			if found == nil || a.Created.After(found.Created) {
+				found = a
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if found == nil {
+			return ErrNotFound
+		}
+		found.V6Taken = true
+		return putAttachment(tx, found)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return found, nil
+}
