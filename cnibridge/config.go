@@ -274,3 +274,57 @@ func RequestArgs(n *Network, addresses []string, mac string) ([][2]string, map[s
 	}
 	return args, caps
 }
+
+// WithArgs returns a copy of the network in which every plugin's configuration carries the given keys under
+// "args": {"cni": {...}} (the CNI convention for args in network configuration). It asks for several
+// addresses at once ("ips"), which host-local honours across its range sets where CNI_ARGS IP= carries one.
+// The returned network's Bytes are what ADD and DEL then use.
+func (n *Network) WithArgs(cni map[string]any) (*Network, error) {
+	var list map[string]json.RawMessage
+	if err := json.Unmarshal(n.Bytes, &list); err != nil {
+		return nil, fmt.Errorf("network %q: %w", n.Name, err)
+	}
+	var plugins []map[string]json.RawMessage
+	if err := json.Unmarshal(list["plugins"], &plugins); err != nil {
+		return nil, fmt.Errorf("network %q: plugins: %w", n.Name, err)
+	}
+	for i, p := range plugins {
+		args := map[string]json.RawMessage{}
+		if raw, ok := p["args"]; ok {
+			if err := json.Unmarshal(raw, &args); err != nil {
+				return nil, fmt.Errorf("network %q: plugin %d: args: %w", n.Name, i, err)
+			}
+		}
+		inner := map[string]any{}
+		if raw, ok := args["cni"]; ok {
+			if err := json.Unmarshal(raw, &inner); err != nil {
+				return nil, fmt.Errorf("network %q: plugin %d: args.cni: %w", n.Name, i, err)
+			}
+		}
+		for k, v := range cni {
+			inner[k] = v
+		}
+		b, err := json.Marshal(inner)
+		if err != nil {
+			return nil, err
+		}
+		args["cni"] = b
+		if p["args"], err = json.Marshal(args); err != nil {
+			return nil, err
+		}
+	}
+	var err error
+	if list["plugins"], err = json.Marshal(plugins); err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(list)
+	if err != nil {
+		return nil, err
+	}
+	out, err := ParseNetwork(data)
+	if err != nil {
+		return nil, err
+	}
+	out.File = n.File
+	return out, nil
+}

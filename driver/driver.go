@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/attach"
+	"github.com/cniplug/cniplug/cniargs"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/hostports"
 	"github.com/cniplug/cniplug/ipam"
 	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/network"
@@ -71,14 +73,18 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	}
 	var unknown []string
 	for k := range opts {
-		if !contains(knownOptions, k) {
+		if !contains(knownOptions, k) && !cniargs.IsOption(k) {
 			unknown = append(unknown, k)
 		}
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
 		return nil, d.errorf(req.NetworkID, "unknown option(s) %s: %s understands --opt %s",
-			strings.Join(unknown, ", "), d.name, strings.Join(knownOptions, ", "))
+			strings.Join(unknown, ", "), d.name, strings.Join(append(append([]string{}, knownOptions...), cniargs.Allowed()...), ", "))
+	}
+	extra, err := cniargs.Parse(opts)
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "%w", err)
 	}
 	cniName := opts[OptCNI]
 	if cniName == "" {
@@ -91,7 +97,10 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	if err := d.mgr.Runner().Validate(ctx, nw); err != nil {
 		return nil, d.errorf(req.NetworkID, "%w", err)
 	}
-	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC()}
+	if err := extra.Check(nw.Name, nw.Capabilities()); err != nil {
+		return nil, d.errorf(req.NetworkID, "%w", err)
+	}
+	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra}
 	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
 		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
 		rec.Mode = modeOf(v4.AddressSpace)
@@ -114,6 +123,9 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	case state.ModeCNIIPAM:
 		if err := d.checkCNIPool(nw, rec.IPv4Pool); err != nil {
 			return nil, d.errorf(req.NetworkID, "%w", err)
+		}
+		if !extra.Empty() {
+			return nil, d.errorf(req.NetworkID, "with %s IPAM the CNI ADD runs when Docker allocates an address, which only sees the IPAM options: pass the cni.* options with --ipam-opt instead of --opt", d.name)
 		}
 	}
 	if err := d.store.PutNetwork(rec); err != nil {
@@ -232,40 +244,129 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	if err == nil {
 		return endpointResponse(want, a), nil // a retried CreateEndpoint
 	}
+	cniNet, err := cnibridge.ParseNetwork(nw.Conflist)
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "recorded conflist: %w", err)
+	}
+	bindings, err := hostports.ParseDockerPortmap(req.Options[hostports.OptionPortMap])
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "%w", err)
+	}
+	epExtra, err := endpointExtra(req.Options)
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "driver-opt: %w", err)
+	}
+	if nw.Mode == state.ModeCNIIPAM && !epExtra.Empty() {
+		return nil, d.errorf(req.NetworkID, "driver-opt cni.* cannot be applied on a network with %s IPAM: the CNI ADD already ran when Docker allocated the address; set them per network with --ipam-opt, or use --ipam-driver null or Docker IPAM", d.name)
+	}
+	extra := nw.Extra.Merge(epExtra)
+	if err := extra.Check(nw.CNIName, cniNet.Capabilities()); err != nil {
+		return nil, d.errorf(req.NetworkID, "driver-opt: %w", err)
+	}
+	var ports []hostports.Mapping
+	if len(bindings) > 0 {
+		if ports, err = d.mgr.ResolvePorts(bindings); err != nil {
+			return nil, d.errorf(req.NetworkID, "cannot publish ports: %w", err)
+		}
+	}
 	if nw.Mode == state.ModeCNIIPAM {
 		ip := ipOf(want.Address)
 		a, err = d.store.ClaimPending(nw.CNIName, ip, req.NetworkID, req.EndpointID)
 		if err != nil {
 			return nil, d.errorf(req.NetworkID, "no address %s allocated by %s IPAM is waiting on CNI network %q: %w", ip, d.name, nw.CNIName, err)
 		}
+		// The CNI ADD ran at RequestAddress, before Docker said which ports to publish: cniplug programs them.
+		if err := d.publish(ctx, a, ports, true); err != nil {
+			return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
+		}
 		return endpointResponse(want, a), nil
 	}
-	cniNet, err := cnibridge.ParseNetwork(nw.Conflist)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "recorded conflist: %w", err)
-	}
+	// With portmap in the chain, the CNI network publishes the ports itself (portMappings capability).
+	viaPortmap := len(ports) > 0 && cniNet.Capabilities()["portMappings"]
 	var requested []string
 	for _, addr := range []string{want.Address, want.AddressIPv6} {
 		if addr != "" {
 			requested = append(requested, addr)
 		}
 	}
+	if len(requested) > 1 && !cniNet.Capabilities()["ips"] {
+		// Dual stack from Docker's IPAM: CNI_ARGS IP= carries one address, args.cni.ips carries both.
+		if cniNet, err = cniNet.WithArgs(map[string]any{"ips": requested}); err != nil {
+			return nil, d.errorf(req.NetworkID, "CNI network %q: requesting %v: %w", nw.CNIName, requested, err)
+		}
+	}
 	addReq := cnibridge.AddRequest{
 		ContainerID: req.EndpointID,
 		Network:     cniNet,
 	}
-	addReq.Args, addReq.CapabilityArgs = cnibridge.RequestArgs(cniNet, requested, want.MacAddress)
+	addReq.Args, addReq.CapabilityArgs = extra.Apply(cnibridge.RequestArgs(cniNet, requested, want.MacAddress))
+	if viaPortmap {
+		if addReq.CapabilityArgs == nil {
+			addReq.CapabilityArgs = map[string]any{}
+		}
+		addReq.CapabilityArgs["portMappings"] = portMappings(ports)
+	}
 	a, err = d.mgr.Add(ctx, addReq, state.Attachment{Phase: state.PhaseEndpoint, NetworkID: req.NetworkID, EndpointID: req.EndpointID})
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
 	}
-	if err := mismatch(want, a); err != nil {
-		if rerr := d.mgr.Remove(context.WithoutCancel(ctx), a); rerr != nil {
-			err = fmt.Errorf("%w; removing it also failed: %v", err, rerr)
-		}
+	err = mismatch(want, a)
+	if err == nil {
+		err = d.publish(ctx, a, ports, !viaPortmap)
+	} else if rerr := d.mgr.Remove(context.WithoutCancel(ctx), a); rerr != nil {
+		err = fmt.Errorf("%w; removing it also failed: %v", err, rerr)
+	}
+	if err != nil {
 		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
 	}
 	return endpointResponse(want, a), nil
+}
+
+// publish programs the endpoint's published ports; on failure the whole attachment is removed (through the
+// one teardown path, which also removes any rule already recorded), so a failed `docker run -p` leaks nothing.
+func (d *Driver) publish(ctx context.Context, a *state.Attachment, ports []hostports.Mapping, dnat bool) error {
+	if len(ports) == 0 {
+		return nil
+	}
+	err := d.mgr.PublishPorts(a, ports, dnat)
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("cannot publish ports: %w", err)
+	if rerr := d.mgr.Remove(context.WithoutCancel(ctx), a); rerr != nil {
+		err = fmt.Errorf("%w; removing the attachment also failed: %v", err, rerr)
+	}
+	return err
+}
+
+// endpointExtra reads the cni.* options of `docker run --network name=N,driver-opt=cni.<...>=<value>`, which
+// Docker passes as top-level CreateEndpoint options. Keys Docker itself sets (com.docker.*) are not ours.
+func endpointExtra(options map[string]any) (cniargs.Extra, error) {
+	opts := map[string]string{}
+	for k, v := range options {
+		if !cniargs.IsOption(k) {
+			continue
+		}
+		s, ok := v.(string)
+		if !ok {
+			return cniargs.Extra{}, fmt.Errorf("option %s must be a string", k)
+		}
+		opts[k] = s
+	}
+	return cniargs.Parse(opts)
+}
+
+// portMappings is the portmap plugin's runtime config for the mappings (CNI CONVENTIONS portMappings).
+func portMappings(ms []hostports.Mapping) []map[string]any {
+	out := make([]map[string]any, 0, len(ms))
+	for _, m := range ms {
+		e := map[string]any{"hostPort": m.HostPort, "containerPort": m.ContainerPort, "protocol": m.Proto}
+		if m.HostIP != "" && !net.ParseIP(m.HostIP).IsUnspecified() {
+			e["hostIP"] = m.HostIP
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 // mismatch reports a CNI result that differs from what Docker asked for.

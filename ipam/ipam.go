@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/cniplug/cniplug/attach"
+	"github.com/cniplug/cniplug/cniargs"
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/ipam"
@@ -30,6 +31,7 @@ const (
 	requestAddressType = "RequestAddressType"
 	gatewayType        = "com.docker.network.gateway"
 	poolGatewayKey     = "com.docker.network.gateway"
+	macAddressOption   = "com.docker.network.endpoint.macaddress"
 )
 
 // Ipam implements the IpamDriver side of cniplug.
@@ -50,9 +52,13 @@ func (p *Ipam) errorf(format string, args ...any) error {
 	return fmt.Errorf("%s IPAM: %w", p.name, fmt.Errorf(format, args...))
 }
 
-// GetCapabilities: cniplug needs no MAC address to allocate.
+// GetCapabilities asks Docker for the endpoint's MAC with every RequestAddress. Docker then generates one for
+// each endpoint (or uses --mac-address) and sends it with both the IPv4 and the IPv6 request: it is the only
+// endpoint identity those calls carry, and it pairs the IPv6 request with the CNI attachment the IPv4 request
+// created. The MAC is also requested from CNI (MAC=/mac capability), and Docker sets it on the container's
+// interface, so inspect and the container agree.
 func (p *Ipam) GetCapabilities(context.Context, *struct{}) (*ipam.CapabilitiesResponse, error) {
-	return &ipam.CapabilitiesResponse{}, nil
+	return &ipam.CapabilitiesResponse{RequiresMACAddress: true}, nil
 }
 
 // GetDefaultAddressSpaces returns cniplug's address spaces.
@@ -66,13 +72,17 @@ func (p *Ipam) GetDefaultAddressSpaces(context.Context, *struct{}) (*ipam.Addres
 func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*ipam.RequestPoolResponse, error) {
 	var unknown []string
 	for k := range req.Options {
-		if k != OptCNI {
+		if k != OptCNI && !cniargs.IsOption(k) {
 			unknown = append(unknown, k)
 		}
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return nil, p.errorf("unknown --ipam-opt %s: %s IPAM understands --ipam-opt %s=<CNI network>", strings.Join(unknown, ", "), p.name, OptCNI)
+		return nil, p.errorf("unknown --ipam-opt %s: %s IPAM understands --ipam-opt %s=<CNI network> and %s", strings.Join(unknown, ", "), p.name, OptCNI, strings.Join(cniargs.Allowed(), ", "))
+	}
+	extra, err := cniargs.Parse(req.Options)
+	if err != nil {
+		return nil, p.errorf("--ipam-opt: %w", err)
 	}
 	name := req.Options[OptCNI]
 	if name == "" {
@@ -88,11 +98,18 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 	if err := p.mgr.Runner().Validate(ctx, nw); err != nil {
 		return nil, p.errorf("%w", err)
 	}
-	if req.V6 {
-		return nil, p.errorf("CNI network %q: IPv6 pools are not supported by %s IPAM yet; its IPv6 addresses still reach the container when the CNI IPAM assigns them", name, p.name)
+	if err := extra.Check(nw.Name, nw.Capabilities()); err != nil {
+		return nil, p.errorf("--ipam-opt: %w", err)
 	}
 	cidr, gateway := "0.0.0.0/0", "0.0.0.0/0"
-	if r := nw.FirstRange(false); r != nil {
+	if req.V6 {
+		cidr, gateway = "::/0", "::/0"
+		if ranges, ipamType := nw.DeclaredRanges(); len(ranges) > 0 && nw.FirstRange(true) == nil {
+			return nil, p.errorf("CNI network %q assigns no IPv6 addresses (its %s IPAM declares only IPv4 ranges), so --ipv6 cannot be honoured: "+
+				"add an IPv6 range to the conflist, or create the network without --ipv6", name, ipamType)
+		}
+	}
+	if r := nw.FirstRange(req.V6); r != nil {
 		cidr = r.Subnet.String()
 		if r.Gateway != nil {
 			ones, _ := r.Subnet.Mask.Size()
@@ -104,11 +121,11 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 	} else if req.Pool != "" {
 		return nil, p.errorf("CNI network %q declares no address range, so --subnet %s cannot be honoured: omit --subnet", name, req.Pool)
 	}
-	pool := &state.Pool{ID: "cniplug-" + randomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr}
+	pool := &state.Pool{ID: "cniplug-" + randomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr, V6: req.V6, Extra: extra}
 	if err := p.store.PutPool(pool); err != nil {
 		return nil, p.errorf("recording pool: %w", err)
 	}
-	p.log.Info("pool requested", "pool", pool.ID, "cni_network", nw.Name, "cidr", cidr)
+	p.log.Info("pool requested", "pool", pool.ID, "cni_network", nw.Name, "cidr", cidr, "v6", req.V6)
 	return &ipam.RequestPoolResponse{PoolID: pool.ID, Pool: cidr, Data: map[string]string{poolGatewayKey: gateway}}, nil
 }
 
@@ -154,6 +171,10 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 		ones, _ := poolNet.Mask.Size()
 		return &ipam.RequestAddressResponse{Address: fmt.Sprintf("%s/%d", req.Address, ones)}, nil
 	}
+	mac := req.Options[macAddressOption]
+	if pool.V6 {
+		return p.requestV6(pool, req.Address, mac)
+	}
 	nw, err := cnibridge.ParseNetwork(pool.Conflist)
 	if err != nil {
 		return nil, p.errorf("recorded conflist of %q: %w", pool.CNIName, err)
@@ -165,8 +186,8 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 		requested = []string{fmt.Sprintf("%s/%d", req.Address, ones)}
 	}
 	addReq := cnibridge.AddRequest{ContainerID: randomID(), Network: nw}
-	addReq.Args, addReq.CapabilityArgs = cnibridge.RequestArgs(nw, requested, "")
-	a, err := p.mgr.Add(ctx, addReq, state.Attachment{Phase: state.PhasePending, PoolID: pool.ID})
+	addReq.Args, addReq.CapabilityArgs = pool.Extra.Apply(cnibridge.RequestArgs(nw, requested, mac))
+	a, err := p.mgr.Add(ctx, addReq, state.Attachment{Phase: state.PhasePending, PoolID: pool.ID, RequestMAC: mac})
 	if err != nil {
 		return nil, p.errorf("CNI network %q: %w", pool.CNIName, err)
 	}
@@ -188,6 +209,30 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 	return &ipam.RequestAddressResponse{Address: got}, nil
 }
 
+// requestV6 answers Docker's IPv6 RequestAddress, which follows the endpoint's IPv4 one: the IPv4 request ran
+// the CNI ADD, which also assigned the IPv6 address. The pending attachment is found by the endpoint's MAC.
+func (p *Ipam) requestV6(pool *state.Pool, address, mac string) (*ipam.RequestAddressResponse, error) {
+	if mac == "" {
+		return nil, p.errorf("CNI network %q: Docker sent no endpoint MAC with the IPv6 address request, so it cannot be paired with the endpoint's CNI attachment", pool.CNIName)
+	}
+	a, err := p.store.TakePendingV6(pool.CNIName, mac)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil, p.errorf("CNI network %q: no CNI attachment waits for the IPv6 address of endpoint MAC %s (its IPv4 address must be requested first)", pool.CNIName, mac)
+	}
+	if err != nil {
+		return nil, p.errorf("reading state: %w", err)
+	}
+	got := a.Interface.IPv6
+	switch {
+	case got == "":
+		return nil, p.errorf("CNI network %q assigned no IPv6 address, but the Docker network has --ipv6: add an IPv6 range to the CNI network, or create the Docker network without --ipv6", pool.CNIName)
+	case address != "" && ipOf(got) != address:
+		return nil, p.errorf("CNI network %q assigned %s, not the requested --ip6 %s: with %s IPAM the CNI ADD runs when the IPv4 address is allocated, before Docker asks for IPv6, so --ip6 can only be honoured when it is what CNI assigns; use Docker IPAM (--subnet and --gateway for both families) to choose IPv6 addresses",
+			pool.CNIName, got, address, p.name)
+	}
+	return &ipam.RequestAddressResponse{Address: got}, nil
+}
+
 // ReleaseAddress tears down a pending attachment nobody claimed; the release Docker sends after deleting an
 // endpoint finds nothing pending (DeleteEndpoint already tore that attachment down).
 func (p *Ipam) ReleaseAddress(ctx context.Context, req *ipam.ReleaseAddressRequest) (*struct{}, error) {
@@ -197,6 +242,9 @@ func (p *Ipam) ReleaseAddress(ctx context.Context, req *ipam.ReleaseAddressReque
 	}
 	if err != nil {
 		return nil, p.errorf("reading state: %w", err)
+	}
+	if pool.V6 {
+		return nil, nil // the attachment is released with its IPv4 address (or by DeleteEndpoint)
 	}
 	pending, err := p.store.TakeRelease(pool.CNIName, ipOf(req.Address))
 	if errors.Is(err, state.ErrNotFound) {
