@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# From a fresh Debian machine to a working cniplug: installs what is missing (docker.io, iptables, iproute2,
+# From a fresh Debian machine to a working cniplug: installs what is missing (docker.io, docker-compose, iptables, iproute2,
 # busybox-static), starts dockerd, builds cniplug and the pinned reference CNI plugins, installs the plugins
 # into /opt/cni/bin (never overwriting existing ones), adds a demo CNI bridge network, starts cniplug as a host
 # (v1) plugin and shows two containers on that CNI network pinging each other. Safe to run again.
@@ -11,7 +11,7 @@ command -v go >/dev/null || { echo "Go (the version in go.mod) is required to bu
 
 say "packages"
 need=()
-for p in docker.io iptables iproute2 busybox-static make; do
+for p in docker.io docker-compose iptables iproute2 busybox-static make; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
