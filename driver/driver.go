@@ -15,6 +15,7 @@ import (
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cniargs"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/hostports"
 	"github.com/cniplug/cniplug/ipam"
 	"github.com/cniplug/cniplug/state"
@@ -33,16 +34,22 @@ var knownOptions = []string{OptCNI}
 // Driver implements the NetworkDriver side of cniplug.
 type Driver struct {
 	name    string // the driver name Docker knows us by, for messages
-	confDir string
+	confDir string // colon-separated conf dirs, searched in order
 	mgr     *attach.Manager
 	store   *state.Store
 	log     *slog.Logger
+
+	// defaultNet is the CNI network of Docker networks created without --opt cni ("" requires the option).
+	defaultNet string
 }
 
 // New returns a Driver.
 func New(name, confDir string, mgr *attach.Manager, log *slog.Logger) *Driver {
 	return &Driver{name: name, confDir: confDir, mgr: mgr, store: mgr.Store(), log: log}
 }
+
+// SetDefaultNetwork sets the CNI network used when `docker network create` has no --opt cni.
+func (d *Driver) SetDefaultNetwork(name string) { d.defaultNet = name }
 
 func (d *Driver) errorf(netID, format string, args ...any) error {
 	return fmt.Errorf("%s: network %s: %w", d.name, short(netID), fmt.Errorf(format, args...))
@@ -88,9 +95,12 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	}
 	cniName := opts[OptCNI]
 	if cniName == "" {
+		cniName = d.defaultNet
+	}
+	if cniName == "" {
 		return nil, d.errorf(req.NetworkID, "missing --opt cni=<name>: say which CNI network (the \"name\" in a conflist in %s) this Docker network uses", d.confDir)
 	}
-	nw, err := cnibridge.ResolveNetwork(d.confDir, cniName)
+	nw, err := cniconf.Resolve(d.confDir, cniName)
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "%w", err)
 	}
@@ -112,6 +122,11 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	}
 	switch rec.Mode {
 	case state.ModeDocker:
+		// A conflist that opts in (the bundled default network) takes Docker's pool as its range.
+		if nw, err = cniconf.AdoptDockerPool(nw, req.NetworkID, rec.IPv4Pool, rec.IPv4Gateway); err != nil {
+			return nil, d.errorf(req.NetworkID, "%w", err)
+		}
+		rec.Conflist = nw.Bytes
 		if err := checkDockerPool(nw, firstIPAM(req.IPv4Data), false); err != nil {
 			return nil, d.errorf(req.NetworkID, "%w", err)
 		}
@@ -222,8 +237,14 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 	if len(errs) > 0 {
 		return nil, d.errorf(req.NetworkID, "removing leftover attachments: %w", errors.Join(errs...))
 	}
+	rec, _ := d.store.Network(req.NetworkID)
 	if err := d.store.DeleteNetwork(req.NetworkID); err != nil {
 		return nil, d.errorf(req.NetworkID, "forgetting network: %w", err)
+	}
+	if rec != nil {
+		if err := cniconf.RemoveAdopted(rec.Conflist); err != nil {
+			d.log.Warn("network deleted but its bridge was not", "network", req.NetworkID, "error", err)
+		}
 	}
 	d.log.Info("network deleted", "network", req.NetworkID)
 	return nil, nil

@@ -16,6 +16,7 @@ import (
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cniargs"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/ipam"
 )
@@ -37,16 +38,22 @@ const (
 // Ipam implements the IpamDriver side of cniplug.
 type Ipam struct {
 	name    string
-	confDir string
+	confDir string // colon-separated conf dirs, searched in order
 	mgr     *attach.Manager
 	store   *state.Store
 	log     *slog.Logger
+
+	// defaultNet is the CNI network of pools requested without --ipam-opt cni ("" requires the option).
+	defaultNet string
 }
 
 // New returns an Ipam.
 func New(name, confDir string, mgr *attach.Manager, log *slog.Logger) *Ipam {
 	return &Ipam{name: name, confDir: confDir, mgr: mgr, store: mgr.Store(), log: log}
 }
+
+// SetDefaultNetwork sets the CNI network used when `docker network create` has no --ipam-opt cni.
+func (p *Ipam) SetDefaultNetwork(name string) { p.defaultNet = name }
 
 func (p *Ipam) errorf(format string, args ...any) error {
 	return fmt.Errorf("%s IPAM: %w", p.name, fmt.Errorf(format, args...))
@@ -86,12 +93,15 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 	}
 	name := req.Options[OptCNI]
 	if name == "" {
+		name = p.defaultNet
+	}
+	if name == "" {
 		return nil, p.errorf("missing --ipam-opt cni=<name>: say which CNI network (the \"name\" in a conflist in %s) allocates the addresses", p.confDir)
 	}
 	if req.SubPool != "" {
 		return nil, p.errorf("--ip-range is not supported: CNI network %q chooses addresses from its own ranges", name)
 	}
-	nw, err := cnibridge.ResolveNetwork(p.confDir, name)
+	nw, err := cniconf.Resolve(p.confDir, name)
 	if err != nil {
 		return nil, p.errorf("%w", err)
 	}
