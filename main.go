@@ -100,6 +100,7 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 		BinDirs:  filepath.SplitList(c.binDirs),
 		CacheDir: c.cacheDir,
 		NetNSDir: c.netnsDir,
+		Owner:    name,
 		Timeout:  c.cniTimeout,
 		Logger:   log,
 	})

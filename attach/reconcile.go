@@ -76,6 +76,10 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 		o.Now = time.Now()
 	}
 	rep := Report{DryRun: o.DryRun}
+	candidates, err := m.cni.Candidates()
+	if err != nil {
+		return rep, fmt.Errorf("looking for leftover namespaces and links: %w", err)
+	}
 	atts, err := m.store.Attachments()
 	if err != nil {
 		return rep, fmt.Errorf("reading attachments: %w", err)
@@ -84,9 +88,7 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 	for _, a := range atts {
 		known = append(known, &a.Attachment)
 	}
-	if rep.Leftovers, err = m.cni.FindLeftovers(known); err != nil {
-		return rep, fmt.Errorf("looking for leftover namespaces and links: %w", err)
-	}
+	rep.Leftovers = candidates.Without(known)
 	var errs []error
 	if !o.DryRun {
 		if err := m.cni.RemoveLeftovers(rep.Leftovers); err != nil {

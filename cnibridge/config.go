@@ -55,6 +55,9 @@ func ParseNetwork(data []byte) (*Network, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !validName.MatchString(list.Name) {
+		return nil, fmt.Errorf("invalid CNI network name %q: it must match %s", list.Name, validName)
+	}
 	if len(list.Plugins) == 0 {
 		return nil, fmt.Errorf("network %q has no plugins", list.Name)
 	}

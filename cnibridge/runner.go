@@ -12,7 +12,6 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
-	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -27,8 +26,12 @@ type Config struct {
 	BinDirs  []string
 	CacheDir string // libcni cache dir (results/<net>-<cid>-<ifname>)
 	NetNSDir string // where staging namespaces are pinned
-	Timeout  time.Duration
-	Logger   *slog.Logger
+	// Owner names this cniplug instance (its driver name; default "cniplug"). Staging namespaces are named
+	// <Owner>-<id> and parked links carry it in their alias, so instances sharing a host never touch each
+	// other's.
+	Owner   string
+	Timeout time.Duration
+	Logger  *slog.Logger
 	// ExecObserver, when set, is told the duration of every CNI plugin exec (metrics; cnibridge stays free of
 	// any metrics library).
 	ExecObserver ExecObserver
@@ -46,6 +49,7 @@ type Runner struct {
 	cni      *libcni.CNIConfig
 	binDirs  []string
 	netnsDir string
+	owner    string
 	timeout  time.Duration
 	hostNS   netns.NsHandle
 	log      *slog.Logger
@@ -60,6 +64,12 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
+	if cfg.Owner == "" {
+		cfg.Owner = "cniplug"
+	}
+	if !validName.MatchString(cfg.Owner) {
+		return nil, fmt.Errorf("invalid owner name %q", cfg.Owner)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -67,6 +77,7 @@ func NewRunner(cfg Config) (*Runner, error) {
 		cni:      libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, &boundedExec{observer: cfg.ExecObserver}),
 		binDirs:  cfg.BinDirs,
 		netnsDir: cfg.NetNSDir,
+		owner:    cfg.Owner,
 		timeout:  cfg.Timeout,
 		hostNS:   host,
 		log:      cfg.Logger,
@@ -139,7 +150,7 @@ func (r *Runner) Plan(req AddRequest) (*Attachment, error) {
 	return &Attachment{
 		ContainerID:    req.ContainerID,
 		IfName:         StagingIfName,
-		NetNS:          filepath.Join(r.netnsDir, "cniplug-"+short),
+		NetNS:          filepath.Join(r.netnsDir, r.owner+"-"+short),
 		HostIfName:     "cnp" + short,
 		Network:        req.Network.Name,
 		Conflist:       req.Network.Bytes,
@@ -206,6 +217,9 @@ func (r *Runner) MoveToHost(att *Attachment) error {
 		}
 		if err := stage.LinkSetName(l, att.HostIfName); err != nil {
 			return fmt.Errorf("renaming %s to %s: %w", att.IfName, att.HostIfName, err)
+		}
+		if err := stage.LinkSetAlias(l, r.linkAliasPrefix()+att.ContainerID); err != nil {
+			return fmt.Errorf("marking %s as cniplug's: %w", att.HostIfName, err)
 		}
 		if err := stage.LinkSetNsFd(l, int(r.hostNS)); err != nil {
 			// Put the name back so a later teardown finds the link where it expects it.
@@ -489,97 +503,4 @@ func (r *Runner) status(ctx context.Context, nw *Network) error {
 		return fmt.Errorf("CNI network %q is not ready (CNI STATUS): %w", nw.Name, err)
 	}
 	return nil
-}
-
-// boundedExec runs plugins with only the CNI_* variables and PATH (plugins such as portmap exec iptables),
-// not cniplug's whole environment.
-// It also reports each exec's duration to the observer, if any.
-type boundedExec struct {
-	invoke.RawExec
-	observer ExecObserver
-}
-
-func (e *boundedExec) Decode(jsonBytes []byte) (version.PluginInfo, error) {
-	return (&version.PluginDecoder{}).Decode(jsonBytes)
-}
-
-func (e *boundedExec) ExecPlugin(ctx context.Context, pluginPath string, stdinData []byte, environ []string) ([]byte, error) {
-	env := make([]string, 0, 8)
-	command := ""
-	for _, kv := range environ {
-		if strings.HasPrefix(kv, "CNI_") || strings.HasPrefix(kv, "PATH=") {
-			env = append(env, kv)
-		}
-		if c, ok := strings.CutPrefix(kv, "CNI_COMMAND="); ok {
-			command = c
-		}
-	}
-	if e.observer == nil {
-		return e.RawExec.ExecPlugin(ctx, pluginPath, stdinData, env)
-	}
-	start := time.Now()
-	out, err := e.RawExec.ExecPlugin(ctx, pluginPath, stdinData, env)
-	e.observer.ObserveExec(filepath.Base(pluginPath), command, time.Since(start), err)
-	return out, err
-}
-
-// Leftovers are staging namespaces and parked host links that no known attachment accounts for (a crash
-// between steps, or state lost). known holds the ContainerIDs of every recorded attachment.
-type Leftovers struct {
-	NetNS []string
-	Links []string
-}
-
-// FindLeftovers lists cniplug-named staging namespaces and host links not belonging to known attachments.
-func (r *Runner) FindLeftovers(known []*Attachment) (Leftovers, error) {
-	var out Leftovers
-	netnsOwned, linkOwned := map[string]bool{}, map[string]bool{}
-	for _, a := range known {
-		netnsOwned[a.NetNS] = true
-		linkOwned[a.HostIfName] = true
-	}
-	entries, err := filepath.Glob(filepath.Join(r.netnsDir, "cniplug-*"))
-	if err != nil {
-		return out, err
-	}
-	for _, p := range entries {
-		if !netnsOwned[p] {
-			out.NetNS = append(out.NetNS, p)
-		}
-	}
-	host, err := netlink.NewHandleAt(r.hostNS)
-	if err != nil {
-		return out, err
-	}
-	defer host.Close()
-	links, err := host.LinkList()
-	if err != nil {
-		return out, err
-	}
-	for _, l := range links {
-		name := l.Attrs().Name
-		if strings.HasPrefix(name, "cnp") && len(name) == len("cnp")+12 && !linkOwned[name] {
-			out.Links = append(out.Links, name)
-		}
-	}
-	return out, nil
-}
-
-// RemoveLeftovers deletes what FindLeftovers found. Removing a namespace destroys the links inside it.
-func (r *Runner) RemoveLeftovers(l Leftovers) error {
-	var errs []error
-	for _, p := range l.NetNS {
-		errs = append(errs, removeNetNS(p))
-	}
-	host, err := netlink.NewHandleAt(r.hostNS)
-	if err != nil {
-		return errors.Join(append(errs, err)...)
-	}
-	defer host.Close()
-	for _, name := range l.Links {
-		if link, err := host.LinkByName(name); err == nil {
-			errs = append(errs, host.LinkDel(link))
-		}
-	}
-	return errors.Join(errs...)
 }

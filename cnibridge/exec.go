@@ -1,0 +1,93 @@
+package cnibridge
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+	"golang.org/x/sys/unix"
+)
+
+// boundedExec is libcni's plugin runner for cniplug: plugins get only the CNI_* variables and PATH (plugins
+// such as portmap exec iptables), not cniplug's whole environment; each runs in a process group of its own
+// that is killed whole at the deadline (killing only the plugin would leave a child such as `iptables -w`
+// holding its output pipe, and the exec would outlive the deadline); and each exec's duration is reported to
+// the observer, if any.
+type boundedExec struct {
+	observer ExecObserver
+}
+
+func (e *boundedExec) Decode(jsonBytes []byte) (version.PluginInfo, error) {
+	return (&version.PluginDecoder{}).Decode(jsonBytes)
+}
+
+func (e *boundedExec) FindInPath(plugin string, paths []string) (string, error) {
+	return invoke.FindInPath(plugin, paths)
+}
+
+func (e *boundedExec) ExecPlugin(ctx context.Context, pluginPath string, stdinData []byte, environ []string) ([]byte, error) {
+	env := make([]string, 0, 8)
+	command := ""
+	for _, kv := range environ {
+		if strings.HasPrefix(kv, "CNI_") || strings.HasPrefix(kv, "PATH=") {
+			env = append(env, kv)
+		}
+		if c, ok := strings.CutPrefix(kv, "CNI_COMMAND="); ok {
+			command = c
+		}
+	}
+	start := time.Now()
+	out, err := runPlugin(ctx, pluginPath, stdinData, env)
+	if e.observer != nil {
+		e.observer.ObserveExec(filepath.Base(pluginPath), command, time.Since(start), err)
+	}
+	return out, err
+}
+
+func runPlugin(ctx context.Context, pluginPath string, stdinData []byte, env []string) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		var stdout, stderr bytes.Buffer
+		c := exec.CommandContext(ctx, pluginPath)
+		c.Env = env
+		c.Stdin = bytes.NewReader(stdinData)
+		c.Stdout, c.Stderr = &stdout, &stderr
+		c.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
+		c.Cancel = func() error { return unix.Kill(-c.Process.Pid, unix.SIGKILL) }
+		c.WaitDelay = time.Second
+		err := c.Run()
+		if err == nil {
+			return stdout.Bytes(), nil
+		}
+		// A plugin binary being replaced on disk; libcni's RawExec retries the same way.
+		if errors.Is(err, unix.ETXTBSY) && attempt < 5 && ctx.Err() == nil {
+			time.Sleep(time.Second)
+			continue
+		}
+		return nil, pluginError(err, stdout.Bytes(), stderr.Bytes())
+	}
+}
+
+// pluginError builds the error libcni's RawExec would: the plugin's own CNI error when it printed one.
+func pluginError(err error, stdout, stderr []byte) error {
+	emsg := types.Error{}
+	switch {
+	case len(stdout) == 0 && len(stderr) == 0:
+		emsg.Msg = fmt.Sprintf("netplugin failed with no error message: %v", err)
+	case len(stdout) == 0:
+		emsg.Msg = fmt.Sprintf("netplugin failed: %q: %v", string(stderr), err)
+	default:
+		if perr := json.Unmarshal(stdout, &emsg); perr != nil {
+			emsg.Msg = fmt.Sprintf("netplugin failed but error parsing its diagnostic message %q: %v", string(stdout), perr)
+		}
+	}
+	return &emsg
+}
