@@ -32,6 +32,9 @@ type config struct {
 	logLevel   string
 	cniTimeout time.Duration
 
+	defaultNetwork  string // CNI network of Docker networks created without --opt cni / --ipam-opt cni
+	iptablesBackend string // hostfw setting: system, auto, legacy or nft
+
 	dockerSocket      string
 	reconcileInterval time.Duration
 	reconcileMinAge   time.Duration
@@ -56,11 +59,13 @@ func parseFlags(args []string) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("cniplug", flag.ContinueOnError)
 	fs.StringVar(&c.socket, "socket", envOr("CNIPLUG_SOCKET", "/run/docker/plugins/cniplug.sock"), "plugin socket; the driver name is its base name without .sock (env CNIPLUG_SOCKET)")
-	fs.StringVar(&c.confDir, "cni-conf-dir", envOr("CNIPLUG_CNI_CONF_DIR", "/etc/cni/net.d"), "CNI network configuration dir (env CNIPLUG_CNI_CONF_DIR)")
+	fs.StringVar(&c.confDir, "cni-conf-dir", envOr("CNIPLUG_CNI_CONF_DIR", "/etc/cni/net.d"), "colon-separated CNI network configuration dirs, searched in order (env CNIPLUG_CNI_CONF_DIR)")
 	fs.StringVar(&c.binDirs, "cni-bin-dir", envOr("CNIPLUG_CNI_BIN_DIR", "/opt/cni/bin"), "colon-separated CNI plugin dirs (env CNIPLUG_CNI_BIN_DIR)")
 	fs.StringVar(&c.stateDir, "state-dir", envOr("CNIPLUG_STATE_DIR", "/var/lib/cniplug"), "cniplug state dir (env CNIPLUG_STATE_DIR)")
 	fs.StringVar(&c.cacheDir, "cni-cache-dir", envOr("CNIPLUG_CNI_CACHE_DIR", "/var/lib/cni"), "libcni cache dir (env CNIPLUG_CNI_CACHE_DIR)")
 	fs.StringVar(&c.netnsDir, "netns-dir", envOr("CNIPLUG_NETNS_DIR", "/run/netns"), "where staging network namespaces are pinned (env CNIPLUG_NETNS_DIR)")
+	fs.StringVar(&c.defaultNetwork, "default-cni-network", envOr("CNIPLUG_DEFAULT_CNI_NETWORK", ""), "CNI network of Docker networks created without --opt cni (and pools without --ipam-opt cni); empty requires the option (env CNIPLUG_DEFAULT_CNI_NETWORK)")
+	fs.StringVar(&c.iptablesBackend, "iptables-backend", envOr("CNIPLUG_IPTABLES_BACKEND", "system"), "iptables backend for CNI plugins: system (the iptables in PATH), auto (the host's: legacy or nft), legacy or nft (env CNIPLUG_IPTABLES_BACKEND)")
 	fs.StringVar(&c.logLevel, "log-level", envOr("CNIPLUG_LOG_LEVEL", "info"), "debug, info, warn or error (env CNIPLUG_LOG_LEVEL)")
 	fs.StringVar(&c.dockerSocket, "docker-socket", envOr("CNIPLUG_DOCKER_SOCKET", "/var/run/docker.sock"), "Docker Engine API socket, used to find attachments whose endpoints Docker forgot; empty disables (env CNIPLUG_DOCKER_SOCKET)")
 	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", envDuration("CNIPLUG_RECONCILE_INTERVAL", time.Minute), "how often to release attachments no live Docker endpoint owns; 0 disables (env CNIPLUG_RECONCILE_INTERVAL)")
@@ -91,6 +96,9 @@ func newLogger(level string) (*slog.Logger, error) {
 
 func run(ctx context.Context, c *config, log *slog.Logger) error {
 	name := strings.TrimSuffix(filepath.Base(c.socket), ".sock")
+	if err := prepareHost(ctx, c, log); err != nil {
+		return err
+	}
 	store, err := state.Open(c.stateDir)
 	if err != nil {
 		return err
@@ -112,14 +120,17 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)
-	h := plugin.NewHandler(driver.New(name, c.confDir, mgr, log), ipam.New(name, c.confDir, mgr, log), log)
+	drv, ipd := driver.New(name, c.confDir, mgr, log), ipam.New(name, c.confDir, mgr, log)
+	drv.SetDefaultNetwork(c.defaultNetwork)
+	ipd.SetDefaultNetwork(c.defaultNetwork)
+	h := plugin.NewHandler(drv, ipd, log)
 	l, err := plugin.Listen(c.socket)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(c.socket)
 	log.Info("cniplug serving", "driver", name, "socket", c.socket, "cni_conf_dir", c.confDir, "cni_bin_dir", c.binDirs,
-		"state_dir", c.stateDir, "cni_timeout", c.cniTimeout)
+		"state_dir", c.stateDir, "cni_timeout", c.cniTimeout, "default_cni_network", c.defaultNetwork)
 	if c.dockerSocket != "" && c.reconcileInterval > 0 {
 		go reconcileLoop(ctx, c, name, mgr, log)
 	}
