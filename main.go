@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/attach"
+	"github.com/cniplug/cniplug/cli"
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/driver"
@@ -38,6 +39,9 @@ type config struct {
 	dockerSocket      string
 	reconcileInterval time.Duration
 	reconcileMinAge   time.Duration
+
+	metricsListen string
+	pprof         bool
 }
 
 // envOr returns the environment variable's value (how the managed plugin is configured) or def.
@@ -70,6 +74,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.dockerSocket, "docker-socket", envOr("CNIPLUG_DOCKER_SOCKET", "/var/run/docker.sock"), "Docker Engine API socket, used to find attachments whose endpoints Docker forgot; empty disables (env CNIPLUG_DOCKER_SOCKET)")
 	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", envDuration("CNIPLUG_RECONCILE_INTERVAL", time.Minute), "how often to release attachments no live Docker endpoint owns; 0 disables (env CNIPLUG_RECONCILE_INTERVAL)")
 	fs.DurationVar(&c.reconcileMinAge, "reconcile-min-age", envDuration("CNIPLUG_RECONCILE_MIN_AGE", 0), "attachments younger than this are in flight and never reconciled (default 2 x --cni-timeout + 30s) (env CNIPLUG_RECONCILE_MIN_AGE)")
+	fs.StringVar(&c.metricsListen, "metrics-listen", envOr("CNIPLUG_METRICS_LISTEN", ""), "serve Prometheus /metrics and /healthz on this TCP address, e.g. 127.0.0.1:9580; empty disables (env CNIPLUG_METRICS_LISTEN)")
+	fs.BoolVar(&c.pprof, "pprof", envBool("CNIPLUG_PPROF"), "also serve /debug/pprof/ on the metrics listener (env CNIPLUG_PPROF=1)")
 	timeout := envOr("CNIPLUG_CNI_TIMEOUT", "10s")
 	fs.Func("cni-timeout", "deadline for each CNI ADD or DEL, below Docker's 30s plugin timeout (env CNIPLUG_CNI_TIMEOUT, default 10s)", func(s string) error {
 		timeout = s
@@ -104,6 +110,7 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 		return err
 	}
 	defer store.Close()
+	m := newMetrics(store)
 	runner, err := cnibridge.NewRunner(cnibridge.Config{
 		BinDirs:  filepath.SplitList(c.binDirs),
 		CacheDir: c.cacheDir,
@@ -111,6 +118,8 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 		Owner:    name,
 		Timeout:  c.cniTimeout,
 		Logger:   log,
+
+		ExecObserver: m,
 	})
 	if err != nil {
 		return err
@@ -120,15 +129,20 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)
+	svc := newAdmin(c, name, mgr)
 	drv, ipd := driver.New(name, c.confDir, mgr, log), ipam.New(name, c.confDir, mgr, log)
 	drv.SetDefaultNetwork(c.defaultNetwork)
 	ipd.SetDefaultNetwork(c.defaultNetwork)
-	h := plugin.NewHandler(drv, ipd, log)
+	h := plugin.NewHandler(drv, ipd, log,
+		plugin.WithAdmin(svc), plugin.WithObserver(m, svc))
 	l, err := plugin.Listen(c.socket)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(c.socket)
+	if err := serveMetrics(ctx, c, m, store, log); err != nil {
+		return err
+	}
 	log.Info("cniplug serving", "driver", name, "socket", c.socket, "cni_conf_dir", c.confDir, "cni_bin_dir", c.binDirs,
 		"state_dir", c.stateDir, "cni_timeout", c.cniTimeout, "default_cni_network", c.defaultNetwork)
 	if c.dockerSocket != "" && c.reconcileInterval > 0 {
@@ -180,11 +194,14 @@ func logReconcile(log *slog.Logger, kind string, rep attach.Report, err error) {
 		"forgotten_networks", rep.ForgottenNetworks)
 	for _, a := range rep.Attachments {
 		log.Info("reconcile removed attachment", "attachment", a.Attachment, "cni_network", a.Network,
-			"endpoint", a.Endpoint, "address", a.Address, "reason", a.Reason, "error", a.Error)
+			"network", a.NetworkID, "endpoint", a.Endpoint, "address", a.Address, "reason", a.Reason, "error", a.Error)
 	}
 }
 
 func main() {
+	if len(os.Args) > 1 && cli.IsCommand(os.Args[1]) {
+		os.Exit(cli.Run(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	c, err := parseFlags(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cniplug:", err)

@@ -3,6 +3,7 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/cniplug/cniplug/admin"
 	"github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/docker/go-plugins-helpers/sdk"
@@ -54,8 +56,47 @@ type IPAMDriver interface {
 	ReleaseAddress(context.Context, *ipam.ReleaseAddressRequest) (*struct{}, error)
 }
 
-// NewHandler routes both drivers' methods and Plugin.Activate.
-func NewHandler(nd NetworkDriver, id IPAMDriver, log *slog.Logger) http.Handler {
+// Admin answers operators' requests (cniplug status, ls, gc) on the same root-only socket.
+type Admin interface {
+	Status(context.Context, *struct{}) (*admin.Status, error)
+	Attachments(context.Context, *struct{}) (*admin.Attachments, error)
+	GC(context.Context, *admin.GCRequest) (*admin.GCReport, error)
+}
+
+// RequestObserver is told about every request served (metrics). cniNetwork is "" when unknown.
+type RequestObserver interface {
+	ObserveRequest(method, cniNetwork string, d time.Duration, err error)
+}
+
+// NetworkNamer names the CNI network behind a Docker network ID or an IPAM pool ID ("" when unknown).
+type NetworkNamer interface {
+	CNINetwork(networkID, poolID string) string
+}
+
+// Option configures NewHandler.
+type Option func(*server)
+
+// WithAdmin serves the admin methods under /Cniplug.*.
+func WithAdmin(a Admin) Option { return func(s *server) { s.admin = a } }
+
+// WithObserver reports every request to o, labelled with the CNI network n names for it.
+func WithObserver(o RequestObserver, n NetworkNamer) Option {
+	return func(s *server) { s.observer, s.namer = o, n }
+}
+
+type server struct {
+	log      *slog.Logger
+	admin    Admin
+	observer RequestObserver
+	namer    NetworkNamer
+}
+
+// NewHandler routes both drivers' methods and Plugin.Activate, and the admin methods when configured.
+func NewHandler(nd NetworkDriver, id IPAMDriver, log *slog.Logger, opts ...Option) http.Handler {
+	s := &server{log: log}
+	for _, o := range opts {
+		o(s)
+	}
 	r := mux.NewRouter()
 	r.Methods(http.MethodPost).Path("/Plugin.Activate").HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
@@ -63,29 +104,38 @@ func NewHandler(nd NetworkDriver, id IPAMDriver, log *slog.Logger) http.Handler 
 	n := func(method string, h http.HandlerFunc) {
 		r.Methods(http.MethodPost).Path("/NetworkDriver." + method).Handler(h)
 	}
-	n("GetCapabilities", handle(log, "NetworkDriver.GetCapabilities", nd.GetCapabilities))
-	n("CreateNetwork", handle(log, "NetworkDriver.CreateNetwork", nd.CreateNetwork))
-	n("AllocateNetwork", handle(log, "NetworkDriver.AllocateNetwork", nd.AllocateNetwork))
-	n("DeleteNetwork", handle(log, "NetworkDriver.DeleteNetwork", nd.DeleteNetwork))
-	n("FreeNetwork", handle(log, "NetworkDriver.FreeNetwork", nd.FreeNetwork))
-	n("CreateEndpoint", handle(log, "NetworkDriver.CreateEndpoint", nd.CreateEndpoint))
-	n("DeleteEndpoint", handle(log, "NetworkDriver.DeleteEndpoint", nd.DeleteEndpoint))
-	n("EndpointOperInfo", handle(log, "NetworkDriver.EndpointOperInfo", nd.EndpointInfo))
-	n("Join", handle(log, "NetworkDriver.Join", nd.Join))
-	n("Leave", handle(log, "NetworkDriver.Leave", nd.Leave))
-	n("DiscoverNew", handle(log, "NetworkDriver.DiscoverNew", nd.DiscoverNew))
-	n("DiscoverDelete", handle(log, "NetworkDriver.DiscoverDelete", nd.DiscoverDelete))
-	n("ProgramExternalConnectivity", handle(log, "NetworkDriver.ProgramExternalConnectivity", nd.ProgramExternalConnectivity))
-	n("RevokeExternalConnectivity", handle(log, "NetworkDriver.RevokeExternalConnectivity", nd.RevokeExternalConnectivity))
+	n("GetCapabilities", handle(s, "NetworkDriver.GetCapabilities", decodeLenient, nd.GetCapabilities))
+	n("CreateNetwork", handle(s, "NetworkDriver.CreateNetwork", decodeLenient, nd.CreateNetwork))
+	n("AllocateNetwork", handle(s, "NetworkDriver.AllocateNetwork", decodeLenient, nd.AllocateNetwork))
+	n("DeleteNetwork", handle(s, "NetworkDriver.DeleteNetwork", decodeLenient, nd.DeleteNetwork))
+	n("FreeNetwork", handle(s, "NetworkDriver.FreeNetwork", decodeLenient, nd.FreeNetwork))
+	n("CreateEndpoint", handle(s, "NetworkDriver.CreateEndpoint", decodeLenient, nd.CreateEndpoint))
+	n("DeleteEndpoint", handle(s, "NetworkDriver.DeleteEndpoint", decodeLenient, nd.DeleteEndpoint))
+	n("EndpointOperInfo", handle(s, "NetworkDriver.EndpointOperInfo", decodeLenient, nd.EndpointInfo))
+	n("Join", handle(s, "NetworkDriver.Join", decodeLenient, nd.Join))
+	n("Leave", handle(s, "NetworkDriver.Leave", decodeLenient, nd.Leave))
+	n("DiscoverNew", handle(s, "NetworkDriver.DiscoverNew", decodeLenient, nd.DiscoverNew))
+	n("DiscoverDelete", handle(s, "NetworkDriver.DiscoverDelete", decodeLenient, nd.DiscoverDelete))
+	n("ProgramExternalConnectivity", handle(s, "NetworkDriver.ProgramExternalConnectivity", decodeLenient, nd.ProgramExternalConnectivity))
+	n("RevokeExternalConnectivity", handle(s, "NetworkDriver.RevokeExternalConnectivity", decodeLenient, nd.RevokeExternalConnectivity))
 	i := func(method string, h http.HandlerFunc) {
 		r.Methods(http.MethodPost).Path("/IpamDriver." + method).Handler(h)
 	}
-	i("GetCapabilities", handle(log, "IpamDriver.GetCapabilities", id.GetCapabilities))
-	i("GetDefaultAddressSpaces", handle(log, "IpamDriver.GetDefaultAddressSpaces", id.GetDefaultAddressSpaces))
-	i("RequestPool", handle(log, "IpamDriver.RequestPool", id.RequestPool))
-	i("ReleasePool", handle(log, "IpamDriver.ReleasePool", id.ReleasePool))
-	i("RequestAddress", handle(log, "IpamDriver.RequestAddress", id.RequestAddress))
-	i("ReleaseAddress", handle(log, "IpamDriver.ReleaseAddress", id.ReleaseAddress))
+	i("GetCapabilities", handle(s, "IpamDriver.GetCapabilities", decodeLenient, id.GetCapabilities))
+	i("GetDefaultAddressSpaces", handle(s, "IpamDriver.GetDefaultAddressSpaces", decodeLenient, id.GetDefaultAddressSpaces))
+	i("RequestPool", handle(s, "IpamDriver.RequestPool", decodeLenient, id.RequestPool))
+	i("ReleasePool", handle(s, "IpamDriver.ReleasePool", decodeLenient, id.ReleasePool))
+	i("RequestAddress", handle(s, "IpamDriver.RequestAddress", decodeLenient, id.RequestAddress))
+	i("ReleaseAddress", handle(s, "IpamDriver.ReleaseAddress", decodeLenient, id.ReleaseAddress))
+	if s.admin != nil {
+		a := func(method string, h http.HandlerFunc) {
+			r.Methods(http.MethodPost).Path("/Cniplug." + method).Handler(h)
+		}
+		// Operators' requests are decoded strictly: a misspelt field must not turn a dry run into a real GC.
+		a("Status", handle(s, "Cniplug.Status", DecodeStrict, s.admin.Status))
+		a("Attachments", handle(s, "Cniplug.Attachments", DecodeStrict, s.admin.Attachments))
+		a("GC", handle(s, "Cniplug.GC", DecodeStrict, s.admin.GC))
+	}
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusNotFound, network.ErrorResponse{Err: fmt.Sprintf("cniplug does not implement %s", req.URL.Path)})
 	})
@@ -95,35 +145,122 @@ func NewHandler(nd NetworkDriver, id IPAMDriver, log *slog.Logger) http.Handler 
 	return r
 }
 
-// handle decodes the request into Req, calls fn, and encodes its answer. Failures are answered with a non-200
+// errEmptyBody: Docker's plugin client re-sends an already consumed body when it retries a call (e.g. across
+// a plugin restart), so an empty body must not be read as a request with empty IDs.
+var errEmptyBody = errors.New("empty request body")
+
+// decodeLenient decodes Docker's requests as Docker's own plugin helpers do: unknown fields are ignored (newer
+// Docker versions add some) and only the first JSON value is read.
+func decodeLenient(data []byte, v any) error {
+	err := json.NewDecoder(bytes.NewReader(data)).Decode(v)
+	if errors.Is(err, io.EOF) {
+		if reflect.TypeOf(v).Elem().NumField() > 0 {
+			return errEmptyBody
+		}
+		return nil
+	}
+	return err
+}
+
+// DecodeStrict decodes an operator's request: exactly one JSON object (or an empty body for a request with
+// no fields), no unknown fields, nothing after it.
+func DecodeStrict(data []byte, v any) error {
+	data = bytes.Trim(data, " \t\r\n") // JSON's whitespace, not Unicode's
+	if len(data) == 0 {
+		if reflect.TypeOf(v).Elem().NumField() > 0 {
+			return errEmptyBody
+		}
+		return nil
+	}
+	if data[0] != '{' {
+		return errors.New("the request must be a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if tok, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if err == nil {
+			err = fmt.Errorf("unexpected %v after the request", tok)
+		}
+		return err
+	}
+	return nil
+}
+
+// requestIDs are the Docker object IDs a request names, read generically from its body for logs and metrics.
+type requestIDs struct {
+	NetworkID  string
+	EndpointID string
+	PoolID     string
+}
+
+func (ids requestIDs) logAttrs() []any {
+	var attrs []any
+	if ids.NetworkID != "" {
+		attrs = append(attrs, "network", ids.NetworkID)
+	}
+	if ids.EndpointID != "" {
+		attrs = append(attrs, "endpoint", ids.EndpointID)
+	}
+	if ids.PoolID != "" {
+		attrs = append(attrs, "pool", ids.PoolID)
+	}
+	return attrs
+}
+
+// handle decodes the request into Req (and validates it, if Req has a Validate method), calls fn, and encodes
+// its answer. Failures are answered with a non-200
 // status and {"Err": ...}: libnetwork's IPAM client reads a 200 with "Err" as success, so only the status is a
 // reliable failure signal for both driver types. A panic becomes an error response, never a dead plugin.
-func handle[Req, Resp any](log *slog.Logger, method string, fn func(context.Context, *Req) (*Resp, error)) http.HandlerFunc {
+// Every log line carries the network, endpoint and pool IDs the request names.
+func handle[Req, Resp any](s *server, method string, decode func([]byte, any) error, fn func(context.Context, *Req) (*Resp, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		log := s.log
+		var ids requestIDs
+		cniNetwork := ""
+		var failure error
 		defer func() {
 			if p := recover(); p != nil {
 				log.Error("panic serving request", "method", method, "panic", p, "stack", string(debug.Stack()))
+				failure = fmt.Errorf("panic: %v", p)
 				writeJSON(w, http.StatusInternalServerError, network.ErrorResponse{Err: fmt.Sprintf("cniplug: internal error in %s: %v", method, p)})
 			}
+			if s.observer != nil {
+				if cniNetwork == "" && s.namer != nil {
+					cniNetwork = s.namer.CNINetwork(ids.NetworkID, ids.PoolID) // e.g. CreateNetwork: known only now
+				}
+				s.observer.ObserveRequest(method, cniNetwork, time.Since(start), failure)
+			}
 		}()
+		data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
+		if err == nil {
+			_ = json.Unmarshal(data, &ids) // best effort: a body that is not an object names no IDs
+			if attrs := ids.logAttrs(); len(attrs) > 0 {
+				log = log.With(attrs...)
+			}
+			if s.observer != nil && s.namer != nil {
+				cniNetwork = s.namer.CNINetwork(ids.NetworkID, ids.PoolID) // e.g. DeleteNetwork: unknown afterwards
+			}
+		}
 		req := new(Req)
-		body := http.MaxBytesReader(w, r.Body, MaxRequestBytes)
-		err := json.NewDecoder(body).Decode(req)
-		if errors.Is(err, io.EOF) && reflect.TypeOf(req).Elem().NumField() > 0 {
-			// Docker's plugin client re-sends an already consumed body when it retries a call (e.g. across a
-			// plugin restart), so an empty body must not be read as a request with empty IDs.
-			err = errors.New("empty request body")
-		} else if errors.Is(err, io.EOF) {
-			err = nil
+		if err == nil {
+			err = decode(data, req)
+		}
+		if v, ok := any(req).(interface{ Validate() error }); ok && err == nil {
+			err = v.Validate()
 		}
 		if err != nil {
+			failure = err
 			log.Warn("bad request", "method", method, "error", err)
 			writeJSON(w, http.StatusBadRequest, network.ErrorResponse{Err: fmt.Sprintf("cniplug: malformed %s request: %v", method, err)})
 			return
 		}
 		resp, err := fn(r.Context(), req)
 		if err != nil {
+			failure = err
 			log.Warn("request failed", "method", method, "duration", time.Since(start), "error", err)
 			writeJSON(w, http.StatusInternalServerError, network.ErrorResponse{Err: err.Error()})
 			return

@@ -1,0 +1,192 @@
+// Package teststack builds the real cniplug stack for tests, as main.run does (state store, CNI runner,
+// attachment manager, both drivers, the admin service and metrics, behind plugin.NewHandler), and serves it
+// on a real unix socket.
+package teststack
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cniplug/cniplug/admin"
+	"github.com/cniplug/cniplug/attach"
+	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/driver"
+	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/ipam"
+	"github.com/cniplug/cniplug/metrics"
+	"github.com/cniplug/cniplug/plugin"
+	"github.com/cniplug/cniplug/state"
+	"github.com/docker/go-plugins-helpers/network"
+)
+
+// Stack is a running cniplug without Docker.
+type Stack struct {
+	Store    *state.Store
+	Manager  *attach.Manager
+	Admin    *admin.Service
+	Metrics  *metrics.Metrics
+	Handler  http.Handler
+	ConfDir  string
+	NetNSDir string
+	Socket   string // set by Serve
+}
+
+// Options configures New.
+type Options struct {
+	BinDirs []string // CNI plugin dirs; may be empty for tests that run no CNI plugin
+	MinAge  time.Duration
+	NoAdmin bool // serve only the driver methods, as an older cniplug did
+}
+
+// New builds the stack over fresh temp dirs. Whatever a test leaves attached is torn down at cleanup through
+// cniplug's own teardown path.
+func New(t testing.TB, o Options) *Stack {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	store, err := state.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	s := &Stack{Store: store, ConfDir: t.TempDir(), NetNSDir: t.TempDir()}
+	s.Metrics = metrics.New(metrics.Options{})
+	runner, err := cnibridge.NewRunner(cnibridge.Config{
+		BinDirs: o.BinDirs, CacheDir: t.TempDir(), NetNSDir: s.NetNSDir, Timeout: 20 * time.Second, Logger: log,
+		ExecObserver: s.Metrics,
+	})
+	if err != nil {
+		t.Skipf("skipping: cannot build the CNI runner: %v", err)
+	}
+	t.Cleanup(func() { _ = runner.Close() })
+	s.Manager = attach.NewManager(store, runner, log)
+	t.Cleanup(func() {
+		atts, _ := store.Attachments()
+		for _, a := range atts {
+			if err := s.Manager.Remove(context.Background(), a); err != nil {
+				t.Errorf("cleanup: removing leftover attachment %s: %v", a.ID(), err)
+			}
+		}
+	})
+	s.Admin = admin.New(admin.Config{Driver: "cniplug", ConfDir: s.ConfDir, Manager: s.Manager, MinAge: o.MinAge})
+	var opts []plugin.Option
+	if !o.NoAdmin {
+		opts = append(opts, plugin.WithAdmin(s.Admin))
+	}
+	opts = append(opts, plugin.WithObserver(s.Metrics, s.Admin))
+	s.Handler = plugin.NewHandler(driver.New("cniplug", s.ConfDir, s.Manager, log), ipam.New("cniplug", s.ConfDir, s.Manager, log), log, opts...)
+	return s
+}
+
+// Serve serves the stack with plugin.Listen and plugin.Serve on a socket in a temp dir until the test ends.
+func (s *Stack) Serve(t testing.TB) string {
+	t.Helper()
+	s.Socket = filepath.Join(t.TempDir(), "cniplug.sock")
+	l, err := plugin.Listen(s.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- plugin.Serve(ctx, l, s.Handler) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("plugin.Serve: %v", err)
+		}
+	})
+	return s.Socket
+}
+
+// Post POSTs body to path on the stack's socket and returns the status and answer.
+func (s *Stack) Post(t testing.TB, path string, body []byte) (int, []byte) {
+	t.Helper()
+	c := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", s.Socket)
+	}}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Post("http://cniplug"+path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, out
+}
+
+// Call POSTs req as JSON and decodes a 200 answer into resp; anything else fails the test.
+func (s *Stack) Call(t testing.TB, path string, req, resp any) {
+	t.Helper()
+	b, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, out := s.Post(t, path, b)
+	if status != http.StatusOK {
+		t.Fatalf("POST %s: status %d: %s", path, status, out)
+	}
+	if resp != nil {
+		if err := json.Unmarshal(out, resp); err != nil {
+			t.Fatalf("POST %s: decoding %s: %v", path, out, err)
+		}
+	}
+}
+
+// BridgeNetwork writes a bridge + host-local CNI network into the stack's conf dir (host-local keeps its
+// data in a temp dir) and removes the bridge device when the test ends. It returns the CNI network's name.
+func (s *Stack) BridgeNetwork(t testing.TB) string {
+	t.Helper()
+	name, bridge := testutil.UniqueName("tsnet"), testutil.UniqueName("tsbr")
+	subnet := fmt.Sprintf("10.252.%d.0/24", 1+mrand.IntN(250))
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":true,`+
+		`"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}]}}]}`,
+		name, bridge, t.TempDir(), subnet)
+	testutil.WriteFile(t, s.ConfDir, name+".conflist", conf)
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
+	return name
+}
+
+// Endpoint creates a Docker network (null IPAM) on CNI network cniName and an endpoint joined to it, as Docker
+// does for `docker run`; the endpoint and network are deleted again when the test ends.
+func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID string) {
+	t.Helper()
+	networkID, endpointID = randomID(), randomID()
+	s.Call(t, "/NetworkDriver.CreateNetwork", network.CreateNetworkRequest{
+		NetworkID: networkID,
+		Options:   map[string]any{"com.docker.network.generic": map[string]any{"cni": cniName}},
+		IPv4Data:  []*network.IPAMData{{AddressSpace: "null", Pool: "0.0.0.0/0"}},
+	}, nil)
+	t.Cleanup(func() { s.Call(t, "/NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: networkID}, nil) })
+	s.Call(t, "/NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: networkID, EndpointID: endpointID,
+		Interface: &network.EndpointInterface{}}, nil)
+	t.Cleanup(func() {
+		s.Call(t, "/NetworkDriver.DeleteEndpoint", network.DeleteEndpointRequest{NetworkID: networkID, EndpointID: endpointID}, nil)
+	})
+	s.Call(t, "/NetworkDriver.Join", network.JoinRequest{NetworkID: networkID, EndpointID: endpointID, SandboxKey: "/var/run/docker/netns/test"}, nil)
+	t.Cleanup(func() {
+		s.Call(t, "/NetworkDriver.Leave", network.LeaveRequest{NetworkID: networkID, EndpointID: endpointID}, nil)
+	})
+	return networkID, endpointID
+}
+
+func randomID() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
