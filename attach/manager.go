@@ -102,6 +102,7 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 	if err := m.cni.Teardown(ctx, &a.Attachment); err != nil {
 		return err
 	}
+	forgetNeighbours(a.Interface.Addresses())
 	if err := m.store.DeleteAttachment(a); err != nil {
 		return fmt.Errorf("forgetting attachment %s: %w", a.ID(), err)
 	}

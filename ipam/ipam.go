@@ -222,10 +222,11 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 // requestV6 answers Docker's IPv6 RequestAddress, which follows the endpoint's IPv4 one: the IPv4 request ran
 // the CNI ADD, which also assigned the IPv6 address. The pending attachment is found by the endpoint's MAC.
 func (p *Ipam) requestV6(pool *state.Pool, address, mac string) (*ipam.RequestAddressResponse, error) {
-	if mac == "" {
-		return nil, p.errorf("CNI network %q: Docker sent no endpoint MAC with the IPv6 address request, so it cannot be paired with the endpoint's CNI attachment", pool.CNIName)
-	}
 	a, err := p.store.TakePendingV6(pool.CNIName, mac)
+	if errors.Is(err, state.ErrAmbiguous) {
+		return nil, p.errorf("CNI network %q: several containers are starting at once and Docker sent no endpoint MAC with the IPv6 address request, so it cannot be paired with its CNI attachment: "+
+			"restart dockerd once so that it reads %s IPAM's capabilities again (it caches them from the first activation of the plugin)", pool.CNIName, p.name)
+	}
 	if errors.Is(err, state.ErrNotFound) {
 		return nil, p.errorf("CNI network %q: no CNI attachment waits for the IPv6 address of endpoint MAC %s (its IPv4 address must be requested first)", pool.CNIName, mac)
 	}
