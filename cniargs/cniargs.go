@@ -56,7 +56,7 @@ type Extra struct {
 func (e Extra) Empty() bool { return len(e.Args) == 0 && len(e.CapabilityArgs) == 0 }
 
 // IsOption reports whether an option key is one of cniplug's extra-argument options (valid or not).
-func IsOption(key string) bool { return strings.HasPrefix(key, Prefix) }
+func IsOption(key string) bool { return strings.HasPrefix(strings.ToLower(key), Prefix) }
 
 // Parse decodes the cni.* options among opts (other keys are ignored: the caller decides about them). Any
 // cni.* key not on the allow-list, or with an invalid value, is an error that lists what is allowed.
@@ -72,18 +72,22 @@ func Parse(opts map[string]string) (Extra, error) {
 	bw := map[string]uint64{}
 	for _, k := range keys {
 		v := opts[k]
+		// The docker CLI lowercases driver-opt keys, so names are matched without regard to case.
+		lk := strings.ToLower(k)
+		argKey := canonical(ArgKeys, strings.TrimPrefix(lk, argsPrefix))
+		bwKey := canonical(BandwidthKeys, strings.TrimPrefix(lk, bandwidthPrefix))
 		switch {
-		case strings.HasPrefix(k, argsPrefix) && contains(ArgKeys, strings.TrimPrefix(k, argsPrefix)):
+		case strings.HasPrefix(lk, argsPrefix) && argKey != "":
 			if !argValue.MatchString(v) {
 				return Extra{}, fmt.Errorf("option %s=%q: the value must be 1-253 letters, digits, '.', '_' or '-', starting with a letter or digit", k, v)
 			}
-			e.Args = append(e.Args, [2]string{strings.TrimPrefix(k, argsPrefix), v})
-		case strings.HasPrefix(k, bandwidthPrefix) && contains(BandwidthKeys, strings.TrimPrefix(k, bandwidthPrefix)):
+			e.Args = append(e.Args, [2]string{argKey, v})
+		case strings.HasPrefix(lk, bandwidthPrefix) && bwKey != "":
 			n, err := strconv.ParseUint(v, 10, 64)
 			if err != nil || n == 0 || n > 1<<50 {
 				return Extra{}, fmt.Errorf("option %s=%q: want a positive whole number (bits per second for rates, bits for bursts)", k, v)
 			}
-			bw[strings.TrimPrefix(k, bandwidthPrefix)] = n
+			bw[bwKey] = n
 		default:
 			return Extra{}, fmt.Errorf("option %s is not allowed: the CNI options cniplug accepts are %s", k, strings.Join(Allowed(), ", "))
 		}
@@ -105,7 +109,8 @@ func Parse(opts map[string]string) (Extra, error) {
 	return e, nil
 }
 
-// Merge returns e overridden by o (container options over network options), key by key.
+// Merge returns e overridden by o (container options over network options), key by key and, for the
+// bandwidth capability, field by field.
 func (e Extra) Merge(o Extra) Extra {
 	out := Extra{}
 	seen := map[string]int{}
@@ -121,6 +126,19 @@ func (e Extra) Merge(o Extra) Extra {
 		for k, v := range caps {
 			if out.CapabilityArgs == nil {
 				out.CapabilityArgs = map[string]any{}
+			}
+			// Objects (bandwidth) merge field by field: a container's ingress limits keep the network's egress ones.
+			if m, ok := v.(map[string]any); ok {
+				merged := map[string]any{}
+				if prev, ok := out.CapabilityArgs[k].(map[string]any); ok {
+					for f, x := range prev {
+						merged[f] = x
+					}
+				}
+				for f, x := range m {
+					merged[f] = x
+				}
+				v = merged
 			}
 			out.CapabilityArgs[k] = v
 		}
@@ -148,6 +166,16 @@ func (e Extra) Apply(args [][2]string, caps map[string]any) ([][2]string, map[st
 		caps[k] = v
 	}
 	return args, caps
+}
+
+// canonical returns the entry of list equal to s regardless of case, or "".
+func canonical(list []string, s string) string {
+	for _, x := range list {
+		if strings.EqualFold(x, s) {
+			return x
+		}
+	}
+	return ""
 }
 
 func contains(list []string, s string) bool {

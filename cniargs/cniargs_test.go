@@ -25,6 +25,11 @@ func TestParse(t *testing.T) {
 	if bw["ingressRate"] != uint64(1000000) || bw["ingressBurst"] != uint64(50000) || len(bw) != 2 {
 		t.Errorf("bandwidth %v", bw)
 	}
+	// The docker CLI lowercases driver-opt keys.
+	if e, err := Parse(map[string]string{"cni.args.k8s_pod_name": "web-0", "cni.bandwidth.ingressrate": "1", "cni.bandwidth.ingressburst": "2"}); err != nil ||
+		!reflect.DeepEqual(e.Args, [][2]string{{"K8S_POD_NAME", "web-0"}}) || e.CapabilityArgs["bandwidth"].(map[string]any)["ingressRate"] != uint64(1) {
+		t.Errorf("lowercased keys: %+v %v", e, err)
+	}
 	for opts, want := range map[string]string{
 		"cni.args.CNI_PATH=/tmp":          "is not allowed",
 		"cni.args.K8S_POD_NAME=../x":      "value must be",
@@ -53,6 +58,10 @@ func TestMergeAndCheck(t *testing.T) {
 	m := nw.Merge(ep)
 	if !reflect.DeepEqual(m.Args, [][2]string{{"K8S_POD_NAME", "b"}, {"K8S_POD_NAMESPACE", "ns"}}) {
 		t.Errorf("merged args %v", m.Args)
+	}
+	nwBW, _ := Parse(map[string]string{"cni.bandwidth.ingressRate": "5", "cni.bandwidth.ingressBurst": "6"})
+	if bw := nw.Merge(nwBW).Merge(ep).CapabilityArgs["bandwidth"].(map[string]any); len(bw) != 4 {
+		t.Errorf("bandwidth not merged field by field: %v", bw)
 	}
 	if err := m.Check("n", map[string]bool{"portMappings": true}); err == nil || !strings.Contains(err.Error(), `"bandwidth" capability`) {
 		t.Errorf("check without bandwidth: %v", err)

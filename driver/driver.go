@@ -271,23 +271,23 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	}
 	bindings, err := hostports.ParseDockerPortmap(req.Options[hostports.OptionPortMap])
 	if err != nil {
-		return nil, d.errorf(req.NetworkID, "%w", err)
+		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
 	}
 	epExtra, err := endpointExtra(req.Options)
 	if err != nil {
-		return nil, d.errorf(req.NetworkID, "driver-opt: %w", err)
+		return nil, d.errorf(req.NetworkID, "CNI network %q: driver-opt: %w", nw.CNIName, err)
 	}
 	if nw.Mode == state.ModeCNIIPAM && !epExtra.Empty() {
-		return nil, d.errorf(req.NetworkID, "driver-opt cni.* cannot be applied on a network with %s IPAM: the CNI ADD already ran when Docker allocated the address; set them per network with --ipam-opt, or use --ipam-driver null or Docker IPAM", d.name)
+		return nil, d.errorf(req.NetworkID, "CNI network %q: driver-opt cni.* cannot be applied on a network with %s IPAM: the CNI ADD already ran when Docker allocated the address; set them per network with --ipam-opt, or use --ipam-driver null or Docker IPAM", nw.CNIName, d.name)
 	}
 	extra := nw.Extra.Merge(epExtra)
 	if err := extra.Check(nw.CNIName, cniNet.Capabilities()); err != nil {
-		return nil, d.errorf(req.NetworkID, "driver-opt: %w", err)
+		return nil, d.errorf(req.NetworkID, "CNI network %q: driver-opt: %w", nw.CNIName, err)
 	}
 	var ports []hostports.Mapping
 	if len(bindings) > 0 {
 		if ports, err = d.mgr.ResolvePorts(bindings); err != nil {
-			return nil, d.errorf(req.NetworkID, "cannot publish ports: %w", err)
+			return nil, d.errorf(req.NetworkID, "CNI network %q: cannot publish ports: %w", nw.CNIName, err)
 		}
 	}
 	if nw.Mode == state.ModeCNIIPAM {
