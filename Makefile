@@ -38,6 +38,8 @@ test-e2e: build cni-plugins
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzParseNetwork -fuzztime 30s ./cnibridge/
 	$(GO) test -run XXX -fuzz FuzzHandler -fuzztime 30s ./plugin/
+	$(GO) test -run XXX -fuzz FuzzParseDockerPortmap -fuzztime 30s ./hostports/
+	$(GO) test -run XXX -fuzz FuzzParse -fuzztime 30s ./cniargs/
 
 clean:
 	rm -rf bin
