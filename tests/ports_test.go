@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -199,4 +200,33 @@ func httpFromContainer(container, ip string, port int) (string, error) {
 		time.Sleep(300 * time.Millisecond)
 	}
 	return out, err
+}
+
+// TestPublishPortsAcrossPluginRestart: published ports are recorded with the attachment, so a cniplug that
+// was killed and restarted still removes their rules when the container goes, and still refuses the port
+// to another container while it is published.
+func TestPublishPortsAcrossPluginRestart(t *testing.T) {
+	requireSuite(t)
+	n := bridgeNet(t)
+	r := newRemoteHost(t)
+	nw := createNetwork(t, n, dockerIPAM)
+	p := freePort()
+	c := httpContainer(t, nw, false, "-p", fmt.Sprintf("%d:80", p))
+	if out, err := waitHTTP(&r, fmt.Sprintf("http://%s:%d/", r.HostIP, p), "hello-from-"+c); err != nil {
+		t.Fatalf("before the restart: %v: %s", err, out)
+	}
+	stopPluginWith(syscall.SIGKILL)
+	if err := startPlugin(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runExpectFailure(t, nw, "-p", fmt.Sprintf("%d:80", p)); err == nil || !strings.Contains(out, "already in use") {
+		t.Errorf("host port %d given twice after a plugin restart: %v: %s", p, err, out)
+	}
+	if out, err := waitHTTP(&r, fmt.Sprintf("http://%s:%d/", r.HostIP, p), "hello-from-"+c); err != nil {
+		t.Errorf("after the restart: %v: %s", err, out)
+	}
+	docker(t, "rm", "-f", c)
+	if lines := iptablesMentions(t, "--dport "+strconv.Itoa(p)); len(lines) > 0 {
+		t.Errorf("rules for host port %d remain after docker rm -f across a plugin restart:\n%s", p, strings.Join(lines, "\n"))
+	}
 }
