@@ -12,7 +12,7 @@ CNI_PLUGIN_PKGS := $(addprefix github.com/containernetworking/plugins/plugins/,m
 # must not inherit it).
 TESTLOCK := flock -o /tmp/cniplug-tests.lock
 
-.PHONY: build cni-plugins test test-unit test-e2e vet fuzz clean
+.PHONY: build cni-plugins test test-unit test-e2e vet fuzz bench clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/cniplug .
@@ -40,6 +40,15 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzHandler -fuzztime 30s ./plugin/
 	$(GO) test -run XXX -fuzz FuzzParseDockerPortmap -fuzztime 30s ./hostports/
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime 30s ./cniargs/
+	$(GO) test -run XXX -fuzz FuzzDecodeStrict -fuzztime 30s ./plugin/
+	$(GO) test -run XXX -fuzz FuzzAdminHandler -fuzztime 30s ./plugin/
+
+# Benchmark against Docker's bridge, --net=none and Podman (root, dockerd; ~10 min on 2 cores): writes
+# bench/out/results.md, results.json and chart.png. It changes links, netns and iptables, so it takes the
+# test lock. Iteration counts are flags: make bench BENCHFLAGS='-n 10 -skip-podman'.
+bench: build cni-plugins
+	$(GO) build -o bin/cniplug-bench ./bench/cmd/cniplug-bench
+	$(TESTLOCK) bin/cniplug-bench -out bench/out $(BENCHFLAGS)
 
 clean:
 	rm -rf bin

@@ -1,0 +1,352 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// env is everything the benchmark creates on the host; cleanup removes all of it.
+type env struct {
+	repo    string
+	tmp     string
+	runID   string
+	image   string
+	verbose bool
+
+	cniName  string // CNI network name (also Podman's network name)
+	bridge   string // bridge device the CNI bridge plugin creates
+	conflist string // path of the conflist file
+	confDir  string
+
+	driver      string // cniplug's driver name
+	socket      string
+	metricsAddr string
+	plugin      *exec.Cmd
+	pluginLog   string
+
+	cniplugNet   string // Docker network on cniplug
+	dockerBridge string // Docker's own user-defined bridge network
+	podman       *podman
+
+	cleanups []func() error
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// onCleanup registers fn to run at cleanup, in reverse order of registration.
+func (e *env) onCleanup(what string, fn func() error) {
+	e.cleanups = append(e.cleanups, func() error {
+		if err := fn(); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	})
+}
+
+func (e *env) cleanup() error {
+	var errs []error
+	for i := len(e.cleanups) - 1; i >= 0; i-- {
+		if err := e.cleanups[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	e.cleanups = nil
+	return errors.Join(errs...)
+}
+
+func (e *env) logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[%s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// run runs a command and returns its trimmed combined output.
+func run(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return strings.TrimSpace(string(out)), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func docker(args ...string) (string, error) { return run("docker", args...) }
+
+// freeSubnet returns the first candidate /16 that no host route or address overlaps.
+func freeSubnet(candidates ...string) (string, error) {
+	out, err := run("ip", "-4", "route", "show", "table", "all")
+	if err != nil {
+		return "", err
+	}
+	addrs, err := run("ip", "-4", "-o", "addr", "show")
+	if err != nil {
+		return "", err
+	}
+	var used []*net.IPNet
+	for _, f := range strings.Fields(out + " " + addrs) {
+		if _, n, err := net.ParseCIDR(f); err == nil && !n.IP.IsUnspecified() {
+			used = append(used, n)
+		}
+	}
+	for _, c := range candidates {
+		_, cn, _ := net.ParseCIDR(c)
+		clash := false
+		for _, u := range used {
+			if u.Contains(cn.IP) || cn.Contains(u.IP) {
+				clash = true
+			}
+		}
+		if !clash {
+			return c, nil
+		}
+	}
+	return "", fmt.Errorf("none of %v is free on this host", candidates)
+}
+
+// writeConflist writes the bridge + host-local conflist every contender uses; host-local keeps its
+// reservations in the benchmark's temp dir.
+func (e *env) writeConflist(subnet string) error {
+	e.confDir = filepath.Join(e.tmp, "net.d")
+	if err := os.MkdirAll(e.confDir, 0o755); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[
+  {"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":true,
+   "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}]}}]}
+`, e.cniName, e.bridge, filepath.Join(e.tmp, "host-local"), subnet)
+	e.conflist = filepath.Join(e.confDir, e.cniName+".conflist")
+	e.onCleanup("removing bridge "+e.bridge, func() error {
+		if _, err := run("ip", "link", "show", e.bridge); err != nil {
+			return nil
+		}
+		_, err := run("ip", "link", "del", e.bridge)
+		return err
+	})
+	return os.WriteFile(e.conflist, []byte(conf), 0o644)
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// startPlugin runs bin/cniplug as a v1 plugin with its metrics (and pprof) on a loopback port.
+func (e *env) startPlugin() error {
+	var err error
+	if e.metricsAddr, err = freePort(); err != nil {
+		return err
+	}
+	e.socket = "/run/docker/plugins/" + e.driver + ".sock"
+	e.pluginLog = filepath.Join(e.tmp, "cniplug.log")
+	logf, err := os.Create(e.pluginLog)
+	if err != nil {
+		return err
+	}
+	e.plugin = exec.Command(filepath.Join(e.repo, "bin", "cniplug"),
+		"--socket", e.socket,
+		"--cni-conf-dir", e.confDir,
+		"--cni-bin-dir", filepath.Join(e.repo, "bin", "cni"),
+		"--state-dir", filepath.Join(e.tmp, "state"),
+		"--cni-cache-dir", filepath.Join(e.tmp, "cni-cache"),
+		"--metrics-listen", e.metricsAddr, "--pprof",
+		"--reconcile-interval", "0", // nothing periodic competing with the measurements
+		"--log-level", "info")
+	e.plugin.Stdout, e.plugin.Stderr = logf, logf
+	e.plugin.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := e.plugin.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("starting cniplug: %w", err)
+	}
+	logf.Close()
+	e.onCleanup("stopping cniplug", func() error {
+		_ = e.plugin.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- e.plugin.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(90 * time.Second):
+			_ = e.plugin.Process.Kill()
+			<-done
+		}
+		_ = os.Remove(e.socket)
+		return nil
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + e.metricsAddr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(e.pluginLog)
+			return fmt.Errorf("cniplug did not become healthy; log:\n%s", log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// createNetworks creates the Docker network on cniplug (CNI IPAM, as the README recommends) and Docker's own
+// user-defined bridge network.
+func (e *env) createNetworks(bridgeSubnet string) error {
+	e.cniplugNet = "cnibench-" + e.runID
+	if _, err := docker("network", "create", "-d", e.driver, "--opt", "cni="+e.cniName,
+		"--ipam-driver", e.driver, "--ipam-opt", "cni="+e.cniName, e.cniplugNet); err != nil {
+		return err
+	}
+	e.onCleanup("removing Docker network "+e.cniplugNet, func() error {
+		_, err := docker("network", "rm", e.cniplugNet)
+		return err
+	})
+	e.dockerBridge = "brbench-" + e.runID
+	if _, err := docker("network", "create", "--subnet", bridgeSubnet, e.dockerBridge); err != nil {
+		return err
+	}
+	e.onCleanup("removing Docker network "+e.dockerBridge, func() error {
+		_, err := docker("network", "rm", e.dockerBridge)
+		return err
+	})
+	// Whatever a failed run left running is removed before the networks.
+	e.onCleanup("removing benchmark containers", func() error {
+		ids, err := docker("ps", "-aq", "--filter", "label=cniplug-bench="+e.runID)
+		if err != nil || ids == "" {
+			return err
+		}
+		_, err = docker(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
+		return err
+	})
+	return nil
+}
+
+// rss is the plugin's resident set size in bytes (VmRSS).
+func (e *env) rss() (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.plugin.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc/<pid>/status")
+}
+
+// cpuProfile takes a CPU profile of the plugin for d (pprof on the metrics listener) into path.
+func (e *env) cpuProfile(ctx context.Context, d time.Duration, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+		fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", e.metricsAddr, int(d.Seconds())), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.ReadFrom(resp.Body)
+	return err
+}
+
+// hostState is what the benchmark could leak on the host.
+type hostState map[string]bool
+
+func snapshot() (hostState, error) {
+	s := hostState{}
+	add := func(kind string, items []string) {
+		for _, i := range items {
+			if i = strings.TrimSpace(i); i != "" {
+				s[kind+" "+i] = true
+			}
+		}
+	}
+	links, err := run("ip", "-o", "link", "show")
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range strings.Split(links, "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			add("link", []string{strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]})
+		}
+	}
+	ns, _ := filepath.Glob("/run/netns/*")
+	add("netns", ns)
+	cache, _ := filepath.Glob("/var/lib/cni/*/*")
+	add("file", cache)
+	for _, table := range []string{"nat", "filter", "mangle"} {
+		out, err := run("iptables-save", "-t", table)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "#") || strings.HasPrefix(l, "*") || l == "COMMIT" {
+				continue
+			}
+			if strings.HasPrefix(l, ":") {
+				l = strings.Fields(l)[0] // drop packet counters
+			}
+			add("iptables -t "+table, []string{l})
+		}
+	}
+	cts, err := docker("ps", "-aq", "--no-trunc")
+	if err != nil {
+		return nil, err
+	}
+	add("container", strings.Fields(cts))
+	nets, err := docker("network", "ls", "-q", "--no-trunc")
+	if err != nil {
+		return nil, err
+	}
+	add("docker network", strings.Fields(nets))
+	return s, nil
+}
+
+// leaks lists what exists now that did not before.
+func leaks(before hostState) ([]string, error) {
+	var out []string
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		after, err := snapshot()
+		if err != nil {
+			return nil, err
+		}
+		out = out[:0]
+		for k := range after {
+			if !before[k] {
+				out = append(out, k)
+			}
+		}
+		if len(out) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond) // veth teardown is asynchronous in the kernel
+	}
+	sort.Strings(out)
+	return out, nil
+}

@@ -1,0 +1,329 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// results is everything one run measured. Durations are in seconds.
+type results struct {
+	Started  time.Time
+	Options  options
+	Host     map[string]string
+	Conflist string
+
+	RunRM map[string]samples // by network kind: none, bridge, cniplug
+	Pair  map[string]samples
+
+	// Per cniplug lifecycle, from its metrics.
+	InPlugin samples
+	InCNI    samples
+	Overhead samples
+
+	Throughput map[string]map[int]float64 // kind -> parallelism -> lifecycles/s
+	Scale      map[int]*scalePoint        // live endpoints -> measurements
+	RSS        map[int]int64              // live endpoints -> bytes
+	GoBench    map[string]float64         // benchmark -> seconds/op
+	Podman     *podmanResult
+
+	Targets []target
+	Leaks   []string
+}
+
+type scalePoint struct {
+	Wall     samples
+	InPlugin samples
+	Overhead samples
+	PerCall  map[string]float64 // Docker call -> mean seconds
+}
+
+type podmanResult struct {
+	Version string
+	None    samples
+	CNI     samples
+	Error   string `json:",omitempty"`
+}
+
+type target struct {
+	Name     string
+	Measured string
+	Limit    string
+	Ratio    float64 // measured / limit: <= 1 passes
+	Pass     bool
+	Note     string
+}
+
+func (r *results) addCost(c lifecycleCost) {
+	r.InPlugin = append(r.InPlugin, c.inPlugin)
+	r.InCNI = append(r.InCNI, c.inCNI)
+	r.Overhead = append(r.Overhead, c.overhead())
+}
+
+func ms(s float64) string {
+	if math.IsNaN(s) {
+		return "n/a"
+	}
+	if math.Abs(s) < 0.1 {
+		return fmt.Sprintf("%.1f ms", s*1000)
+	}
+	return fmt.Sprintf("%.0f ms", s*1000)
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// evaluate computes the issue's targets as ratios from this run.
+func (r *results) evaluate() {
+	add := func(name, measured, limit string, ratio float64, note string) {
+		r.Targets = append(r.Targets, target{Name: name, Measured: measured, Limit: limit, Ratio: ratio, Pass: ratio <= 1.0 && !math.IsNaN(ratio), Note: note})
+	}
+	if br, cn := r.RunRM["bridge"].p50(), r.RunRM["cniplug"].p50(); br > 0 {
+		x := cn / br
+		add("`docker run --rm` on cniplug vs Docker's bridge (p50)", fmt.Sprintf("%.2fx (%s vs %s)", x, ms(cn), ms(br)), "≤ 1.10x", x/1.10, "")
+	}
+	if br, cn := r.Pair["bridge"].p50(), r.Pair["cniplug"].p50(); br > 0 {
+		x := cn / br
+		add("`docker run -d` + `rm -f` on cniplug vs Docker's bridge (p50)", fmt.Sprintf("%.2fx (%s vs %s)", x, ms(cn), ms(br)), "≤ 1.10x", x/1.10, "")
+	}
+	add("cniplug overhead per lifecycle, p50", ms(r.Overhead.p50()), "≤ 10 ms", r.Overhead.p50()/0.010, "time in cniplug's handlers minus time in CNI plugin execs")
+	add("cniplug overhead per lifecycle, p99", ms(r.Overhead.p99()), "≤ 25 ms", r.Overhead.p99()/0.025, "")
+	if p := r.Podman; p != nil && p.Error == "" {
+		ours := r.RunRM["cniplug"].p50() - r.RunRM["none"].p50()
+		theirs := p.CNI.p50() - p.None.p50()
+		add("network cost per container: Docker+cniplug vs Podman, same conflist", fmt.Sprintf("%s vs %s", ms(ours), ms(theirs)), "≤ 1.0x", ours/theirs,
+			"cost = p50(run on the CNI network) − p50(run with no network)")
+	}
+	if small, large := r.Scale[r.Options.LiveSmall], r.Scale[r.Options.LiveLarge]; small != nil && large != nil {
+		x := large.InPlugin.p50() / small.InPlugin.p50()
+		add(fmt.Sprintf("time in cniplug per lifecycle at %d vs %d live endpoints (p50)", r.Options.LiveLarge, r.Options.LiveSmall),
+			fmt.Sprintf("%.2fx (%s vs %s)", x, ms(large.InPlugin.p50()), ms(small.InPlugin.p50())), "≤ 1.20x", x/1.2, "")
+		y := large.Wall.p50() / small.Wall.p50()
+		add(fmt.Sprintf("`docker run --rm` wall time at %d vs %d live endpoints (p50)", r.Options.LiveLarge, r.Options.LiveSmall),
+			fmt.Sprintf("%.2fx (%s vs %s)", y, ms(large.Wall.p50()), ms(small.Wall.p50())), "≤ 1.20x", y/1.2, "includes dockerd's own cost of more containers")
+	}
+	if rss, ok := r.RSS[r.Options.LiveLarge]; ok {
+		add(fmt.Sprintf("plugin RSS at %d endpoints", r.Options.LiveLarge), mib(rss), "≤ 40 MiB", float64(rss)/(40<<20), "")
+	}
+}
+
+func (r *results) write(dir string) error {
+	if err := writeJSON(filepath.Join(dir, "results.json"), r); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(r.markdown()), 0o644); err != nil {
+		return err
+	}
+	return r.chart(filepath.Join(dir, "chart.png"))
+}
+
+func (r *results) markdown() string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	o := r.Options
+	w("## Benchmark results (%s)\n\n", r.Started.Format("2006-01-02 15:04 UTC"))
+	w("Host: %s CPUs (%s), kernel %s, dockerd %s, %s", r.Host["cpus"], r.Host["cpu"], r.Host["kernel"], r.Host["dockerd"], r.Host["iptables"])
+	if r.Podman != nil && r.Podman.Version != "" {
+		w(", %s", r.Podman.Version)
+	}
+	w(". Image: `%s`. cniplug network: CNI IPAM (`--ipam-driver cniplug`) on a bridge + host-local conflist with `ipMasq`:\n\n```json\n%s\n```\n\n", o.Image, r.Conflist)
+
+	w("### Targets\n\n| target | measured | limit | result |\n|---|---|---|---|\n")
+	for _, t := range r.Targets {
+		res := "**PASS**"
+		if !t.Pass {
+			res = "**MISS**"
+		}
+		note := ""
+		if t.Note != "" {
+			note = " (" + t.Note + ")"
+		}
+		w("| %s%s | %s | %s | %s |\n", t.Name, note, t.Measured, t.Limit, res)
+	}
+
+	w("\n### Container lifecycle, wall time (p50 / p99)\n\n| | `--net=none` | Docker bridge | cniplug | cniplug / bridge (p50) |\n|---|---|---|---|---|\n")
+	row := func(name string, m map[string]samples, n int) {
+		w("| %s (n=%d each) | %s / %s | %s / %s | %s / %s | %.2fx |\n", name, n,
+			ms(m["none"].p50()), ms(m["none"].p99()), ms(m["bridge"].p50()), ms(m["bridge"].p99()),
+			ms(m["cniplug"].p50()), ms(m["cniplug"].p99()), m["cniplug"].p50()/m["bridge"].p50())
+	}
+	row("`docker run --rm … true`", r.RunRM, o.Seq)
+	row("`docker run -d … sleep` + `docker rm -f`", r.Pair, o.Pairs)
+
+	w("\n### Inside cniplug, per lifecycle (from its /metrics; n=%d)\n\n| | p50 | p99 |\n|---|---|---|\n", len(r.Overhead))
+	w("| time in cniplug's handlers | %s | %s |\n", ms(r.InPlugin.p50()), ms(r.InPlugin.p99()))
+	w("| of which inside CNI plugin execs | %s | %s |\n", ms(r.InCNI.p50()), ms(r.InCNI.p99()))
+	w("| **cniplug's own overhead** (handlers minus execs) | %s | %s |\n", ms(r.Overhead.p50()), ms(r.Overhead.p99()))
+	if r.GoBench != nil {
+		lib, rl := r.GoBench["BenchmarkLibcniAddDel"], r.GoBench["BenchmarkRunnerLifecycle"]
+		w("\nThe same conflist without Docker (Go benchmarks in `cnibridge/bench_test.go`, %d iterations): raw libcni ADD+DEL **%s**; "+
+			"cnibridge's lifecycle (staging netns, ADD, read back, move to host and back, DEL) **%s**, i.e. %s of its own.\n",
+			o.GoBenchN, ms(lib), ms(rl), ms(rl-lib))
+	}
+
+	w("\n### Throughput, `docker run --rm` (%d lifecycles per cell)\n\n| parallel | Docker bridge | cniplug | cniplug / bridge |\n|---|---|---|---|\n", o.ThroughputN)
+	for _, p := range o.Parallelism {
+		br, cn := r.Throughput["bridge"][p], r.Throughput["cniplug"][p]
+		w("| %d | %.2f /s | %.2f /s | %.2fx |\n", p, br, cn, cn/br)
+	}
+
+	w("\n### Scale: cniplug with many live endpoints (n=%d per point)\n\n", o.LiveSamples)
+	w("| live endpoints | `docker run --rm` p50 | time in cniplug p50 | overhead p50 | plugin RSS |\n|---|---|---|---|---|\n")
+	w("| 0 | | | | %s |\n", mib(r.RSS[0]))
+	var points []int
+	for n := range r.Scale {
+		points = append(points, n)
+	}
+	sort.Ints(points)
+	for _, n := range points {
+		p := r.Scale[n]
+		w("| %d | %s | %s | %s | %s |\n", n, ms(p.Wall.p50()), ms(p.InPlugin.p50()), ms(p.Overhead.p50()), mib(r.RSS[n]))
+	}
+	if len(points) == 2 {
+		a, z := r.Scale[points[0]], r.Scale[points[1]]
+		var calls []string
+		for c := range z.PerCall {
+			calls = append(calls, c)
+		}
+		sort.Strings(calls)
+		w("\nMean time per Docker call at %d → %d endpoints: ", points[0], points[1])
+		var parts []string
+		for _, c := range calls {
+			if a.PerCall[c] >= 0.0005 || z.PerCall[c] >= 0.0005 {
+				parts = append(parts, fmt.Sprintf("%s %s → %s", strings.SplitN(c, ".", 2)[1], ms(a.PerCall[c]), ms(z.PerCall[c])))
+			}
+		}
+		w("%s.\n", strings.Join(parts, ", "))
+	}
+
+	w("\n### Podman, same conflist (n=%d each)\n\n", o.PodmanN)
+	if p := r.Podman; p == nil {
+		w("Not measured (-skip-podman).\n")
+	} else if p.Error != "" {
+		w("Not measured: %s\n", p.Error)
+	} else {
+		w("| | no network p50 | CNI network p50 | network cost |\n|---|---|---|---|\n")
+		w("| Podman (`podman run --rm`, CNI backend) | %s | %s | %s |\n", ms(p.None.p50()), ms(p.CNI.p50()), ms(p.CNI.p50()-p.None.p50()))
+		w("| Docker + cniplug (`docker run --rm`) | %s | %s | %s |\n", ms(r.RunRM["none"].p50()), ms(r.RunRM["cniplug"].p50()), ms(r.RunRM["cniplug"].p50()-r.RunRM["none"].p50()))
+		w("| Docker's own bridge, for reference | %s | %s | %s |\n", ms(r.RunRM["none"].p50()), ms(r.RunRM["bridge"].p50()), ms(r.RunRM["bridge"].p50()-r.RunRM["none"].p50()))
+	}
+	if len(r.Leaks) > 0 {
+		w("\n**Left behind on the host:** %s\n", strings.Join(r.Leaks, ", "))
+	}
+	return b.String()
+}
+
+var (
+	colNone    = color.RGBA{R: 150, G: 150, B: 150, A: 255}
+	colBridge  = color.RGBA{R: 31, G: 119, B: 180, A: 255}
+	colCniplug = color.RGBA{R: 255, G: 127, B: 14, A: 255}
+	colPodman  = color.RGBA{R: 44, G: 160, B: 44, A: 255}
+)
+
+// chart draws the lifecycle wall times and the throughput side by side.
+func (r *results) chart(path string) error {
+	type bar struct {
+		label string
+		value float64
+		col   color.Color
+	}
+	bars := []bar{
+		{"run --rm: none", r.RunRM["none"].p50(), colNone},
+		{"run --rm: Docker bridge", r.RunRM["bridge"].p50(), colBridge},
+		{"run --rm: cniplug", r.RunRM["cniplug"].p50(), colCniplug},
+		{"run -d + rm -f: none", r.Pair["none"].p50(), colNone},
+		{"run -d + rm -f: Docker bridge", r.Pair["bridge"].p50(), colBridge},
+		{"run -d + rm -f: cniplug", r.Pair["cniplug"].p50(), colCniplug},
+	}
+	if p := r.Podman; p != nil && p.Error == "" {
+		bars = append(bars, bar{"podman run --rm: none", p.None.p50(), colNone}, bar{"podman run --rm: CNI", p.CNI.p50(), colPodman})
+	}
+	// Top to bottom in reading order.
+	for i, j := 0, len(bars)-1; i < j; i, j = i+1, j-1 {
+		bars[i], bars[j] = bars[j], bars[i]
+	}
+	left := plot.New()
+	left.Title.Text = "Container lifecycle, p50 wall time"
+	left.X.Label.Text = "seconds"
+	left.X.Min = 0
+	var labels []string
+	maxV := 0.0
+	for _, b := range bars {
+		maxV = math.Max(maxV, b.value)
+	}
+	left.X.Max = maxV * 1.08
+	for i, b := range bars {
+		vals := make(plotter.Values, len(bars))
+		vals[i] = b.value
+		bc, err := plotter.NewBarChart(vals, vg.Points(14))
+		if err != nil {
+			return err
+		}
+		bc.Horizontal = true
+		bc.Color = b.col
+		bc.LineStyle.Width = 0
+		left.Add(bc)
+		labels = append(labels, fmt.Sprintf("%s  %.0f ms", b.label, b.value*1000))
+	}
+	left.NominalY(labels...)
+	left.Add(plotter.NewGrid())
+
+	right := plot.New()
+	right.Title.Text = "Throughput, docker run --rm"
+	right.Y.Label.Text = "lifecycles / s"
+	right.X.Label.Text = "parallel lifecycles"
+	right.Y.Min = 0
+	var names []string
+	brVals, cnVals := plotter.Values{}, plotter.Values{}
+	for _, p := range r.Options.Parallelism {
+		names = append(names, fmt.Sprint(p))
+		brVals = append(brVals, r.Throughput["bridge"][p])
+		cnVals = append(cnVals, r.Throughput["cniplug"][p])
+	}
+	w := vg.Points(18)
+	brBars, err := plotter.NewBarChart(brVals, w)
+	if err != nil {
+		return err
+	}
+	brBars.Color, brBars.LineStyle.Width, brBars.Offset = colBridge, 0, -w/2
+	cnBars, err := plotter.NewBarChart(cnVals, w)
+	if err != nil {
+		return err
+	}
+	cnBars.Color, cnBars.LineStyle.Width, cnBars.Offset = colCniplug, 0, w/2
+	right.Add(brBars, cnBars)
+	right.Legend.Add("Docker bridge", brBars)
+	right.Legend.Add("cniplug", cnBars)
+	right.Legend.Top, right.Legend.Left = true, true
+	right.NominalX(names...)
+	right.X.Min, right.X.Max = -0.7, float64(len(names))-0.3
+	maxT := 0.0
+	for _, v := range append(append(plotter.Values{}, brVals...), cnVals...) {
+		maxT = math.Max(maxT, v)
+	}
+	right.Y.Max = maxT * 1.3 // room for the legend
+
+	img := vgimg.New(vg.Points(960), vg.Points(360))
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Points(16), PadTop: vg.Points(8), PadBottom: vg.Points(8), PadLeft: vg.Points(8), PadRight: vg.Points(8)}
+	canvases := plot.Align([][]*plot.Plot{{left, right}}, tiles, dc)
+	left.Draw(canvases[0][0])
+	right.Draw(canvases[0][1])
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = vgimg.PngCanvas{Canvas: img}.WriteTo(f)
+	return err
+}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestQuantile(t *testing.T) {
+	s := samples{5, 1, 4, 2, 3}
+	for q, want := range map[float64]float64{0: 1, 0.5: 3, 1: 5, 0.25: 2, 0.99: 4.96} {
+		if got := s.quantile(q); math.Abs(got-want) > 1e-9 {
+			t.Errorf("quantile(%v) = %v, want %v", q, got, want)
+		}
+	}
+	if !math.IsNaN(samples{}.p50()) {
+		t.Error("p50 of nothing is not NaN")
+	}
+}
+
+func fakeResults() *results {
+	return &results{
+		Options:    options{Image: "img", Seq: 3, Pairs: 3, ThroughputN: 4, Parallelism: []int{1, 4}, LiveSmall: 10, LiveLarge: 200, LiveSamples: 3, PodmanN: 3, GoBenchN: 5},
+		Host:       map[string]string{"cpus": "2"},
+		RunRM:      map[string]samples{"none": {0.5, 0.5, 0.5}, "bridge": {0.8, 0.8, 0.8}, "cniplug": {0.85, 0.86, 0.87}},
+		Pair:       map[string]samples{"none": {0.6, 0.6, 0.6}, "bridge": {0.9, 0.9, 0.9}, "cniplug": {1.1, 1.1, 1.1}},
+		InPlugin:   samples{0.2, 0.21},
+		InCNI:      samples{0.19, 0.2},
+		Overhead:   samples{0.008, 0.03},
+		Throughput: map[string]map[int]float64{"bridge": {1: 1.2, 4: 1.5}, "cniplug": {1: 1.1, 4: 1.4}},
+		Scale: map[int]*scalePoint{
+			10:  {Wall: samples{1, 1}, InPlugin: samples{0.2, 0.2}, Overhead: samples{0.01, 0.01}, PerCall: map[string]float64{"NetworkDriver.Join": 0.01}},
+			200: {Wall: samples{1.1, 1.1}, InPlugin: samples{0.22, 0.22}, Overhead: samples{0.01, 0.01}, PerCall: map[string]float64{"NetworkDriver.Join": 0.012}},
+		},
+		RSS:     map[int]int64{0: 15 << 20, 10: 16 << 20, 200: 30 << 20},
+		GoBench: map[string]float64{"BenchmarkLibcniAddDel": 0.19, "BenchmarkRunnerLifecycle": 0.22},
+		Podman:  &podmanResult{None: samples{0.4, 0.4}, CNI: samples{0.6, 0.6}},
+	}
+}
+
+// The targets are ratios from the same run, each with PASS or MISS; the report and chart are written.
+func TestReport(t *testing.T) {
+	r := fakeResults()
+	r.evaluate()
+	want := map[string]bool{
+		"`docker run --rm` on cniplug vs Docker's bridge (p50)":               true,  // 0.86/0.8 = 1.075
+		"`docker run -d` + `rm -f` on cniplug vs Docker's bridge (p50)":       false, // 1.22
+		"cniplug overhead per lifecycle, p50":                                 false, // 19 ms
+		"cniplug overhead per lifecycle, p99":                                 false, // 29.8 ms
+		"network cost per container: Docker+cniplug vs Podman, same conflist": false, // 360 vs 200 ms
+		"time in cniplug per lifecycle at 200 vs 10 live endpoints (p50)":     true,
+		"`docker run --rm` wall time at 200 vs 10 live endpoints (p50)":       true,
+		"plugin RSS at 200 endpoints":                                         true,
+	}
+	if len(r.Targets) != len(want) {
+		t.Fatalf("%d targets: %+v", len(r.Targets), r.Targets)
+	}
+	for _, tg := range r.Targets {
+		pass, ok := want[tg.Name]
+		if !ok || pass != tg.Pass {
+			t.Errorf("target %q: pass=%v (ratio %.2f), want %v (known %v)", tg.Name, tg.Pass, tg.Ratio, pass, ok)
+		}
+	}
+	dir := t.TempDir()
+	if err := r.write(dir); err != nil {
+		t.Fatal(err)
+	}
+	md, err := os.ReadFile(filepath.Join(dir, "results.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"**PASS**", "**MISS**", "| 1 | 1.20 /s | 1.10 /s | 0.92x |", "raw libcni ADD+DEL **190 ms**", "| 200 | 1100 ms | 220 ms |"} {
+		if !strings.Contains(string(md), s) {
+			t.Errorf("results.md lacks %q:\n%s", s, md)
+		}
+	}
+	f, err := os.Open(filepath.Join(dir, "chart.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil || img.Bounds().Dx() < 600 {
+		t.Fatalf("chart.png: %v %v", err, img)
+	}
+	// results.json re-renders to the same report.
+	if err := rerender(filepath.Join(dir, "results.json")); err != nil {
+		t.Fatal(err)
+	}
+	md2, _ := os.ReadFile(filepath.Join(dir, "results.md"))
+	if string(md2) != string(md) {
+		t.Errorf("re-rendered report differs:\n%s", md2)
+	}
+}
