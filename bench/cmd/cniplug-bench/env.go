@@ -120,15 +120,15 @@ func freeSubnet(candidates ...string) (string, error) {
 
 // writeConflist writes the bridge + host-local conflist every contender uses; host-local keeps its
 // reservations in the benchmark's temp dir.
-func (e *env) writeConflist(subnet string) error {
+func (e *env) writeConflist(subnet string, ipMasq bool) error {
 	e.confDir = filepath.Join(e.tmp, "net.d")
 	if err := os.MkdirAll(e.confDir, 0o755); err != nil {
 		return err
 	}
 	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[
-  {"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":true,
+  {"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":%t,
    "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}]}}]}
-`, e.cniName, e.bridge, filepath.Join(e.tmp, "host-local"), subnet)
+`, e.cniName, e.bridge, ipMasq, filepath.Join(e.tmp, "host-local"), subnet)
 	e.conflist = filepath.Join(e.confDir, e.cniName+".conflist")
 	e.onCleanup("removing bridge "+e.bridge, func() error {
 		if _, err := run("ip", "link", "show", e.bridge); err != nil {

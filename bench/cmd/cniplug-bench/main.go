@@ -38,6 +38,7 @@ type options struct {
 	SkipPodman   bool
 	SkipGoBench  bool
 	StartWorkers int
+	IPMasq       bool
 }
 
 // render, when set, names a results.json to re-render instead of measuring.
@@ -61,6 +62,7 @@ func parseOptions() (*options, error) {
 	flag.BoolVar(&o.SkipPodman, "skip-podman", false, "do not measure Podman")
 	flag.BoolVar(&o.SkipGoBench, "skip-gobench", false, "do not run the Go benchmarks")
 	flag.IntVar(&o.StartWorkers, "start-workers", 4, "parallel `docker run -d` when filling up live endpoints")
+	flag.BoolVar(&o.IPMasq, "ipmasq", true, "bridge plugin ipMasq (outbound NAT like Docker's bridge; costs iptables execs per container)")
 	flag.StringVar(&render, "render", "", "only re-render results.md and chart.png from this results.json")
 	flag.Parse()
 	for _, f := range strings.Split(par, ",") {
@@ -207,7 +209,7 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	if err != nil {
 		return err
 	}
-	if err := e.writeConflist(subnet); err != nil {
+	if err := e.writeConflist(subnet, o.IPMasq); err != nil {
 		return err
 	}
 	conf, _ := os.ReadFile(e.conflist)

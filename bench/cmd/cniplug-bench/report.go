@@ -108,6 +108,9 @@ func (r *results) evaluate() {
 		x := large.InPlugin.p50() / small.InPlugin.p50()
 		add(fmt.Sprintf("time in cniplug per lifecycle at %d vs %d live endpoints (p50)", r.Options.LiveLarge, r.Options.LiveSmall),
 			fmt.Sprintf("%.2fx (%s vs %s)", x, ms(large.InPlugin.p50()), ms(small.InPlugin.p50())), "≤ 1.20x", x/1.2, "")
+		z := large.Overhead.p50() / small.Overhead.p50()
+		add(fmt.Sprintf("cniplug overhead per lifecycle at %d vs %d live endpoints (p50)", r.Options.LiveLarge, r.Options.LiveSmall),
+			fmt.Sprintf("%.2fx (%s vs %s)", z, ms(large.Overhead.p50()), ms(small.Overhead.p50())), "≤ 1.20x", z/1.2, "cniplug's own cost, CNI execs excluded")
 		y := large.Wall.p50() / small.Wall.p50()
 		add(fmt.Sprintf("`docker run --rm` wall time at %d vs %d live endpoints (p50)", r.Options.LiveLarge, r.Options.LiveSmall),
 			fmt.Sprintf("%.2fx (%s vs %s)", y, ms(large.Wall.p50()), ms(small.Wall.p50())), "≤ 1.20x", y/1.2, "includes dockerd's own cost of more containers")
@@ -136,7 +139,7 @@ func (r *results) markdown() string {
 	if r.Podman != nil && r.Podman.Version != "" {
 		w(", %s", r.Podman.Version)
 	}
-	w(". Image: `%s`. cniplug network: CNI IPAM (`--ipam-driver cniplug`) on a bridge + host-local conflist with `ipMasq`:\n\n```json\n%s\n```\n\n", o.Image, r.Conflist)
+	w(". Image: `%s`. cniplug network: CNI IPAM (`--ipam-driver cniplug`) on this bridge + host-local conflist, which Podman uses too:\n\n```json\n%s\n```\n\n", o.Image, r.Conflist)
 
 	w("### Targets\n\n| target | measured | limit | result |\n|---|---|---|---|\n")
 	for _, t := range r.Targets {

@@ -53,6 +53,7 @@ func TestReport(t *testing.T) {
 		"network cost per container: Docker+cniplug vs Podman, same conflist": false, // 360 vs 200 ms
 		"time in cniplug per lifecycle at 200 vs 10 live endpoints (p50)":     true,
 		"`docker run --rm` wall time at 200 vs 10 live endpoints (p50)":       true,
+		"cniplug overhead per lifecycle at 200 vs 10 live endpoints (p50)":    true,
 		"plugin RSS at 200 endpoints":                                         true,
 	}
 	if len(r.Targets) != len(want) {
