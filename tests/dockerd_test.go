@@ -164,6 +164,9 @@ func TestSimulatedReboot(t *testing.T) {
 		_ = exec.Command("pkill", "-9", "-f", "containerd-shim").Run()
 		_ = exec.Command("pkill", "-9", "-x", "containerd").Run()
 		waitFor(t, 20*time.Second, "containerd to exit", func() bool { return exec.Command("pidof", "containerd").Run() != nil })
+		// A reboot empties /run: a stale containerd.pid whose number a new process reused (pid_max can be
+		// 32768) makes dockerd wait for that "containerd" and give up instead of starting its own.
+		_ = os.Remove("/var/run/docker/containerd/containerd.pid")
 		// And every network namespace with the links in it, and the CNI bridge.
 		_ = syscall.Unmount(sandbox, syscall.MNT_DETACH)
 		_ = os.Remove(sandbox)
