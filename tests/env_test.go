@@ -17,10 +17,15 @@ import (
 )
 
 const (
-	driverName = "cniplug-e2e"
 	image      = "cniplug-test/busybox:latest"
 	cniTimeout = 5 * time.Second
+	// pluginName is the suite's cniplug: the v1 socket's base name, or the managed plugin's name.
+	pluginName = "cniplug-e2e"
 )
+
+// driverName is what `docker network create -d` and `--ipam-driver` take: the v1 plugin's name, or the
+// managed plugin's name:latest (dockerd 20.10 registers managed drivers only under the tagged name).
+var driverName = pluginName
 
 // suite is the environment TestMain prepares; skipReason is set when it cannot run.
 type suite struct {
@@ -32,23 +37,36 @@ type suite struct {
 	socket     string
 	logPath    string
 	plugin     *exec.Cmd
+	v1Args     []string // extra flags for the v1 plugin (TestDefaultNetwork)
+
+	// managed: the suite drives a managed plugin built from this checkout (CNIPLUG_E2E_MODE=managed).
+	managed      bool
+	bundleDir    string // plugin bundle: config.json + rootfs/
+	pluginID     string
+	pluginBinDir string // a CNI bin dir as the plugin names it in errors
 }
 
 var env suite
 
 func TestMain(m *testing.M) {
 	code := func() int {
+		defer teardownPlugin() // also when prepare gave up half-way (a managed plugin may exist)
 		if reason := prepare(); reason != "" {
 			env.skipReason = reason
-			return m.Run()
 		}
-		defer stopPlugin()
 		return m.Run()
 	}()
 	os.Exit(code)
 }
 
 func prepare() string {
+	switch mode := os.Getenv("CNIPLUG_E2E_MODE"); mode {
+	case "", "v1":
+	case "managed":
+		env.managed, driverName = true, pluginName+":latest"
+	default:
+		return fmt.Sprintf("unknown CNIPLUG_E2E_MODE=%q: want v1 (the default) or managed", mode)
+	}
 	if os.Geteuid() != 0 {
 		return "needs root (drives dockerd and creates network namespaces)"
 	}
@@ -82,27 +100,39 @@ func prepare() string {
 		}
 	}
 	writeScriptedPlugins(env.testBinDir)
+	env.pluginBinDir = env.cniBinDir
+	if env.managed {
+		if reason := prepareManaged(tmp); reason != "" {
+			return reason
+		}
+	}
 	if err := startPlugin(); err != nil {
 		return err.Error()
 	}
 	return ""
 }
 
-// startPlugin runs bin/cniplug as a v1 plugin on the suite's socket; its log is appended to logPath.
+// startPlugin runs bin/cniplug as a v1 plugin on the suite's socket; its log is appended to logPath. In
+// managed mode it enables the plugin and waits until it serves (see startManaged).
 func startPlugin() error {
+	if env.managed {
+		return startManaged()
+	}
 	logf, err := os.OpenFile(env.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
 	cmd := exec.Command(filepath.Join(testutil.RepoRoot(), "bin", "cniplug"),
 		"--socket", env.socket,
-		"--cni-conf-dir", env.confDir,
+		// The bundled conf dir, as in the managed plugin: the default network (TestDefaultNetwork).
+		"--cni-conf-dir", env.confDir+":"+filepath.Join(testutil.RepoRoot(), "packaging", "cni"),
 		"--cni-bin-dir", env.testBinDir+":"+env.cniBinDir,
 		"--state-dir", env.stateDir,
 		"--cni-timeout", cniTimeout.String(),
 		"--log-level", "debug",
 		// Reconcile quickly so recovery tests need not wait minutes.
 		"--reconcile-interval", "2s", "--reconcile-min-age", "3s")
+	cmd.Args = append(cmd.Args, env.v1Args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting cniplug: %w", err)
@@ -117,8 +147,13 @@ func startPlugin() error {
 	return fmt.Errorf("cniplug did not create %s; log: %s", env.socket, env.logPath)
 }
 
-// stopPlugin stops cniplug: SIGTERM lets in-flight requests finish, SIGKILL simulates a crash.
+// stopPlugin stops cniplug: SIGTERM lets in-flight requests finish, SIGKILL simulates a crash. In managed
+// mode SIGTERM disables the plugin and SIGKILL kills its process, which dockerd restarts (see stopManaged).
 func stopPluginWith(sig syscall.Signal) {
+	if env.managed {
+		stopManaged(sig)
+		return
+	}
 	if env.plugin == nil {
 		return
 	}
@@ -128,6 +163,15 @@ func stopPluginWith(sig syscall.Signal) {
 }
 
 func stopPlugin() { stopPluginWith(syscall.SIGTERM) }
+
+// teardownPlugin ends the suite: stops the v1 plugin, or removes the managed one.
+func teardownPlugin() {
+	if env.managed {
+		removeManaged()
+		return
+	}
+	stopPlugin()
+}
 
 // writeScriptedPlugins installs CNI plugins that misbehave on purpose.
 func writeScriptedPlugins(dir string) {
@@ -172,6 +216,10 @@ func requireSuite(t *testing.T) {
 }
 
 func dumpLog(t *testing.T) {
+	if env.managed {
+		t.Logf("cniplug log (last lines, from dockerd's log):\n%s", strings.Join(managedLog(40), "\n"))
+		return
+	}
 	data, err := os.ReadFile(env.logPath)
 	if err != nil {
 		return

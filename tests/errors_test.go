@@ -34,7 +34,7 @@ func TestNetworkCreateErrors(t *testing.T) {
 		{"unparsable conflist", []string{"-d", driverName, "--opt", "cni=" + broken},
 			[]string{"zz-" + broken + ".conflist", "unparsable"}},
 		{"missing plugin binary", []string{"-d", driverName, "--opt", "cni=" + missing.Name, "--ipam-driver", "null"},
-			[]string{`"e2e-no-such-plugin" not found`, env.cniBinDir}},
+			[]string{`"e2e-no-such-plugin" not found`, env.pluginBinDir}},
 		{"unknown option", []string{"-d", driverName, "--opt", "cni=" + good.Name, "--opt", "colour=blue", "--ipam-driver", "null"},
 			[]string{"unknown option(s) colour"}},
 		{"path as CNI name", []string{"-d", driverName, "--opt", "cni=../../etc/passwd", "--ipam-driver", "null"},
