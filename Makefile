@@ -3,6 +3,7 @@
 GO       ?= go
 PREFIX   ?= /usr/local
 CNI_BIN  ?= /opt/cni/bin
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 
 # Reference CNI plugins, pinned by go.mod (tool directives).
 CNI_PLUGIN_PKGS := $(addprefix github.com/containernetworking/plugins/plugins/,main/bridge main/ptp main/macvlan main/host-device ipam/host-local ipam/static meta/portmap meta/firewall meta/tuning meta/bandwidth)
@@ -12,7 +13,7 @@ CNI_PLUGIN_PKGS := $(addprefix github.com/containernetworking/plugins/plugins/,m
 # must not inherit it).
 TESTLOCK := flock -o /tmp/cniplug-tests.lock
 
-.PHONY: build cni-plugins test test-unit test-e2e vet fuzz bench clean
+.PHONY: build cni-plugins test test-unit test-e2e test-e2e-managed vet fuzz bench clean plugin install
 
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/cniplug .
@@ -25,15 +26,36 @@ cni-plugins:
 vet:
 	$(GO) vet ./...
 
-# The whole suite: unit tests (real netns + real CNI plugins) and end-to-end tests (real dockerd).
+# The whole suite: unit tests (real netns + real CNI plugins) and end-to-end tests (real dockerd), the latter
+# once with cniplug as a host (v1) plugin and once as a managed plugin built from this checkout.
 test: build cni-plugins vet
 	$(TESTLOCK) $(GO) test -count=1 -p 1 -timeout 25m ./...
+	$(TESTLOCK) env CNIPLUG_E2E_MODE=managed $(GO) test -count=1 -timeout 25m ./tests/
 
 test-unit: build cni-plugins
 	$(TESTLOCK) $(GO) test -count=1 -p 1 -timeout 10m $$($(GO) list ./... | grep -v /tests)
 
 test-e2e: build cni-plugins
 	$(TESTLOCK) $(GO) test -count=1 -v -timeout 20m ./tests/
+
+# The end-to-end suite against the managed plugin (scripts/build-plugin.sh builds it; no registry needed).
+test-e2e-managed: build cni-plugins
+	$(TESTLOCK) env CNIPLUG_E2E_MODE=managed $(GO) test -count=1 -v -timeout 25m ./tests/
+
+# The managed plugin: builds its rootfs (offline if need be, see the README), then `docker plugin create`
+# cniplug (replacing an existing one) and enables it. PLUGIN_NAME=... for another name.
+plugin: build cni-plugins
+	scripts/build-plugin.sh -n $(or $(PLUGIN_NAME),cniplug)
+
+# Host (v1) mode: the binary and a systemd unit ordered before docker.service (enable it yourself:
+# systemctl enable --now cniplug). DESTDIR stages a package.
+install: build
+	install -D -m 0755 bin/cniplug $(DESTDIR)$(PREFIX)/bin/cniplug
+	sed 's#/usr/local/bin/cniplug#$(PREFIX)/bin/cniplug#' packaging/cniplug.service > cniplug.service.tmp
+	install -D -m 0644 cniplug.service.tmp $(DESTDIR)$(SYSTEMD_UNIT_DIR)/cniplug.service
+	rm -f cniplug.service.tmp
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed $(PREFIX)/bin/cniplug and $(SYSTEMD_UNIT_DIR)/cniplug.service; start it with: systemctl enable --now cniplug"
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzParseNetwork -fuzztime 30s ./cnibridge/

@@ -96,6 +96,12 @@ say "plugin bundle in $out ($(du -sh "$out" | cut -f1))"
 
 # The mount sources must exist for the plugin to start (Docker does not create them).
 mkdir -p /etc/cni/net.d /opt/cni/bin /var/lib/cni /var/lib/cniplug
+# Staging namespaces reach the host's /run/netns only through a shared mount: make it one, as `ip netns add`
+# does (a no-op where it is already shared, e.g. under systemd).
+mkdir -p /run/netns
+if ! mount --make-shared /run/netns 2>/dev/null; then
+  mount --bind /run/netns /run/netns && mount --make-shared /run/netns
+fi
 if docker plugin inspect "$name" >/dev/null 2>&1; then
   say "replacing plugin $name"
   docker plugin disable -f "$name" >/dev/null 2>&1 || true

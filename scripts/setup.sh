@@ -11,13 +11,18 @@ command -v go >/dev/null || { echo "Go (the version in go.mod) is required to bu
 
 say "packages"
 need=()
-for p in docker.io docker-compose iptables iproute2 busybox-static make; do
+# debootstrap makes the managed plugin's base image offline; docker-registry serves the plugin push/install test.
+for p in docker.io docker-compose iptables iproute2 busybox-static make debootstrap docker-registry; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   echo "installed: ${need[*]}"
+  # The tests run their own registry on 127.0.0.1; do not leave Debian's service listening on :5000.
+  if [[ " ${need[*]} " == *" docker-registry "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
 else
   echo "all present"
 fi
