@@ -44,6 +44,7 @@ type suite struct {
 	bundleDir    string // plugin bundle: config.json + rootfs/
 	pluginID     string
 	pluginBinDir string // a CNI bin dir as the plugin names it in errors
+	brokenReason string // the plugin was built but does not come up: every test fails with this
 }
 
 var env suite
@@ -105,8 +106,17 @@ func prepare() string {
 		if reason := prepareManaged(tmp); reason != "" {
 			return reason
 		}
+		// Built: a plugin that does not come up is a failure of the plugin, not a missing environment.
+		if err := createManaged(); err != nil {
+			env.brokenReason = err.Error()
+			return ""
+		}
 	}
 	if err := startPlugin(); err != nil {
+		if env.managed {
+			env.brokenReason = err.Error()
+			return ""
+		}
 		return err.Error()
 	}
 	return ""
@@ -204,6 +214,9 @@ func requireSuite(t *testing.T) {
 	t.Helper()
 	if env.skipReason != "" {
 		t.Skip("skipping end-to-end test: " + env.skipReason)
+	}
+	if env.brokenReason != "" {
+		t.Fatal("the suite's plugin does not work: " + env.brokenReason)
 	}
 	before := testutil.TakeSnapshot(t)
 	// Registered first, so it runs after every other cleanup of the test.

@@ -16,14 +16,15 @@ func TestPluginHealth(t *testing.T) {
 	requireSuite(t)
 	plugin := testutil.UniqueName("e2e-st")
 	flag := filepath.Join(env.testBinDir, plugin+".notready")
+	// The flag is found next to the script: a managed plugin sees the bin dir under another path.
 	script := fmt.Sprintf(`#!/bin/sh
 case "$CNI_COMMAND" in
-STATUS) if [ -e %q ]; then echo '{"cniVersion":"1.1.0","code":50,"msg":"%s: backing daemon is down"}'; exit 1; fi;;
+STATUS) if [ -e "$(dirname "$0")/%s" ]; then echo '{"cniVersion":"1.1.0","code":50,"msg":"%s: backing daemon is down"}'; exit 1; fi;;
 ADD) cat >/dev/null; echo '{"cniVersion":"1.1.0"}';; # cniplug reads the link from the netns, not the result
 VERSION) echo '{"cniVersion":"1.1.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}';;
 esac
 exit 0
-`, flag, plugin)
+`, filepath.Base(flag), plugin)
 	path := testutil.WriteFile(t, env.testBinDir, plugin, script)
 	t.Cleanup(func() { os.Remove(path); os.Remove(flag) })
 	_ = os.Chmod(path, 0o755)

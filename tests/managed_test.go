@@ -46,7 +46,7 @@ func managedSettings() []string {
 	)
 }
 
-// prepareManaged builds the plugin bundle and creates the suite's plugin (disabled); "" when ready.
+// prepareManaged builds the plugin bundle; "" when built, else why managed mode cannot run here.
 func prepareManaged(tmp string) string {
 	if out, err := exec.Command("docker", "plugin", "ls").CombinedOutput(); err != nil {
 		return fmt.Sprintf("managed mode: `docker plugin ls` failed: %v: %s", err, out)
@@ -58,8 +58,13 @@ func prepareManaged(tmp string) string {
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Sprintf("managed mode: cannot build the plugin with scripts/build-plugin.sh: %v: %s", err, lastLines(string(out), 15))
 	}
+	return ""
+}
+
+// createManaged creates the suite's plugin (disabled) from the bundle, pointed at the suite's dirs.
+func createManaged() error {
 	if err := ensureSharedNetnsDir(); err != nil {
-		return "managed mode: " + err.Error()
+		return err
 	}
 	// The plugin sees only its mounts: its bin dir gets the reference plugins next to the scripted ones.
 	refs, _ := filepath.Glob(filepath.Join(env.cniBinDir, "*"))
@@ -69,23 +74,24 @@ func prepareManaged(tmp string) string {
 			err = os.WriteFile(filepath.Join(env.testBinDir, filepath.Base(f)), data, 0o755)
 		}
 		if err != nil {
-			return "managed mode: copying CNI plugins: " + err.Error()
+			return fmt.Errorf("copying CNI plugins: %w", err)
 		}
 	}
 	env.pluginBinDir = "/opt/cni/bin"
 	if err := os.MkdirAll(env.stateDir, 0o700); err != nil {
-		return err.Error()
+		return err
 	}
 	removePlugin(pluginName) // left by an aborted run
 	if err := createPlugin(pluginName, managedSettings()...); err != nil {
-		return "managed mode: " + err.Error()
+		return err
 	}
 	out, err := exec.Command("docker", "plugin", "inspect", "-f", "{{.Id}}", pluginName).Output()
 	if err != nil {
-		return fmt.Sprintf("managed mode: docker plugin inspect: %v", err)
+		return fmt.Errorf("docker plugin inspect: %w", err)
 	}
 	env.pluginID = strings.TrimSpace(string(out))
-	return ""
+	env.socket = filepath.Join("/run/docker/plugins", env.pluginID, "cniplug.sock") // its host side
+	return nil
 }
 
 // ensureSharedNetnsDir makes /run/netns a shared mount point, as `ip netns add` does. The plugin pins its
@@ -219,7 +225,7 @@ func managedPID() int {
 
 // pluginServing asks the plugin's socket (the host side of /run/docker/plugins) for its capabilities.
 func pluginServing() bool {
-	sock := filepath.Join("/run/docker/plugins", env.pluginID, "cniplug.sock")
+	sock := env.socket
 	c := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
