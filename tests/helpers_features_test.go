@@ -76,8 +76,8 @@ func httpContainer(t *testing.T, network string, udp bool, extra ...string) stri
 	}
 	script := "mkdir -p /www && echo hello-from-" + name + " > /www/index.html && "
 	if udp {
-		args = append(args, "-v", netHelper(t)+":/udphelper:ro")
-		script += "(/udphelper serve :9999 &) && "
+		args = append(args, "-v", netHelper(t)+":/nethelper:ro")
+		script += "(/nethelper serve :9999 &) && "
 	}
 	script += "exec httpd -f -p 80 -h /www"
 	args = append(append(args, extra...), image, "sh", "-c", script)
@@ -166,27 +166,28 @@ func main() {
 }
 `
 
-// udpHelper builds the static UDP helper once per run (next to the suite's conf dir) and returns its path.
+// netHelper builds the static net helper once per run into bin/ (build output, like bin/cniplug: `make clean`
+// removes it) and returns its path. Its source is written to a temporary dir removed right after the build.
 func netHelper(t *testing.T) string {
 	t.Helper()
 	netHelperOnce.Do(func() {
-		dir := filepath.Join(filepath.Dir(env.confDir), "nethelper")
-		if netHelperErr = os.MkdirAll(dir, 0o755); netHelperErr != nil {
+		dir, err := os.MkdirTemp("", "cniplug-nethelper-")
+		if netHelperErr = err; err != nil {
 			return
 		}
-		src := filepath.Join(dir, "main.go")
-		if netHelperErr = os.WriteFile(src, []byte(netHelperSrc), 0o644); netHelperErr != nil {
+		defer os.RemoveAll(dir)
+		if netHelperErr = os.WriteFile(filepath.Join(dir, "main.go"), []byte(netHelperSrc), 0o644); netHelperErr != nil {
 			return
 		}
-		if netHelperErr = os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module udphelper\n\ngo 1.21\n"), 0o644); netHelperErr != nil {
+		if netHelperErr = os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module nethelper\n\ngo 1.21\n"), 0o644); netHelperErr != nil {
 			return
 		}
-		netHelperPath = filepath.Join(dir, "nethelper")
+		netHelperPath = filepath.Join(testutil.RepoRoot(), "bin", "e2e-nethelper")
 		cmd := exec.Command("go", "build", "-o", netHelperPath, ".")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=", "GOTOOLCHAIN=local")
 		cmd.Dir = dir
 		if out, err := cmd.CombinedOutput(); err != nil {
-			netHelperErr = fmt.Errorf("building the UDP helper: %v: %s", err, out)
+			netHelperErr = fmt.Errorf("building the net helper: %v: %s", err, out)
 		}
 	})
 	if netHelperErr != nil {
