@@ -20,6 +20,8 @@ type remoteHost struct {
 	NetNS  string // name under /run/netns
 	HostIP string // the test host's address on the link
 	IP     string // the client's address
+	// The same over IPv6.
+	HostIP6, IP6 string
 }
 
 var remoteSeq atomic.Int32
@@ -27,7 +29,8 @@ var remoteSeq atomic.Int32
 func newRemoteHost(t *testing.T) remoteHost {
 	t.Helper()
 	n := 10 + remoteSeq.Add(1)
-	r := remoteHost{NetNS: testutil.UniqueName("e2erh"), HostIP: fmt.Sprintf("10.214.%d.1", n), IP: fmt.Sprintf("10.214.%d.2", n)}
+	r := remoteHost{NetNS: testutil.UniqueName("e2erh"), HostIP: fmt.Sprintf("10.214.%d.1", n), IP: fmt.Sprintf("10.214.%d.2", n),
+		HostIP6: fmt.Sprintf("fd00:214:%d::1", n), IP6: fmt.Sprintf("fd00:214:%d::2", n)}
 	hostIf, peerIf := testutil.UniqueName("rhh"), testutil.UniqueName("rhp")
 	testutil.Run(t, "ip", "netns", "add", r.NetNS)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", r.NetNS).Run() })
@@ -35,12 +38,15 @@ func newRemoteHost(t *testing.T) remoteHost {
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", hostIf).Run() })
 	testutil.Run(t, "ip", "link", "set", peerIf, "netns", r.NetNS)
 	testutil.Run(t, "ip", "addr", "add", r.HostIP+"/24", "dev", hostIf)
+	testutil.Run(t, "ip", "addr", "add", r.HostIP6+"/64", "dev", hostIf, "nodad")
 	testutil.Run(t, "ip", "link", "set", hostIf, "up")
 	in := func(args ...string) { testutil.Run(t, "ip", append([]string{"netns", "exec", r.NetNS}, args...)...) }
 	in("ip", "link", "set", "lo", "up")
 	in("ip", "addr", "add", r.IP+"/24", "dev", peerIf)
 	in("ip", "link", "set", peerIf, "up")
+	in("ip", "addr", "add", r.IP6+"/64", "dev", peerIf, "nodad")
 	in("ip", "route", "add", "default", "via", r.HostIP)
+	in("ip", "-6", "route", "add", "default", "via", r.HostIP6)
 	return r
 }
 

@@ -230,3 +230,29 @@ func TestPublishPortsAcrossPluginRestart(t *testing.T) {
 		t.Errorf("rules for host port %d remain after docker rm -f across a plugin restart:\n%s", p, strings.Join(lines, "\n"))
 	}
 }
+
+// TestPublishPortsIPv6: on a dual-stack network cniplug publishes the port over IPv6 too (ip6tables DNAT):
+// another host and the test host reach the container at the host's IPv6 address.
+func TestPublishPortsIPv6(t *testing.T) {
+	requireSuite(t)
+	n := dualStackNet(t)
+	r := newRemoteHost(t)
+	nw := createNetwork(t, n.cniNet, cniIPAM)
+	p := freePort()
+	c := httpContainer(t, nw, false, "-p", fmt.Sprintf("%d:80", p))
+	want := "hello-from-" + c
+	url := fmt.Sprintf("http://[%s]:%d/", r.HostIP6, p)
+	if out, err := waitHTTP(&r, url, want); err != nil {
+		t.Errorf("remote host -> %s: %v: %s", url, err, out)
+	}
+	if out, err := waitHTTP(nil, url, want); err != nil {
+		t.Errorf("test host -> %s: %v: %s", url, err, out)
+	}
+	if out, err := waitHTTP(&r, fmt.Sprintf("http://%s:%d/", r.HostIP, p), want); err != nil {
+		t.Errorf("remote host over IPv4: %v: %s", err, out)
+	}
+	docker(t, "rm", "-f", c)
+	if lines := iptablesMentions(t, "--dport "+strconv.Itoa(p)); len(lines) > 0 {
+		t.Errorf("rules for host port %d remain:\n%s", p, strings.Join(lines, "\n"))
+	}
+}
