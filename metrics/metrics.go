@@ -24,8 +24,9 @@ const (
 )
 
 // durationBuckets spans 1 ms to about 33 s: Docker calls that run no CNI plugin take well under a millisecond
-// or two, CNI ADD/DEL take tens to hundreds of milliseconds, and Docker gives up on a plugin at 30 s.
-var durationBuckets = prometheus.ExponentialBuckets(0.001, 2, 16)
+// or two, CNI ADD/DEL take tens to hundreds of milliseconds, and Docker gives up on a plugin at 30 s. A fresh
+// slice each time: no state is shared between Metrics values.
+func durationBuckets() []float64 { return prometheus.ExponentialBuckets(0.001, 2, 16) }
 
 // AttachmentKey names one series of the live attachments gauge.
 type AttachmentKey struct {
@@ -66,12 +67,12 @@ func New(o Options) *Metrics {
 		requestSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    RequestDuration,
 			Help:    "Time cniplug took to answer a request (CNI plugin execs included), by Docker call and CNI network where known.",
-			Buckets: durationBuckets,
+			Buckets: durationBuckets(),
 		}, []string{"method", "cni_network"}),
 		execSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    CNIExecDuration,
 			Help:    "Duration of each CNI plugin exec, by plugin type and CNI command (ADD, DEL, CHECK, VERSION, ...).",
-			Buckets: durationBuckets,
+			Buckets: durationBuckets(),
 		}, []string{"plugin", "command"}),
 		execErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: CNIExecErrorsTotal,
