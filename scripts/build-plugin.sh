@@ -108,6 +108,13 @@ if docker plugin inspect "$name" >/dev/null 2>&1; then
   docker plugin rm -f "$name" >/dev/null
 fi
 docker plugin create "$name" "$out" >/dev/null
+if [ $enable = 1 ] && [ -S /run/docker/plugins/cniplug.sock ]; then
+  # A host-mode cniplug serves there and holds /var/lib/cniplug, the plugin's default state dir.
+  echo "plugin $name created but not enabled: a host-mode cniplug is running (/run/docker/plugins/cniplug.sock)" >&2
+  echo "and both would use /var/lib/cniplug. Stop it, or: docker plugin set $name state-dir.source=<dir>;" >&2
+  echo "then: docker plugin enable $name" >&2
+  exit 1
+fi
 if [ $enable = 1 ]; then
   docker plugin enable "$name" >/dev/null
 fi
