@@ -2,8 +2,8 @@ package metrics
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"github.com/cniplug/cniplug/internal/httpserve"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -67,18 +67,5 @@ func Listen(addr string) (net.Listener, error) {
 
 // Serve serves h on l until ctx is cancelled.
 func Serve(ctx context.Context, l net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(l) }()
-	select {
-	case err := <-errCh:
-		return err
-	case <-ctx.Done():
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return err
-		}
-		return nil
-	}
+	return httpserve.Serve(ctx, l, h, 5*time.Second)
 }

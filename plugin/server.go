@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cniplug/cniplug/internal/httpserve"
 	"io"
 	"log/slog"
 	"net"
@@ -301,15 +302,5 @@ func Listen(path string) (net.Listener, error) {
 
 // Serve serves h on l until ctx is cancelled, then lets in-flight requests (CNI operations) finish.
 func Serve(ctx context.Context, l net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(l) }()
-	select {
-	case err := <-errCh:
-		return err
-	case <-ctx.Done():
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		return srv.Shutdown(shutdownCtx)
-	}
+	return httpserve.Serve(ctx, l, h, 60*time.Second)
 }

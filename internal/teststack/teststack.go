@@ -172,7 +172,9 @@ func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID st
 		Options:   map[string]any{"com.docker.network.generic": map[string]any{"cni": cniName}},
 		IPv4Data:  []*network.IPAMData{{AddressSpace: "null", Pool: "0.0.0.0/0"}},
 	}, nil)
-	t.Cleanup(func() { s.Call(t, "/NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: networkID}, nil) })
+	t.Cleanup(func() {
+		s.Call(t, "/NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: networkID}, nil)
+	})
 	s.Call(t, "/NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: networkID, EndpointID: endpointID,
 		Interface: &network.EndpointInterface{}}, nil)
 	t.Cleanup(func() {
