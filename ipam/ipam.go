@@ -131,6 +131,13 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 	} else if req.Pool != "" {
 		return nil, p.errorf("CNI network %q declares no address range, so --subnet %s cannot be honoured: omit --subnet", name, req.Pool)
 	}
+	if req.Pool == "" && !req.V6 {
+		// Without --subnet, libnetwork checks a returned pool against the host's interfaces and routes and,
+		// on overlap, releases it and asks again, forever: the CNI network's range always overlaps once its
+		// bridge exists (a second Docker network on it, or a re-created one). 0.0.0.0/0 is exempt from that
+		// check; the CNI IPAM still owns every address. With --subnet Docker skips the check.
+		cidr, gateway = "0.0.0.0/0", "0.0.0.0/0"
+	}
 	pool := &state.Pool{ID: "cniplug-" + randomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr, V6: req.V6, Extra: extra}
 	if err := p.store.PutPool(pool); err != nil {
 		return nil, p.errorf("recording pool: %w", err)

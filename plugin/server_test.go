@@ -610,12 +610,18 @@ func TestCNIIPAMFlow(t *testing.T) {
 	var pool dipam.RequestPoolResponse
 	c.call("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: spaces.LocalDefaultAddressSpace,
 		Options: map[string]string{"cni": e.name}}, &pool)
-	if pool.Pool != e.subnet {
-		t.Fatalf("RequestPool Pool = %q, want %s", pool.Pool, e.subnet)
+	// Without --subnet the pool is 0.0.0.0/0: libnetwork loops forever on a pool that overlaps a host route,
+	// which the CNI range does once its bridge exists. With --subnet it is the CNI range and gateway.
+	if pool.Pool != "0.0.0.0/0" || pool.Data["com.docker.network.gateway"] != "0.0.0.0/0" {
+		t.Fatalf("RequestPool without --subnet = %q %v, want 0.0.0.0/0", pool.Pool, pool.Data)
 	}
-	if gw := pool.Data["com.docker.network.gateway"]; gw != e.gateway+"/24" {
-		t.Fatalf("RequestPool Data = %v, want com.docker.network.gateway %s/24", pool.Data, e.gateway)
+	var exact dipam.RequestPoolResponse
+	c.call("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: spaces.LocalDefaultAddressSpace,
+		Pool: e.subnet, Options: map[string]string{"cni": e.name}}, &exact)
+	if exact.Pool != e.subnet || exact.Data["com.docker.network.gateway"] != e.gateway+"/24" {
+		t.Fatalf("RequestPool --subnet %s = %q %v, want the CNI range and gateway %s/24", e.subnet, exact.Pool, exact.Data, e.gateway)
 	}
+	c.call("IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: exact.PoolID}, nil)
 	if pool.PoolID == "" {
 		t.Fatal("RequestPool returned no PoolID")
 	}

@@ -67,16 +67,23 @@ echo "$demo"
 
 say "cniplug"
 sock=/run/docker/plugins/cniplug.sock
-if ! pgrep -x cniplug >/dev/null; then
-  nohup /usr/local/bin/cniplug >/var/log/cniplug.log 2>&1 &
-  for _ in $(seq 40); do [ -S "$sock" ] && break; sleep 0.25; done
+# Restart a cniplug this script started before, so the binary just installed is the one serving.
+if pkill -f '^/usr/local/bin/cniplug$'; then
+  for _ in $(seq 40); do pgrep -f '^/usr/local/bin/cniplug$' >/dev/null || break; sleep 0.25; done
 fi
+rm -f "$sock"
+nohup /usr/local/bin/cniplug >>/var/log/cniplug.log 2>&1 &
+for _ in $(seq 40); do [ -S "$sock" ] && break; sleep 0.25; done
 [ -S "$sock" ] || { echo "cniplug did not start; see /var/log/cniplug.log" >&2; exit 1; }
 echo "cniplug serving on $sock (log: /var/log/cniplug.log)"
 
 say "demo: two containers on the CNI bridge network ping each other"
 net=cniplug-demo
-cleanup() { docker rm -f cniplug-demo-a cniplug-demo-b >/dev/null 2>&1 || true; docker network rm "$net" >/dev/null 2>&1 || true; }
+cleanup() {
+  docker rm -f cniplug-demo-a cniplug-demo-b >/dev/null 2>&1 || true
+  docker network rm "$net" >/dev/null 2>&1 || true
+  ip link del cniplug-demo0 >/dev/null 2>&1 || true # the bridge plugin leaves its bridge behind
+}
 trap cleanup EXIT
 cleanup
 docker network create -d cniplug --opt cni=cniplug-demo --ipam-driver cniplug --ipam-opt cni=cniplug-demo "$net"

@@ -211,3 +211,24 @@ func TestPluginRestart(t *testing.T) {
 	c2 := runContainer(t, net)
 	checkEndpoint(t, c2, net, n)
 }
+
+// TestTwoNetworksOnOneCNINetwork: a second Docker network on a CNI network whose bridge already exists must
+// be created (libnetwork retries forever a pool that overlaps a host route, so the CNI range cannot be the
+// pool without --subnet), and containers on both reach each other.
+func TestTwoNetworksOnOneCNINetwork(t *testing.T) {
+	requireSuite(t)
+	n := bridgeNet(t)
+	net1 := createNetwork(t, n, cniIPAM)
+	a := runContainer(t, net1)
+	epA := checkEndpoint(t, a, net1, n)
+	name := testutil.UniqueName("dn")
+	out, err := exec.Command("timeout", "60", "docker", "network", "create", "-d", driverName, "--opt", "cni="+n.Name,
+		"--ipam-driver", driverName, "--ipam-opt", "cni="+n.Name, name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("second network on CNI network %s: %v: %s", n.Name, err, out)
+	}
+	t.Cleanup(func() { _, _ = dockerErr("network", "rm", name) })
+	b := runContainer(t, name)
+	checkEndpoint(t, b, name, n)
+	ping(t, b, epA.IPAddress)
+}
