@@ -151,7 +151,7 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	log.Info("cniplug serving", "driver", name, "socket", c.socket, "cni_conf_dir", c.confDir, "cni_bin_dir", c.binDirs,
 		"state_dir", c.stateDir, "cni_timeout", c.cniTimeout, "default_cni_network", c.defaultNetwork)
 	if c.dockerSocket != "" && c.reconcileInterval > 0 {
-		go reconcileLoop(ctx, c, name, mgr, log)
+		go reconcileLoop(ctx, c, mgr, log)
 	}
 	return plugin.Serve(ctx, l, h)
 }
@@ -166,7 +166,7 @@ func reconcileMinAge(c *config) time.Duration {
 
 // reconcileLoop periodically releases attachments whose endpoints Docker no longer has: a v1 plugin gets no
 // DeleteEndpoint for containers that died with a dockerd crash or a reboot.
-func reconcileLoop(ctx context.Context, c *config, name string, mgr *attach.Manager, log *slog.Logger) {
+func reconcileLoop(ctx context.Context, c *config, mgr *attach.Manager, log *slog.Logger) {
 	docker := dockerapi.New(c.dockerSocket)
 	for first := true; ; first = false {
 		wait := c.reconcileInterval
@@ -178,7 +178,12 @@ func reconcileLoop(ctx context.Context, c *config, name string, mgr *attach.Mana
 			return
 		case <-time.After(wait):
 		}
-		live, err := docker.LiveEndpoints(ctx, name)
+		ids, err := mgr.NetworkIDs()
+		if err != nil {
+			log.Error("reconcile: cannot read the state store", "error", err)
+			continue
+		}
+		live, err := docker.LiveEndpoints(ctx, ids)
 		if err != nil {
 			log.Debug("reconcile: cannot ask Docker for live endpoints", "error", err)
 			continue

@@ -132,12 +132,16 @@ func New(cfg Config) *Service {
 	return &Service{cfg: cfg, store: cfg.Manager.Store(), names: map[string]string{}}
 }
 
-// inventory asks Docker about the driver's networks; nil with the reason when it cannot.
+// inventory asks Docker about the networks cniplug holds records for; nil with the reason when it cannot.
 func (s *Service) inventory(ctx context.Context) (dockerapi.Inventory, string) {
 	if s.cfg.Docker == nil {
 		return nil, "cniplug runs without the Docker API (--docker-socket is empty)"
 	}
-	inv, err := s.cfg.Docker.Inventory(ctx, s.cfg.Driver)
+	ids, err := s.cfg.Manager.NetworkIDs()
+	if err != nil {
+		return nil, err.Error()
+	}
+	inv, err := s.cfg.Docker.Inventory(ctx, ids)
 	if err != nil {
 		return nil, err.Error()
 	}

@@ -68,6 +68,34 @@ func staleReason(a *state.Attachment, o ReconcileOptions) string {
 	return ""
 }
 
+// NetworkIDs lists the Docker network IDs cniplug holds records for (networks and attachments): the
+// networks to ask Docker about before a reconciliation.
+func (m *Manager) NetworkIDs() ([]string, error) {
+	nets, err := m.store.Networks()
+	if err != nil {
+		return nil, fmt.Errorf("reading networks: %w", err)
+	}
+	atts, err := m.store.Attachments()
+	if err != nil {
+		return nil, fmt.Errorf("reading attachments: %w", err)
+	}
+	seen := map[string]bool{}
+	var ids []string
+	add := func(id string) {
+		if id != "" && !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	for _, n := range nets {
+		add(n.ID)
+	}
+	for _, a := range atts {
+		add(a.NetworkID)
+	}
+	return ids, nil
+}
+
 // Reconcile removes what no live Docker object owns: leftover staging namespaces and parked links, attachments
 // that never completed or that Docker forgot (killed plugin, dockerd restart, reboot), and records of
 // networks Docker deleted while cniplug was away. Every removal goes through the one teardown path.

@@ -5,6 +5,7 @@ package dockerapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -61,29 +62,34 @@ func (inv Inventory) Live() Live {
 	return live
 }
 
-// LiveEndpoints lists the networks of the given driver and their live endpoints.
-func (c *Client) LiveEndpoints(ctx context.Context, driver string) (Live, error) {
-	inv, err := c.Inventory(ctx, driver)
+// LiveEndpoints is Inventory reduced to network ID -> live endpoint IDs.
+func (c *Client) LiveEndpoints(ctx context.Context, ids []string) (Live, error) {
+	inv, err := c.Inventory(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
 	return inv.Live(), nil
 }
 
-// Inventory lists the networks of the given driver, with their names and the containers on them. Docker may
-// register a managed plugin's driver as name:latest, so both forms are matched.
-func (c *Client) Inventory(ctx context.Context, driver string) (Inventory, error) {
+// Inventory returns, of the networks with the given IDs, those Docker still has, with their names and the
+// containers on them; an ID missing from the result is a network Docker deleted. Networks are picked by ID and
+// not by driver name: a managed plugin cannot see the name Docker registered it under (a tag, an alias), and a
+// wrong name would make every network look deleted and every live endpoint forgotten.
+func (c *Client) Inventory(ctx context.Context, ids []string) (Inventory, error) {
 	var nets []struct {
-		ID     string `json:"Id"`
-		Name   string `json:"Name"`
-		Driver string `json:"Driver"`
+		ID   string `json:"Id"`
+		Name string `json:"Name"`
 	}
 	if err := c.get(ctx, "/networks", &nets); err != nil {
 		return nil, err
 	}
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
 	inv := Inventory{}
 	for _, n := range nets {
-		if n.Driver != driver && n.Driver != driver+":latest" {
+		if !want[n.ID] {
 			continue
 		}
 		var detail struct {
@@ -92,7 +98,11 @@ func (c *Client) Inventory(ctx context.Context, driver string) (Inventory, error
 				EndpointID string `json:"EndpointID"`
 			} `json:"Containers"`
 		}
-		if err := c.get(ctx, "/networks/"+url.PathEscape(n.ID), &detail); err != nil {
+		err := c.get(ctx, "/networks/"+url.PathEscape(n.ID), &detail)
+		if errors.Is(err, errNotFound) {
+			continue // deleted since the listing
+		}
+		if err != nil {
 			return nil, err
 		}
 		nw := &Network{ID: n.ID, Name: n.Name, Endpoints: map[string]Container{}}
@@ -103,6 +113,8 @@ func (c *Client) Inventory(ctx context.Context, driver string) (Inventory, error
 	}
 	return inv, nil
 }
+
+var errNotFound = errors.New("not found")
 
 func (c *Client) get(ctx context.Context, path string, out any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker"+path, nil)
@@ -117,6 +129,9 @@ func (c *Client) get(ctx context.Context, path string, out any) error {
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return fmt.Errorf("docker API %s: %w", path, err)
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		return fmt.Errorf("docker API %s: %w: %s", path, errNotFound, body)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("docker API %s: %s: %s", path, resp.Status, body)

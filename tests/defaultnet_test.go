@@ -14,32 +14,6 @@ import (
 // defaultCNINetwork is the bundled default network (packaging/cni/10-cniplug.conflist).
 const defaultCNINetwork = "cniplug"
 
-// setDefaultNetwork restarts the suite's plugin with a default CNI network until the test ends.
-func setDefaultNetwork(t *testing.T, name string) {
-	t.Helper()
-	apply := func(name string) error {
-		stopPlugin()
-		if env.managed {
-			if out, err := dockerErr("plugin", "set", pluginName, "CNIPLUG_DEFAULT_CNI_NETWORK="+name); err != nil {
-				t.Errorf("docker plugin set: %v: %s", err, out)
-			}
-		} else if name != "" {
-			env.v1Args = []string{"--default-cni-network", name}
-		} else {
-			env.v1Args = nil
-		}
-		return startPlugin()
-	}
-	if err := apply(name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := apply(""); err != nil {
-			t.Error(err)
-		}
-	})
-}
-
 func linkExists(name string) bool {
 	_, err := os.Stat(filepath.Join("/sys/class/net", name))
 	return err == nil
@@ -57,7 +31,7 @@ func TestDefaultNetwork(t *testing.T) {
 		}
 		testutil.RemoveHostLocalBookkeeping(defaultCNINetwork)
 	})
-	setDefaultNetwork(t, defaultCNINetwork)
+	setPluginEnv(t, "CNIPLUG_DEFAULT_CNI_NETWORK", defaultCNINetwork)
 
 	t.Run("no flags", func(t *testing.T) {
 		name := testutil.UniqueName("dn")

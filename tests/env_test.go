@@ -37,7 +37,7 @@ type suite struct {
 	socket     string
 	logPath    string
 	plugin     *exec.Cmd
-	v1Args     []string // extra flags for the v1 plugin (TestDefaultNetwork)
+	v1Env      []string // extra KEY=VALUE settings of the v1 plugin (see setPluginEnv)
 
 	// managed: the suite drives a managed plugin built from this checkout (CNIPLUG_E2E_MODE=managed).
 	managed      bool
@@ -142,7 +142,7 @@ func startPlugin() error {
 		"--log-level", "debug",
 		// Reconcile quickly so recovery tests need not wait minutes.
 		"--reconcile-interval", "2s", "--reconcile-min-age", "3s")
-	cmd.Args = append(cmd.Args, env.v1Args...)
+	cmd.Env = append(os.Environ(), env.v1Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting cniplug: %w", err)
@@ -173,6 +173,41 @@ func stopPluginWith(sig syscall.Signal) {
 }
 
 func stopPlugin() { stopPluginWith(syscall.SIGTERM) }
+
+// setPluginEnv restarts the suite's plugin with one of its CNIPLUG_* settings changed until the test ends: in
+// the v1 plugin's environment (flags default to their env), or as a managed plugin's setting.
+func setPluginEnv(t *testing.T, key, value string) {
+	t.Helper()
+	apply := func(value string, restore bool) error {
+		stopPlugin()
+		if env.managed {
+			if restore {
+				value = ""
+				for _, kv := range managedSettings() {
+					if v, ok := strings.CutPrefix(kv, key+"="); ok {
+						value = v
+					}
+				}
+			}
+			if out, err := dockerErr("plugin", "set", pluginName, key+"="+value); err != nil {
+				t.Errorf("docker plugin set %s=%s: %v: %s", key, value, err, out)
+			}
+		} else if restore {
+			env.v1Env = nil
+		} else {
+			env.v1Env = []string{key + "=" + value}
+		}
+		return startPlugin()
+	}
+	if err := apply(value, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := apply("", true); err != nil {
+			t.Error(err)
+		}
+	})
+}
 
 // teardownPlugin ends the suite: stops the v1 plugin, or removes the managed one.
 func teardownPlugin() {

@@ -143,3 +143,26 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	}
 	t.Fatalf("timed out after %s waiting for %s", limit, what)
 }
+
+// TestReconcileUnderAnotherName: reconciliation finds Docker's networks by ID, so a plugin that does not know
+// the name Docker registered it under (a managed plugin installed with --alias and no CNIPLUG_DRIVER_NAME)
+// never takes live endpoints for forgotten ones and tears down running containers.
+func TestReconcileUnderAnotherName(t *testing.T) {
+	requireSuite(t)
+	setPluginEnv(t, "CNIPLUG_DRIVER_NAME", "cniplug-e2e-unknown-name")
+	n := bridgeNet(t)
+	net := createNetwork(t, n, cniIPAM)
+	c := runContainer(t, net)
+	ep := checkEndpoint(t, c, net, n)
+	// The suite reconciles every 2s, 5s after start, leaving attachments younger than 3s alone: by now
+	// several reconciliations have looked at this one.
+	time.Sleep(10 * time.Second)
+	if !reservedByHostLocal(n.Name, ep.IPAddress) {
+		t.Errorf("reconciliation released %s of running container %s", ep.IPAddress, c)
+	}
+	ping(t, c, n.Gateway)
+	docker(t, "rm", "-f", c)
+	if reservedByHostLocal(n.Name, ep.IPAddress) {
+		t.Errorf("%s still reserved after docker rm -f", ep.IPAddress)
+	}
+}
