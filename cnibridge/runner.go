@@ -12,6 +12,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -250,7 +252,7 @@ func (r *Runner) Teardown(ctx context.Context, att *Attachment) error {
 		r.log.Warn("could not return link to staging netns before CNI DEL", "attachment", att.ContainerID, "cni_network", att.Network, "error", err)
 	}
 	delCtx, cancel := context.WithTimeout(ctx, r.timeout)
-	err = r.cni.DelNetworkList(delCtx, nw.List, att.runtimeConf())
+	err = r.cni.DelNetworkList(delCtx, r.delList(nw, att), att.runtimeConf())
 	timedOut := errors.Is(delCtx.Err(), context.DeadlineExceeded)
 	cancel()
 	if err != nil {
@@ -270,6 +272,52 @@ func (r *Runner) Teardown(ctx context.Context, att *Attachment) error {
 		host.Close()
 	}
 	return nil
+}
+
+// delList is the list DEL runs with. libcni gives every plugin the cached ADD result as prevResult, but an ADD
+// cut short (cniplug killed mid-chain, a plugin failing after others succeeded) left no cache entry, and
+// plugins that remove what they added by address (firewall's CNI-FORWARD rules) would then remove nothing.
+// For those, a result with the addresses the link carries (recorded, or read from the staging netns) is put
+// into every plugin's config as prevResult, which libcni passes on when it has none of its own.
+func (r *Runner) delList(nw *Network, att *Attachment) *libcni.NetworkConfigList {
+	if ok, _ := version.GreaterThanOrEqualTo(nw.List.CNIVersion, "0.4.0"); !ok {
+		return nw.List // no prevResult on DEL before spec 0.4.0
+	}
+	if res, err := r.cni.GetNetworkListCachedResult(nw.List, att.runtimeConf()); err != nil || res != nil {
+		return nw.List
+	}
+	addrs := att.Interface.Addresses()
+	if len(addrs) == 0 {
+		if iface, err := r.readInterface(att); err == nil {
+			addrs = iface.Addresses()
+		}
+	}
+	res := &current.Result{CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{{Name: att.IfName, Sandbox: att.NetNS}}}
+	for _, a := range addrs {
+		ip, n, err := net.ParseCIDR(a)
+		if err != nil {
+			continue
+		}
+		res.IPs = append(res.IPs, &current.IPConfig{Address: net.IPNet{IP: ip, Mask: n.Mask}, Interface: current.Int(0)})
+	}
+	if len(res.IPs) == 0 {
+		return nw.List
+	}
+	prev, err := res.GetAsVersion(nw.List.CNIVersion)
+	if err != nil {
+		return nw.List
+	}
+	list := *nw.List
+	list.Plugins = make([]*libcni.PluginConfig, len(nw.List.Plugins))
+	for i, p := range nw.List.Plugins {
+		withPrev, err := libcni.InjectConf(p, map[string]any{"prevResult": prev})
+		if err != nil {
+			return nw.List
+		}
+		list.Plugins[i] = withPrev
+	}
+	return &list
 }
 
 // returnLink makes sure CNI_IFNAME exists in the staging netns with the attachment's addresses.

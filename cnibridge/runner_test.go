@@ -735,6 +735,9 @@ func scriptNetwork(t *testing.T, timeout time.Duration, pluginType, body string)
 	delHostLinkLater(t, br)
 	nw, err := ParseNetwork([]byte(conflist(netName,
 		fmt.Sprintf(`{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":true,"ipam":%s}`, br, hostLocal(subnet)),
+		// firewall before the scripted plugin: its rules exist when the chain fails, and libcni has cached no
+		// result to give its DEL (it removes its rules by the addresses of prevResult).
+		`{"type":"firewall","backend":"iptables"}`,
 		fmt.Sprintf(`{"type":%q}`, pluginType))))
 	testutil.Must(t, err)
 	testutil.Must(t, r.Validate(context.Background(), nw))
