@@ -197,6 +197,9 @@ func logReconcile(log *slog.Logger, kind string, rep attach.Report, err error) {
 	if err != nil {
 		log.Error("reconcile failed", "kind", kind, "error", err)
 	}
+	for _, g := range rep.GC {
+		log.Debug("CNI GC", "kind", kind, "cni_network", g.Network, "valid_attachments", g.Valid, "skipped", g.Skipped, "error", g.Error)
+	}
 	if n := len(rep.Leftovers.NetNS) + len(rep.Leftovers.Links) + len(rep.Attachments) + len(rep.ForgottenNetworks); n == 0 {
 		return
 	}

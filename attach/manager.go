@@ -22,6 +22,9 @@ type Manager struct {
 	cni   *cnibridge.Runner
 	log   *slog.Logger
 	locks keyedMutex
+	// nets is held shared by every ADD and DEL on a CNI network and exclusively by its CNI GC, which must
+	// see every attachment of the network (see collectGarbage).
+	nets keyedRWMutex
 
 	ports     portsState            // host port publishing (ports.go)
 	hostPorts *hostports.Programmer // set by tests; nil = iptables from PATH
@@ -45,6 +48,8 @@ func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state
 	if err != nil {
 		return nil, err
 	}
+	runlock := m.nets.rlock(planned.Network)
+	defer runlock()
 	unlock := m.locks.lock(planned.ContainerID)
 	defer unlock()
 
@@ -90,6 +95,8 @@ func (m *Manager) Join(a *state.Attachment) error {
 // Remove tears the attachment down (CNI DEL with its recorded conflist and args) and forgets it. When DEL
 // fails the record is kept so that a later Remove (or reconciliation) can retry.
 func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
+	runlock := m.nets.rlock(a.Network)
+	defer runlock()
 	unlock := m.locks.lock(a.ID())
 	defer unlock()
 	// Another caller (DeleteEndpoint, ReleaseAddress, reconciliation) may have removed it while we waited.
@@ -109,6 +116,53 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 	m.log.Info("attachment removed", "attachment", a.ID(), "cni_network", a.Network, "network", a.NetworkID,
 		"endpoint", a.EndpointID, "address", a.Interface.IPv4)
 	return nil
+}
+
+// keyedRWMutex is a set of read-write mutexes created on demand and dropped when unused.
+type keyedRWMutex struct {
+	mu    sync.Mutex
+	locks map[string]*refRWMutex
+}
+
+type refRWMutex struct {
+	sync.RWMutex
+	refs int
+}
+
+func (k *keyedRWMutex) get(key string) *refRWMutex {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.locks == nil {
+		k.locks = map[string]*refRWMutex{}
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &refRWMutex{}
+		k.locks[key] = l
+	}
+	l.refs++
+	return l
+}
+
+func (k *keyedRWMutex) put(key string, l *refRWMutex) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	l.refs--
+	if l.refs == 0 {
+		delete(k.locks, key)
+	}
+}
+
+func (k *keyedRWMutex) rlock(key string) (unlock func()) {
+	l := k.get(key)
+	l.RLock()
+	return func() { l.RUnlock(); k.put(key, l) }
+}
+
+func (k *keyedRWMutex) lock(key string) (unlock func()) {
+	l := k.get(key)
+	l.Lock()
+	return func() { l.Unlock(); k.put(key, l) }
 }
 
 // keyedMutex is a set of mutexes created on demand and dropped when unused.

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/dockerapi"
@@ -41,7 +44,17 @@ type Report struct {
 	Leftovers         cnibridge.Leftovers `json:"leftovers"`
 	Attachments       []Action            `json:"attachments"`
 	ForgottenNetworks []string            `json:"forgottenNetworks"`
-	DryRun            bool                `json:"dryRun"`
+	// GC is what CNI GC did on each CNI network (spec 1.1) cniplug has attachments on.
+	GC     []GCResult `json:"gc,omitempty"`
+	DryRun bool       `json:"dryRun"`
+}
+
+// GCResult is the outcome of CNI GC on one CNI network.
+type GCResult struct {
+	Network string `json:"cniNetwork"`
+	Valid   int    `json:"validAttachments"`
+	Skipped string `json:"skipped,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // staleReason says why an attachment should be torn down, or "" to keep it.
@@ -108,6 +121,10 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 	if err != nil {
 		return rep, fmt.Errorf("looking for leftover namespaces and links: %w", err)
 	}
+	cached, err := m.cni.CachedAttachments()
+	if err != nil {
+		return rep, err
+	}
 	atts, err := m.store.Attachments()
 	if err != nil {
 		return rep, fmt.Errorf("reading attachments: %w", err)
@@ -137,6 +154,29 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 		}
 		rep.Attachments = append(rep.Attachments, act)
 	}
+	recorded := make(map[string]bool, len(atts))
+	for _, a := range atts {
+		recorded[a.Network+"/"+a.ContainerID] = true
+	}
+	for _, c := range cached {
+		if !c.Own || recorded[c.Network+"/"+c.ContainerID] {
+			continue
+		}
+		act := Action{Attachment: c.ContainerID, Network: c.Network, Address: c.Interface.IPv4,
+			Reason: "libcni cache entry of this cniplug that no record accounts for (state lost, or a failed rollback)"}
+		if !o.DryRun {
+			if err := m.removeOrphan(ctx, &c.Attachment); err != nil {
+				act.Error = err.Error()
+				errs = append(errs, err)
+			}
+		}
+		rep.Attachments = append(rep.Attachments, act)
+	}
+	if !o.DryRun {
+		gc, err := m.collectGarbage(ctx)
+		rep.GC = gc
+		errs = append(errs, err)
+	}
 	if o.Live != nil {
 		nets, err := m.store.Networks()
 		if err != nil {
@@ -153,4 +193,103 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 		}
 	}
 	return rep, errors.Join(errs...)
+}
+
+// removeOrphan tears down an attachment of this instance that only libcni's cache still knows, through the
+// same Teardown as every other removal (with the cached conflist, args and addresses).
+func (m *Manager) removeOrphan(ctx context.Context, a *cnibridge.Attachment) error {
+	runlock := m.nets.rlock(a.Network)
+	defer runlock()
+	unlock := m.locks.lock(a.ContainerID)
+	defer unlock()
+	if _, err := m.store.Attachment(a.ContainerID); err == nil || !m.cni.Cached(a) {
+		return nil // recorded or DELeted since it was listed
+	}
+	if err := m.cni.Teardown(ctx, a); err != nil {
+		return fmt.Errorf("attachment %s on CNI network %q (known only to libcni's cache): %w", a.ContainerID, a.Network, err)
+	}
+	m.log.Info("attachment removed", "attachment", a.ContainerID, "cni_network", a.Network, "address", a.Interface.IPv4,
+		"reason", "known only to libcni's cache")
+	return nil
+}
+
+// collectGarbage runs CNI GC on every CNI network (spec 1.1 and later) this instance has attachments on,
+// with the newest recorded conflist of the network.
+func (m *Manager) collectGarbage(ctx context.Context) ([]GCResult, error) {
+	atts, err := m.store.Attachments()
+	if err != nil {
+		return nil, fmt.Errorf("reading attachments for CNI GC: %w", err)
+	}
+	newest := map[string]*state.Attachment{}
+	for _, a := range atts {
+		if cur := newest[a.Network]; cur == nil || a.Created.After(cur.Created) {
+			newest[a.Network] = a
+		}
+	}
+	names := make([]string, 0, len(newest))
+	for name := range newest {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var out []GCResult
+	var errs []error
+	for _, name := range names {
+		nw, err := cnibridge.ParseNetwork(newest[name].Conflist)
+		if err != nil || !nw.SupportsGC() {
+			continue
+		}
+		res := m.gcNetwork(ctx, nw)
+		if res.Error != "" {
+			errs = append(errs, errors.New(res.Error))
+		}
+		out = append(out, res)
+	}
+	return out, errors.Join(errs...)
+}
+
+// gcNetwork runs CNI GC on one network. Its valid attachments are every attachment anyone holds on it: this
+// instance's records and every entry of libcni's cache (other runtimes and instances share the cache and
+// may use the same network; this instance's own cache-only entries were torn down before). No ADD or DEL on
+// the network runs meanwhile, so the list cannot miss one in flight.
+func (m *Manager) gcNetwork(ctx context.Context, nw *cnibridge.Network) GCResult {
+	unlock := m.nets.lock(nw.Name)
+	defer unlock()
+	res := GCResult{Network: nw.Name}
+	cached, err := m.cni.CachedAttachments()
+	if err != nil {
+		res.Skipped, res.Error = "the cache could not be read", err.Error()
+		return res
+	}
+	atts, err := m.store.Attachments()
+	if err != nil {
+		res.Skipped, res.Error = "the records could not be read", err.Error()
+		return res
+	}
+	seen := map[types.GCAttachment]bool{}
+	var valid []types.GCAttachment
+	add := func(a types.GCAttachment) {
+		if !seen[a] {
+			seen[a] = true
+			valid = append(valid, a)
+		}
+	}
+	for _, a := range atts {
+		if a.Network == nw.Name {
+			add(types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName})
+		}
+	}
+	for _, c := range cached {
+		if c.Network == nw.Name {
+			add(types.GCAttachment{ContainerID: c.ContainerID, IfName: c.IfName})
+		}
+	}
+	res.Valid = len(valid)
+	err = m.cni.GC(ctx, nw, valid)
+	switch {
+	case errors.Is(err, cnibridge.ErrNoValidAttachments):
+		res.Skipped = "no valid attachment to name: an empty list would release everything on the network"
+	case err != nil:
+		res.Error = err.Error()
+	}
+	return res
 }

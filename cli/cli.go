@@ -246,6 +246,16 @@ func printGC(w io.Writer, rep *admin.GCReport) {
 			fmt.Fprintf(w, "%s %s %s\n", verb, l.what, item)
 		}
 	}
+	for _, g := range rep.GC {
+		switch {
+		case g.Error != "":
+			fmt.Fprintf(w, "CNI GC on %s failed: %s\n", g.Network, g.Error)
+		case g.Skipped != "":
+			fmt.Fprintf(w, "CNI GC on %s skipped: %s\n", g.Network, g.Skipped)
+		default:
+			fmt.Fprintf(w, "CNI GC on %s ran with %d valid attachment(s)\n", g.Network, g.Valid)
+		}
+	}
 	if rep.Error != "" {
 		fmt.Fprintf(w, "errors: %s\n", rep.Error)
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -23,14 +22,13 @@ type Leftovers struct {
 // the host (another driver name) are never touched.
 func (r *Runner) Candidates() (Leftovers, error) {
 	var out Leftovers
-	own := regexp.MustCompile(`^` + regexp.QuoteMeta(r.owner) + `-[0-9a-f]{12}$`)
 	entries, err := os.ReadDir(r.netnsDir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return out, err
 	}
 	for _, e := range entries {
-		if own.MatchString(e.Name()) {
-			out.NetNS = append(out.NetNS, filepath.Join(r.netnsDir, e.Name()))
+		if p := filepath.Join(r.netnsDir, e.Name()); r.ownNetNS(p) {
+			out.NetNS = append(out.NetNS, p)
 		}
 	}
 	host, err := netlink.NewHandleAt(r.hostNS)
@@ -88,6 +86,12 @@ func (r *Runner) RemoveLeftovers(l Leftovers) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ownNetNS reports whether path names one of this instance's staging namespaces (<netns dir>/<owner>-<id12>).
+func (r *Runner) ownNetNS(path string) bool {
+	name, ok := strings.CutPrefix(path, filepath.Clean(r.netnsDir)+"/"+r.owner+"-")
+	return ok && len(name) == 12 && strings.Trim(name, "0123456789abcdef") == ""
 }
 
 // linkAliasPrefix marks links parked in the host by this instance (IFLA_IFALIAS survives netns moves).

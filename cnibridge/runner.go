@@ -51,6 +51,7 @@ type Runner struct {
 	cni      *libcni.CNIConfig
 	binDirs  []string
 	netnsDir string
+	cacheDir string
 	owner    string
 	timeout  time.Duration
 	hostNS   netns.NsHandle
@@ -66,6 +67,9 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
+	if cfg.CacheDir == "" {
+		cfg.CacheDir = libcni.CacheDir
+	}
 	if cfg.Owner == "" {
 		cfg.Owner = "cniplug"
 	}
@@ -79,6 +83,7 @@ func NewRunner(cfg Config) (*Runner, error) {
 		cni:      libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, &boundedExec{observer: cfg.ExecObserver}),
 		binDirs:  cfg.BinDirs,
 		netnsDir: cfg.NetNSDir,
+		cacheDir: cfg.CacheDir,
 		owner:    cfg.Owner,
 		timeout:  cfg.Timeout,
 		hostNS:   host,

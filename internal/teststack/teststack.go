@@ -41,6 +41,7 @@ type Stack struct {
 	Handler  http.Handler
 	ConfDir  string
 	NetNSDir string
+	CacheDir string // libcni's cache dir
 	Socket   string // set by Serve
 }
 
@@ -61,10 +62,10 @@ func New(t testing.TB, o Options) *Stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = store.Close() })
-	s := &Stack{Store: store, ConfDir: t.TempDir(), NetNSDir: t.TempDir()}
+	s := &Stack{Store: store, ConfDir: t.TempDir(), NetNSDir: t.TempDir(), CacheDir: t.TempDir()}
 	s.Metrics = metrics.New(metrics.Options{})
 	runner, err := cnibridge.NewRunner(cnibridge.Config{
-		BinDirs: o.BinDirs, CacheDir: t.TempDir(), NetNSDir: s.NetNSDir, Timeout: 20 * time.Second, Logger: log,
+		BinDirs: o.BinDirs, CacheDir: s.CacheDir, NetNSDir: s.NetNSDir, Timeout: 20 * time.Second, Logger: log,
 		ExecObserver: s.Metrics,
 	})
 	if err != nil {
