@@ -107,14 +107,23 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	if c.driverName != "" {
 		name = strings.TrimSuffix(c.driverName, ":latest")
 	}
-	if err := prepareHost(ctx, c, log); err != nil {
-		return err
-	}
-	store, err := state.Open(c.stateDir)
+	store, err := state.Open(c.stateDir) // first: it fails while another cniplug holds the state
 	if err != nil {
 		return err
 	}
 	defer store.Close()
+	// Listen before the startup work, serve after it: dockerd dials a (re)started managed plugin's socket
+	// 0.5 s after starting it and then every 3 s, and disables for good a plugin that dies before one dial
+	// succeeds (moby's pluginPostStart), so a second crash soon after a restart would leave it down.
+	// Connections made meanwhile wait in the listen backlog until the startup reconciliation is done.
+	l, err := plugin.Listen(c.socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(c.socket)
+	if err := prepareHost(ctx, c, log); err != nil {
+		return err
+	}
 	m := newMetrics(store)
 	runner, err := cnibridge.NewRunner(cnibridge.Config{
 		BinDirs:  filepath.SplitList(c.binDirs),
@@ -140,11 +149,6 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	ipd.SetDefaultNetwork(c.defaultNetwork)
 	h := plugin.NewHandler(drv, ipd, log,
 		plugin.WithAdmin(svc), plugin.WithObserver(m, svc))
-	l, err := plugin.Listen(c.socket)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(c.socket)
 	if err := serveMetrics(ctx, c, m, store, log); err != nil {
 		return err
 	}

@@ -148,13 +148,15 @@ func startPlugin() error {
 		return fmt.Errorf("starting cniplug: %w", err)
 	}
 	env.plugin = cmd
-	for i := 0; i < 100; i++ {
-		if st, err := os.Stat(env.socket); err == nil && st.Mode()&os.ModeSocket != 0 {
+	// The socket exists before the startup reconciliation is done (and a killed plugin's stays behind): wait
+	// for an answer.
+	for i := 0; i < 200; i++ {
+		if pluginServing() {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("cniplug did not create %s; log: %s", env.socket, env.logPath)
+	return fmt.Errorf("cniplug does not answer on %s; log: %s", env.socket, env.logPath)
 }
 
 // stopPlugin stops cniplug: SIGTERM lets in-flight requests finish, SIGKILL simulates a crash. In managed
