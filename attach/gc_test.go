@@ -16,8 +16,8 @@ import (
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/dockerapi"
-	"github.com/cniplug/cniplug/internal/testutil"
 	"github.com/cniplug/cniplug/internal/teststack"
+	"github.com/cniplug/cniplug/internal/testutil"
 	"github.com/cniplug/cniplug/state"
 )
 
@@ -62,7 +62,9 @@ func gcCalls(t *testing.T, dir string) [][]string {
 	return out
 }
 
-func randomID() string { return fmt.Sprintf("%016x%016x%016x%016x", mrand.Uint64(), mrand.Uint64(), mrand.Uint64(), mrand.Uint64()) }
+func randomID() string {
+	return fmt.Sprintf("%016x%016x%016x%016x", mrand.Uint64(), mrand.Uint64(), mrand.Uint64(), mrand.Uint64())
+}
 
 // TestReconcileCollectsGarbage: reconciliation tears down this instance's attachments that only libcni's
 // cache still knows (lost state) through the one teardown path, then runs CNI GC on spec 1.1 networks naming

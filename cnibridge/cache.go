@@ -109,4 +109,3 @@ func (nw *Network) SupportsGC() bool {
 	ok, _ := version.GreaterThanOrEqualTo(nw.List.CNIVersion, "1.1.0")
 	return ok
 }
-
