@@ -157,7 +157,15 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	if c.dockerSocket != "" && c.reconcileInterval > 0 {
 		go reconcileLoop(ctx, c, mgr, log)
 	}
-	return plugin.Serve(ctx, l, h)
+	err = plugin.Serve(ctx, l, h)
+	// Background removals (async-delete networks) get the time of one more DEL; what is left stays recorded
+	// as deleting and the next start finishes it.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*c.cniTimeout)
+	defer cancel()
+	if werr := mgr.WaitRemovals(wctx); werr != nil {
+		log.Warn("stopping with removals unfinished; the next start finishes them", "error", werr)
+	}
+	return err
 }
 
 // reconcileMinAge leaves alone anything young enough to belong to a Docker call still in flight.

@@ -26,6 +26,8 @@ type Manager struct {
 	// see every attachment of the network (see collectGarbage).
 	nets keyedRWMutex
 
+	removals sync.WaitGroup // background removals (RemoveLater)
+
 	ports     portsState            // host port publishing (ports.go)
 	hostPorts *hostports.Programmer // set by tests; nil = iptables from PATH
 }
@@ -116,6 +118,41 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 	m.log.Info("attachment removed", "attachment", a.ID(), "cni_network", a.Network, "network", a.NetworkID,
 		"endpoint", a.EndpointID, "address", a.Interface.IPv4)
 	return nil
+}
+
+// RemoveLater records the attachment as deleting (durably) and tears it down in the background through
+// Remove. A removal a stop or crash interrupts is finished by reconciliation, which treats deleting records
+// as stale whatever their age.
+func (m *Manager) RemoveLater(a *state.Attachment) error {
+	unlock := m.locks.lock(a.ID())
+	a.Phase = state.PhaseDeleting
+	err := m.store.PutAttachment(a)
+	unlock()
+	if err != nil {
+		return fmt.Errorf("recording the removal of attachment %s: %w", a.ID(), err)
+	}
+	m.removals.Add(1)
+	go func() {
+		defer m.removals.Done()
+		// Not the request's context: Docker has its answer. Each CNI DEL has the runner's deadline.
+		if err := m.Remove(context.Background(), a); err != nil {
+			m.log.Error("background removal failed; reconciliation retries it", "attachment", a.ID(), "cni_network", a.Network,
+				"network", a.NetworkID, "endpoint", a.EndpointID, "error", err)
+		}
+	}()
+	return nil
+}
+
+// WaitRemovals waits for the background removals until ctx ends; what is left stays recorded as deleting.
+func (m *Manager) WaitRemovals(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { m.removals.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("background removals still running: %w", ctx.Err())
+	}
 }
 
 // keyedRWMutex is a set of read-write mutexes created on demand and dropped when unused.

@@ -59,6 +59,10 @@ type GCResult struct {
 
 // staleReason says why an attachment should be torn down, or "" to keep it.
 func staleReason(a *state.Attachment, o ReconcileOptions) string {
+	if a.Phase == state.PhaseDeleting {
+		// Removal is idempotent and serialized per attachment: finishing one a worker is running is harmless.
+		return "Docker deleted its endpoint; the background removal has not finished"
+	}
 	if o.Now.Sub(a.Created) < o.MinAge && !(o.Startup && a.Phase == state.PhaseAdding) {
 		return ""
 	}

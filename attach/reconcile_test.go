@@ -32,6 +32,8 @@ func TestStaleReason(t *testing.T) {
 		{"joined, endpoint gone", att(state.PhaseJoined, old, "net1", "ep-gone"), live, false, true},
 		{"endpoint, network gone", att(state.PhaseEndpoint, old, "net2", "ep"), live, false, true},
 		{"young endpoint not yet visible in Docker", att(state.PhaseEndpoint, young, "net1", "ep-new"), live, false, false},
+		{"young deleting: Docker deleted the endpoint", att(state.PhaseDeleting, young, "net1", "ep-live"), live, false, true},
+		{"deleting, Docker unknown", att(state.PhaseDeleting, old, "net1", "ep-live"), nil, false, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,11 +26,13 @@ import (
 // Option keys understood in `docker network create --opt`.
 const (
 	OptCNI = "cni"
+	// OptAsyncDelete=true: DeleteEndpoint returns once the removal is recorded; CNI DEL runs in the background.
+	OptAsyncDelete = "async-delete"
 
 	genericOptions = "com.docker.network.generic"
 )
 
-var knownOptions = []string{OptCNI}
+var knownOptions = []string{OptCNI, OptAsyncDelete}
 
 // Driver implements the NetworkDriver side of cniplug.
 type Driver struct {
@@ -93,6 +96,10 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "%w", err)
 	}
+	asyncDelete, err := boolOption(opts, OptAsyncDelete)
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "%w", err)
+	}
 	cniName := opts[OptCNI]
 	if cniName == "" {
 		cniName = d.defaultNet
@@ -110,7 +117,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	if err := extra.Check(nw.Name, nw.Capabilities()); err != nil {
 		return nil, d.errorf(req.NetworkID, "%w", err)
 	}
-	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra}
+	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra, AsyncDelete: asyncDelete}
 	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
 		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
 		rec.Mode = modeOf(v4.AddressSpace)
@@ -143,10 +150,16 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 			return nil, d.errorf(req.NetworkID, "with %s IPAM the CNI ADD runs when Docker allocates an address, which only sees the IPAM options: pass the cni.* options with --ipam-opt instead of --opt", d.name)
 		}
 	}
+	if rec.AsyncDelete && rec.Mode == state.ModeDocker {
+		// Docker's IPAM may hand the address to the next container before a background DEL has released it in
+		// the CNI IPAM, whose ADD would then fail.
+		return nil, d.errorf(req.NetworkID, "--opt %s=true needs addresses from CNI (--ipam-driver %s) or none (--ipam-driver null): with Docker's IPAM an address could be reused before its CNI DEL ran",
+			OptAsyncDelete, d.name)
+	}
 	if err := d.store.PutNetwork(rec); err != nil {
 		return nil, d.errorf(req.NetworkID, "recording network: %w", err)
 	}
-	d.log.Info("network created", "network", req.NetworkID, "cni_network", nw.Name, "file", nw.File, "mode", rec.Mode)
+	d.log.Info("network created", "network", req.NetworkID, "cni_network", nw.Name, "file", nw.File, "mode", rec.Mode, "async_delete", rec.AsyncDelete)
 	return nil, nil
 }
 
@@ -464,10 +477,33 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "reading state: %w", err)
 	}
+	if a.Phase == state.PhaseDeleting {
+		return nil, nil // Docker retried: the removal is already under way
+	}
+	// Published ports are unpublished synchronously: the next container may publish the same ones at once.
+	if nw, err := d.store.Network(req.NetworkID); err == nil && nw.AsyncDelete && a.HostPorts == nil {
+		if err := d.mgr.RemoveLater(a); err != nil {
+			return nil, d.errorf(req.NetworkID, "endpoint %s: %w", short(req.EndpointID), err)
+		}
+		return nil, nil
+	}
 	if err := d.mgr.Remove(ctx, a); err != nil {
 		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", short(req.EndpointID), err)
 	}
 	return nil, nil
+}
+
+// boolOption reads an optional true/false option.
+func boolOption(opts map[string]string, key string) (bool, error) {
+	v, ok := opts[key]
+	if !ok || v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("--opt %s=%q: want true or false", key, v)
+	}
+	return b, nil
 }
 
 // EndpointInfo reports where the endpoint's attachment lives.

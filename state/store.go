@@ -40,6 +40,8 @@ type Network struct {
 	Created     time.Time   `json:"created"`
 	// Extra is the allow-listed CNI_ARGS / capability args given with --opt cni.<...>.
 	Extra cniargs.Extra `json:"extra,omitempty"`
+	// AsyncDelete: DeleteEndpoint records the removal and returns; the CNI DEL runs in the background.
+	AsyncDelete bool `json:"asyncDelete,omitempty"`
 }
 
 // Pool is an address pool handed to Docker by cniplug's IPAM driver.
@@ -65,6 +67,9 @@ const (
 	PhaseEndpoint Phase = "endpoint"
 	// PhaseJoined: the link was handed to Docker for a container.
 	PhaseJoined Phase = "joined"
+	// PhaseDeleting: Docker deleted the endpoint of an async-delete network; the teardown runs in the
+	// background (or, after a stop or crash, in reconciliation).
+	PhaseDeleting Phase = "deleting"
 )
 
 // Attachment is a CNI attachment and the Docker objects that own it.

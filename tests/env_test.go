@@ -232,6 +232,16 @@ VERSION) echo '` + version + `';;
 esac
 exit 0
 `,
+		// slowdel: first in a chain, it answers ADD with an empty result and takes 3 s over DEL (under the
+		// suite's 5 s --cni-timeout).
+		"e2e-slowdel": `#!/bin/sh
+case "$CNI_COMMAND" in
+ADD) cat >/dev/null; echo '{"cniVersion":"1.0.0"}';;
+DEL) cat >/dev/null; sleep 3;;
+VERSION) echo '` + version + `';;
+esac
+exit 0
+`,
 		// hanger: ADD never answers (cniplug must kill it at its deadline); DEL succeeds.
 		"e2e-hanger": `#!/bin/sh
 case "$CNI_COMMAND" in

@@ -166,3 +166,43 @@ func TestReconcileUnderAnotherName(t *testing.T) {
 		t.Errorf("%s still reserved after docker rm -f", ep.IPAddress)
 	}
 }
+
+// TestAsyncDelete: on a network created with --opt async-delete=true, `docker rm -f` does not wait for CNI
+// DEL (the chain's DEL takes 3 s); the DEL still runs in the background, or at the next start when cniplug
+// is killed in the middle of it, and nothing is left (the leak check includes libcni's cache file, which
+// only a completed DEL removes).
+func TestAsyncDelete(t *testing.T) {
+	for _, crash := range []bool{false, true} {
+		t.Run(fmt.Sprintf("crash=%v", crash), func(t *testing.T) {
+			requireSuite(t)
+			br := testutil.UniqueName("e2ebr")
+			t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
+			n := writeConflist(t, "slow", func(ipam string) string {
+				return fmt.Sprintf(`{"type":"e2e-slowdel"},{"type":"bridge","bridge":"%s","isGateway":true,"ipMasq":true,"ipam":%s}`, br, ipam)
+			})
+			net := createNetwork(t, n, cniIPAM, "--opt", "async-delete=true")
+			c := runContainer(t, net)
+			ep := checkEndpoint(t, c, net, n)
+			ping(t, c, n.Gateway)
+			start := time.Now()
+			docker(t, "rm", "-f", c)
+			if took := time.Since(start); took > 2500*time.Millisecond {
+				t.Errorf("docker rm -f took %s: it waited for the 3 s CNI DEL", took)
+			}
+			cache := filepath.Join(testutil.CNIDataDir, "results", n.Name+"-*")
+			if crash {
+				time.Sleep(time.Second) // the DEL is under way
+				stopPluginWith(syscall.SIGKILL)
+				if err := startPlugin(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, 30*time.Second, "the DEL to finish (libcni cache entry gone, "+ep.IPAddress+" released)", func() bool {
+				left, _ := filepath.Glob(cache)
+				return len(left) == 0 && !reservedByHostLocal(n.Name, ep.IPAddress)
+			})
+			c2 := runContainer(t, net)
+			checkEndpoint(t, c2, net, n)
+		})
+	}
+}
