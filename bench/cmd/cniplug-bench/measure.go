@@ -56,6 +56,7 @@ type scrape struct {
 	execSeconds    float64            // all CNI plugin exec time
 	methodSeconds  map[string]float64 // per Docker call
 	methodCount    map[string]float64
+	deleting       float64 // attachments whose background removal (async-delete networks) has not finished
 }
 
 func (e *env) scrape() (*scrape, error) {
@@ -91,11 +92,23 @@ func (e *env) scrape() (*scrape, error) {
 			s.execSeconds += m.GetHistogram().GetSampleSum()
 		}
 	}
+	if f := fams[metrics.AttachmentsGauge]; f != nil {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "phase" && l.GetValue() == "deleting" {
+					s.deleting += m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
 	return s, nil
 }
 
 // settle waits until Docker has made every call of the lifecycles so far (DeleteEndpoint count reaches want):
-// `docker run --rm` can return a moment before the endpoint's teardown is reported.
+// `docker run --rm` can return a moment before the endpoint's teardown is reported. want counts the
+// DeleteEndpoint calls of both cniplug networks (the metrics are the plugin's, not per Docker network). It
+// also waits until no background removal (async-delete network) is left running, so that its CNI DEL is not
+// counted in the next lifecycle measured from the metrics. After 5 s it gives up and returns what it has.
 func (e *env) settle(want float64) (*scrape, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -103,7 +116,12 @@ func (e *env) settle(want float64) (*scrape, error) {
 		if err != nil {
 			return nil, err
 		}
-		if s.methodCount["NetworkDriver.DeleteEndpoint"] >= want || time.Now().After(deadline) {
+		got := s.methodCount["NetworkDriver.DeleteEndpoint"]
+		if got >= want && s.deleting == 0 {
+			return s, nil
+		}
+		if time.Now().After(deadline) {
+			e.logf("settle: gave up waiting: %.0f of %.0f DeleteEndpoint calls served, %.0f background removals running", got, want, s.deleting)
 			return s, nil
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -17,6 +17,10 @@ import (
 	"gonum.org/v1/plot/vg/vgimg"
 )
 
+// kindAsync is the network kind of a cniplug network with the opt-in speed-ups (--opt async-delete=true).
+// Results from before it was measured lack it.
+const kindAsync = "cniplug-async"
+
 // results is everything one run measured. Durations are in seconds.
 type results struct {
 	Started  time.Time
@@ -24,7 +28,7 @@ type results struct {
 	Host     map[string]string
 	Conflist string
 
-	RunRM map[string]samples // by network kind: none, bridge, cniplug
+	RunRM map[string]samples // by network kind: none, bridge, cniplug, cniplug-async
 	Pair  map[string]samples
 
 	// Per cniplug lifecycle, from its metrics.
@@ -81,6 +85,14 @@ func ms(s float64) string {
 	return fmt.Sprintf("%.0f ms", s*1000)
 }
 
+// ratio is a/b as "1.23x", or n/a when either is missing.
+func ratio(a, b float64) string {
+	if x := a / b; !math.IsNaN(x) && !math.IsInf(x, 0) {
+		return fmt.Sprintf("%.2fx", x)
+	}
+	return "n/a"
+}
+
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
 // evaluate computes the issue's targets as ratios from this run.
@@ -91,6 +103,11 @@ func (r *results) evaluate() {
 	if br, cn := r.RunRM["bridge"].p50(), r.RunRM["cniplug"].p50(); br > 0 {
 		x := cn / br
 		add("`docker run --rm` on cniplug vs Docker's bridge (p50)", fmt.Sprintf("%.2fx (%s vs %s)", x, ms(cn), ms(br)), "≤ 1.10x", x/1.10, "")
+	}
+	if br, as := r.RunRM["bridge"].p50(), r.RunRM[kindAsync].p50(); br > 0 && !math.IsNaN(as) {
+		x := as / br
+		add("lifecycle with the opt-in speed-ups (async-delete): `docker run --rm` on cniplug vs Docker's bridge (p50)",
+			fmt.Sprintf("%.2fx (%s vs %s)", x, ms(as), ms(br)), "≤ 1.0x", x/1.0, "cniplug network created with `--opt async-delete=true`")
 	}
 	if br, cn := r.Pair["bridge"].p50(), r.Pair["cniplug"].p50(); br > 0 {
 		x := cn / br
@@ -139,7 +156,11 @@ func (r *results) markdown() string {
 	if r.Podman != nil && r.Podman.Version != "" {
 		w(", %s", r.Podman.Version)
 	}
-	w(". Image: `%s`. cniplug network: CNI IPAM (`--ipam-driver cniplug`) on this bridge + host-local conflist, which Podman uses too:\n\n```json\n%s\n```\n\n", o.Image, r.Conflist)
+	w(". Image: `%s`. cniplug network: CNI IPAM (`--ipam-driver cniplug`) on this bridge + host-local conflist, which Podman uses too", o.Image)
+	if len(r.RunRM[kindAsync]) > 0 {
+		w("; cniplug async-delete: a second such network with the opt-in `--opt async-delete=true` (CNI DEL in the background)")
+	}
+	w(":\n\n```json\n%s\n```\n\n", r.Conflist)
 
 	w("### Targets\n\n| target | measured | limit | result |\n|---|---|---|---|\n")
 	for _, t := range r.Targets {
@@ -154,11 +175,24 @@ func (r *results) markdown() string {
 		w("| %s%s | %s | %s | %s |\n", t.Name, note, t.Measured, t.Limit, res)
 	}
 
-	w("\n### Container lifecycle, wall time (p50 / p99)\n\n| | `--net=none` | Docker bridge | cniplug | cniplug / bridge (p50) |\n|---|---|---|---|---|\n")
+	// The async-delete kind only where it was measured (older results.json lack it).
+	kinds, heads := []string{"none", "bridge", "cniplug"}, []string{"`--net=none`", "Docker bridge", "cniplug"}
+	ratios, ratioHeads := []string{"cniplug"}, []string{"cniplug / bridge (p50)"}
+	if len(r.RunRM[kindAsync]) > 0 || len(r.Pair[kindAsync]) > 0 {
+		kinds, heads = append(kinds, kindAsync), append(heads, "cniplug, async-delete")
+		ratios, ratioHeads = append(ratios, kindAsync), append(ratioHeads, "async-delete / bridge (p50)")
+	}
+	heads = append(heads, ratioHeads...)
+	w("\n### Container lifecycle, wall time (p50 / p99)\n\n| | %s |\n|---%s|\n", strings.Join(heads, " | "), strings.Repeat("|---", len(heads)))
 	row := func(name string, m map[string]samples, n int) {
-		w("| %s (n=%d each) | %s / %s | %s / %s | %s / %s | %.2fx |\n", name, n,
-			ms(m["none"].p50()), ms(m["none"].p99()), ms(m["bridge"].p50()), ms(m["bridge"].p99()),
-			ms(m["cniplug"].p50()), ms(m["cniplug"].p99()), m["cniplug"].p50()/m["bridge"].p50())
+		w("| %s (n=%d each) |", name, n)
+		for _, k := range kinds {
+			w(" %s / %s |", ms(m[k].p50()), ms(m[k].p99()))
+		}
+		for _, k := range ratios {
+			w(" %s |", ratio(m[k].p50(), m["bridge"].p50()))
+		}
+		w("\n")
 	}
 	row("`docker run --rm … true`", r.RunRM, o.Seq)
 	row("`docker run -d … sleep` + `docker rm -f`", r.Pair, o.Pairs)
@@ -231,6 +265,7 @@ var (
 	colBridge  = color.RGBA{R: 31, G: 119, B: 180, A: 255}
 	colCniplug = color.RGBA{R: 255, G: 127, B: 14, A: 255}
 	colPodman  = color.RGBA{R: 44, G: 160, B: 44, A: 255}
+	colAsync   = color.RGBA{R: 148, G: 103, B: 189, A: 255}
 )
 
 // chart draws the lifecycle wall times and the throughput side by side.
@@ -244,13 +279,23 @@ func (r *results) chart(path string) error {
 		{"run --rm: none", r.RunRM["none"].p50(), colNone},
 		{"run --rm: Docker bridge", r.RunRM["bridge"].p50(), colBridge},
 		{"run --rm: cniplug", r.RunRM["cniplug"].p50(), colCniplug},
+		{"run --rm: cniplug async-delete", r.RunRM[kindAsync].p50(), colAsync},
 		{"run -d + rm -f: none", r.Pair["none"].p50(), colNone},
 		{"run -d + rm -f: Docker bridge", r.Pair["bridge"].p50(), colBridge},
 		{"run -d + rm -f: cniplug", r.Pair["cniplug"].p50(), colCniplug},
+		{"run -d + rm -f: cniplug async-delete", r.Pair[kindAsync].p50(), colAsync},
 	}
 	if p := r.Podman; p != nil && p.Error == "" {
 		bars = append(bars, bar{"podman run --rm: none", p.None.p50(), colNone}, bar{"podman run --rm: CNI", p.CNI.p50(), colPodman})
 	}
+	// Kinds not measured (the async-delete one in older results.json) get no bar.
+	kept := bars[:0]
+	for _, b := range bars {
+		if !math.IsNaN(b.value) {
+			kept = append(kept, b)
+		}
+	}
+	bars = kept
 	// Top to bottom in reading order.
 	for i, j := 0, len(bars)-1; i < j; i, j = i+1, j-1 {
 		bars[i], bars[j] = bars[j], bars[i]
