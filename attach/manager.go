@@ -21,7 +21,7 @@ type Manager struct {
 	store *state.Store
 	cni   *cnibridge.Runner
 	log   *slog.Logger
-	locks keyedMutex
+	locks keyedRWMutex // per attachment ID, only ever held exclusively
 	// nets is held shared by every ADD and DEL on a CNI network and exclusively by its CNI GC, which must
 	// see every attachment of the network (see collectGarbage).
 	nets keyedRWMutex
@@ -200,39 +200,4 @@ func (k *keyedRWMutex) lock(key string) (unlock func()) {
 	l := k.get(key)
 	l.Lock()
 	return func() { l.Unlock(); k.put(key, l) }
-}
-
-// keyedMutex is a set of mutexes created on demand and dropped when unused.
-type keyedMutex struct {
-	mu    sync.Mutex
-	locks map[string]*refMutex
-}
-
-type refMutex struct {
-	sync.Mutex
-	refs int
-}
-
-func (k *keyedMutex) lock(key string) (unlock func()) {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = map[string]*refMutex{}
-	}
-	l := k.locks[key]
-	if l == nil {
-		l = &refMutex{}
-		k.locks[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-	l.Lock()
-	return func() {
-		l.Unlock()
-		k.mu.Lock()
-		l.refs--
-		if l.refs == 0 {
-			delete(k.locks, key)
-		}
-		k.mu.Unlock()
-	}
 }
