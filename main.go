@@ -64,7 +64,7 @@ func parseFlags(args []string) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("cniplug", flag.ContinueOnError)
 	fs.StringVar(&c.socket, "socket", envOr("CNIPLUG_SOCKET", "/run/docker/plugins/cniplug.sock"), "plugin socket; the driver name is its base name without .sock (env CNIPLUG_SOCKET)")
-	fs.StringVar(&c.driverName, "driver-name", envOr("CNIPLUG_DRIVER_NAME", ""), "the name Docker knows this driver by, for messages, reconciliation and telling instances apart; default the socket's base name (a managed plugin's socket is always cniplug.sock: set it when the plugin is installed under another name) (env CNIPLUG_DRIVER_NAME)")
+	fs.StringVar(&c.driverName, "driver-name", envOr("CNIPLUG_DRIVER_NAME", ""), "the name Docker knows this driver by, for messages and for telling instances apart (staging netns names); default the socket's base name (a managed plugin's socket is always cniplug.sock: set it when the plugin is installed under another name) (env CNIPLUG_DRIVER_NAME)")
 	fs.StringVar(&c.confDir, "cni-conf-dir", envOr("CNIPLUG_CNI_CONF_DIR", "/etc/cni/net.d"), "colon-separated CNI network configuration dirs, searched in order (env CNIPLUG_CNI_CONF_DIR)")
 	fs.StringVar(&c.binDirs, "cni-bin-dir", envOr("CNIPLUG_CNI_BIN_DIR", "/opt/cni/bin"), "colon-separated CNI plugin dirs (env CNIPLUG_CNI_BIN_DIR)")
 	fs.StringVar(&c.stateDir, "state-dir", envOr("CNIPLUG_STATE_DIR", "/var/lib/cniplug"), "cniplug state dir (env CNIPLUG_STATE_DIR)")
