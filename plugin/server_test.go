@@ -480,6 +480,16 @@ func newCNIEnv(t *testing.T) *cniEnv {
 }
 
 // finish checks that cniplug forgot everything and left nothing on the host.
+// createNullNetwork creates a Docker network with null IPAM (CNI chooses addresses at CreateEndpoint) on
+// the env's CNI network and returns its ID.
+func (e *cniEnv) createNullNetwork(t *testing.T) string {
+	t.Helper()
+	nid := dockerID()
+	e.c.call("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": e.name}),
+		IPv4Data: []*network.IPAMData{{AddressSpace: "null", Pool: "0.0.0.0/0"}}}, nil)
+	return nid
+}
+
 func (e *cniEnv) finish(t *testing.T) {
 	t.Helper()
 	if atts, err := e.store.Attachments(); err != nil || len(atts) != 0 {
@@ -718,9 +728,7 @@ func TestCNIIPAMUnclaimedRelease(t *testing.T) {
 func TestNullIPAMFlow(t *testing.T) {
 	e := newCNIEnv(t)
 	c := e.c
-	nid := dockerID()
-	c.call("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": e.name}),
-		IPv4Data: []*network.IPAMData{{AddressSpace: "null", Pool: "0.0.0.0/0"}}}, nil)
+	nid := e.createNullNetwork(t)
 	if rec, err := e.store.Network(nid); err != nil || rec.Mode != state.ModeNull {
 		t.Fatalf("recorded network = %+v, %v; want mode %s", rec, err, state.ModeNull)
 	}
@@ -816,9 +824,7 @@ func TestDockerIPAMFlow(t *testing.T) {
 func TestDeleteNetworkRemovesLeftovers(t *testing.T) {
 	e := newCNIEnv(t)
 	c := e.c
-	nid := dockerID()
-	c.call("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": e.name}),
-		IPv4Data: []*network.IPAMData{{AddressSpace: "null", Pool: "0.0.0.0/0"}}}, nil)
+	nid := e.createNullNetwork(t)
 	joined, idle := dockerID(), dockerID()
 	var ep network.CreateEndpointResponse
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: joined, Interface: &network.EndpointInterface{}}, &ep)

@@ -288,58 +288,16 @@ func requireManaged(t *testing.T) {
 	requireSuite(t)
 }
 
-// TestManagedDisableEnable: `docker plugin disable -f` leaves running containers connected (the data path
-// needs no plugin), and after `enable` the same state serves: new containers join and the old ones are
-// torn down completely.
-func TestManagedDisableEnable(t *testing.T) {
-	requireManaged(t)
+// pluginChangeKeepsContainers runs two containers a and b, lets change stop the suite's plugin and alter it,
+// starts it again and checks that the containers kept their network, that new ones join, and that all of them are torn
+// down completely by the plugin as it is now.
+func pluginChangeKeepsContainers(t *testing.T, change func(a string, epB endpoint)) {
+	t.Helper()
 	n := bridgeNet(t)
 	net := createNetwork(t, n, cniIPAM)
 	a, b := runContainer(t, net), runContainer(t, net)
 	epA, epB := checkEndpoint(t, a, net, n), checkEndpoint(t, b, net, n)
-	docker(t, "plugin", "disable", "-f", pluginName)
-	ping(t, a, epB.IPAddress)
-	if err := startPlugin(); err != nil {
-		t.Fatal(err)
-	}
-	ping(t, a, epB.IPAddress)
-	c := runContainer(t, net)
-	checkEndpoint(t, c, net, n)
-	ping(t, c, epA.IPAddress)
-	docker(t, "rm", "-f", a, b, c)
-	for _, ip := range []string{epA.IPAddress, epB.IPAddress} {
-		if reservedByHostLocal(n.Name, ip) {
-			t.Errorf("%s still reserved after rm -f", ip)
-		}
-	}
-}
-
-// TestManagedUpgrade: `docker plugin upgrade` to a second version (pushed to a local registry: upgrade only
-// pulls) keeps the plugin's settings and state; containers started before keep their network and are torn
-// down completely by the new version.
-func TestManagedUpgrade(t *testing.T) {
-	requireManaged(t)
-	ref := startRegistry(t) + "/cniplug-e2e:v2"
-	pushPlugin(t, ref)
-	n := bridgeNet(t)
-	net := createNetwork(t, n, cniIPAM)
-	a, b := runContainer(t, net), runContainer(t, net)
-	epA, epB := checkEndpoint(t, a, net, n), checkEndpoint(t, b, net, n)
-
-	docker(t, "plugin", "disable", "-f", pluginName)
-	docker(t, "plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", pluginName, ref)
-	if got := docker(t, "plugin", "inspect", "-f", "{{.PluginReference}}", pluginName); got != ref {
-		t.Errorf("after the upgrade the plugin comes from %q, want %q", got, ref)
-	}
-	// dockerd 20.10 keeps env settings across an upgrade but takes mount sources from the new config (the
-	// README says to set them again before enabling). The mounts that take effect are in .Config.Mounts.
-	if mounts := docker(t, "plugin", "inspect", "-f", "{{json .Config.Mounts}}", pluginName); !strings.Contains(mounts, env.stateDir) {
-		t.Logf("the upgrade reset the mount sources (setting them again): %s", mounts)
-		docker(t, append([]string{"plugin", "set", pluginName}, mountSettings()...)...)
-	}
-	if envs := docker(t, "plugin", "inspect", "-f", "{{json .Settings.Env}}", pluginName); !strings.Contains(envs, "CNIPLUG_DRIVER_NAME="+pluginName) {
-		t.Errorf("the upgrade lost the env settings: %s", envs)
-	}
+	change(a, epB)
 	if err := startPlugin(); err != nil {
 		t.Fatal(err)
 	}
@@ -351,9 +309,45 @@ func TestManagedUpgrade(t *testing.T) {
 	docker(t, "rm", "-f", a, b, c)
 	for _, ip := range []string{epA.IPAddress, epB.IPAddress} {
 		if reservedByHostLocal(n.Name, ip) {
-			t.Errorf("%s still reserved after rm -f across the upgrade", ip)
+			t.Errorf("%s still reserved after rm -f", ip)
 		}
 	}
+}
+
+// TestManagedDisableEnable: `docker plugin disable -f` leaves running containers connected (the data path
+// needs no plugin), and after `enable` the same state serves: new containers join and the old ones are
+// torn down completely.
+func TestManagedDisableEnable(t *testing.T) {
+	requireManaged(t)
+	pluginChangeKeepsContainers(t, func(a string, epB endpoint) {
+		docker(t, "plugin", "disable", "-f", pluginName)
+		ping(t, a, epB.IPAddress)
+	})
+}
+
+// TestManagedUpgrade: `docker plugin upgrade` to a second version (pushed to a local registry: upgrade only
+// pulls) keeps the plugin's settings and state; containers started before keep their network and are torn
+// down completely by the new version.
+func TestManagedUpgrade(t *testing.T) {
+	requireManaged(t)
+	ref := startRegistry(t) + "/cniplug-e2e:v2"
+	pushPlugin(t, ref)
+	pluginChangeKeepsContainers(t, func(string, endpoint) {
+		docker(t, "plugin", "disable", "-f", pluginName)
+		docker(t, "plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", pluginName, ref)
+		if got := docker(t, "plugin", "inspect", "-f", "{{.PluginReference}}", pluginName); got != ref {
+			t.Errorf("after the upgrade the plugin comes from %q, want %q", got, ref)
+		}
+		// dockerd 20.10 keeps env settings across an upgrade but takes mount sources from the new config (the
+		// README says to set them again before enabling). The mounts that take effect are in .Config.Mounts.
+		if mounts := docker(t, "plugin", "inspect", "-f", "{{json .Config.Mounts}}", pluginName); !strings.Contains(mounts, env.stateDir) {
+			t.Logf("the upgrade reset the mount sources (setting them again): %s", mounts)
+			docker(t, append([]string{"plugin", "set", pluginName}, mountSettings()...)...)
+		}
+		if envs := docker(t, "plugin", "inspect", "-f", "{{json .Settings.Env}}", pluginName); !strings.Contains(envs, "CNIPLUG_DRIVER_NAME="+pluginName) {
+			t.Errorf("the upgrade lost the env settings: %s", envs)
+		}
+	})
 }
 
 // TestManagedRegistryInstall: the plugin pushed to a registry installs with `docker plugin install
