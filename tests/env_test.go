@@ -4,6 +4,7 @@ package tests
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,9 +126,16 @@ func prepare() string {
 // startPlugin runs bin/cniplug as a v1 plugin on the suite's socket; its log is appended to logPath. In
 // managed mode it enables the plugin and waits until it serves (see startManaged).
 func startPlugin() error {
-	if env.managed {
-		return startManaged()
+	if !env.managed {
+		if err := launchV1(); err != nil {
+			return err
+		}
 	}
+	return waitServing()
+}
+
+// launchV1 starts bin/cniplug as the suite's v1 plugin without waiting for it.
+func launchV1() error {
 	logf, err := os.OpenFile(env.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -148,8 +156,15 @@ func startPlugin() error {
 		return fmt.Errorf("starting cniplug: %w", err)
 	}
 	env.plugin = cmd
-	// The socket exists before the startup reconciliation is done (and a killed plugin's stays behind): wait
-	// for an answer.
+	return nil
+}
+
+// waitServing waits until the suite's (re)started plugin answers. The socket accepts connections before the
+// startup reconciliation is done (and a killed plugin's stays behind), so it waits for an answer.
+func waitServing() error {
+	if env.managed {
+		return startManaged()
+	}
 	for i := 0; i < 200; i++ {
 		if pluginServing() {
 			return nil
@@ -175,6 +190,16 @@ func stopPluginWith(sig syscall.Signal) {
 }
 
 func stopPlugin() { stopPluginWith(syscall.SIGTERM) }
+
+// socketAccepts reports whether the plugin's socket takes connections (whether or not it answers yet).
+func socketAccepts() bool {
+	c, err := net.DialTimeout("unix", env.socket, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
 
 // setPluginEnv restarts the suite's plugin with one of its CNIPLUG_* settings changed until the test ends: in
 // the v1 plugin's environment (flags default to their env), or as a managed plugin's setting.

@@ -169,7 +169,7 @@ func TestReconcileUnderAnotherName(t *testing.T) {
 
 // TestAsyncDelete: on a network created with --opt async-delete=true, `docker rm -f` does not wait for CNI
 // DEL (the chain's DEL takes 3 s); the DEL still runs in the background, or at the next start when cniplug
-// is killed in the middle of it, and nothing is left (the leak check includes libcni's cache file, which
+// is killed in the middle of it (whose socket takes connections while it finishes it), and nothing is left (the leak check includes libcni's cache file, which
 // only a completed DEL removes).
 func TestAsyncDelete(t *testing.T) {
 	for _, crash := range []bool{false, true} {
@@ -193,8 +193,16 @@ func TestAsyncDelete(t *testing.T) {
 			if crash {
 				time.Sleep(time.Second) // the DEL is under way
 				stopPluginWith(syscall.SIGKILL)
-				if err := startPlugin(); err != nil {
-					t.Fatal(err)
+				if !env.managed {
+					testutil.Must(t, launchV1()) // dockerd restarts a managed plugin by itself
+				}
+				// The startup reconciliation finishes the 3 s DEL before serving; the socket must accept
+				// connections meanwhile (dockerd disables a restarted managed plugin it cannot dial).
+				waitFor(t, 20*time.Second, "the restarted plugin's socket to accept connections", socketAccepts)
+				accepted := time.Now()
+				testutil.Must(t, waitServing())
+				if gap := time.Since(accepted); gap < 1500*time.Millisecond {
+					t.Errorf("the socket took connections only %s before the plugin answered: it was not listening during the startup reconciliation", gap)
 				}
 			}
 			waitFor(t, 30*time.Second, "the DEL to finish (libcni cache entry gone, "+ep.IPAddress+" released)", func() bool {
