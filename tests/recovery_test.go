@@ -168,12 +168,13 @@ func TestReconcileUnderAnotherName(t *testing.T) {
 }
 
 // TestAsyncDelete: on a network created with --opt async-delete=true, `docker rm -f` does not wait for CNI
-// DEL (the chain's DEL takes 3 s); the DEL still runs in the background, or at the next start when cniplug
-// is killed in the middle of it (whose socket takes connections while it finishes it), and nothing is left (the leak check includes libcni's cache file, which
-// only a completed DEL removes).
+// DEL (the chain's DEL takes 3 s). The DEL still completes: in the background; before cniplug exits when it
+// is stopped in the middle of it; or at the next start when it is killed in the middle of it (the socket
+// takes connections meanwhile). Completion is seen in libcni's cache entry, which only a completed DEL
+// removes; nothing is left (leak check).
 func TestAsyncDelete(t *testing.T) {
-	for _, crash := range []bool{false, true} {
-		t.Run(fmt.Sprintf("crash=%v", crash), func(t *testing.T) {
+	for _, interrupt := range []string{"none", "stop", "kill"} {
+		t.Run(interrupt, func(t *testing.T) {
 			requireSuite(t)
 			br := testutil.UniqueName("e2ebr")
 			t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
@@ -190,7 +191,18 @@ func TestAsyncDelete(t *testing.T) {
 				t.Errorf("docker rm -f took %s: it waited for the 3 s CNI DEL", took)
 			}
 			cache := filepath.Join(testutil.CNIDataDir, "results", n.Name+"-*")
-			if crash {
+			delDone := func() bool {
+				left, _ := filepath.Glob(cache)
+				return len(left) == 0 && !reservedByHostLocal(n.Name, ep.IPAddress)
+			}
+			switch interrupt {
+			case "stop":
+				stopPlugin() // SIGTERM: it waits for its background removals before exiting
+				if !delDone() {
+					t.Errorf("cniplug exited before its background DEL of %s completed", ep.IPAddress)
+				}
+				testutil.Must(t, startPlugin())
+			case "kill":
 				time.Sleep(time.Second) // the DEL is under way
 				stopPluginWith(syscall.SIGKILL)
 				if !env.managed {
@@ -205,10 +217,7 @@ func TestAsyncDelete(t *testing.T) {
 					t.Errorf("the socket took connections only %s before the plugin answered: it was not listening during the startup reconciliation", gap)
 				}
 			}
-			waitFor(t, 30*time.Second, "the DEL to finish (libcni cache entry gone, "+ep.IPAddress+" released)", func() bool {
-				left, _ := filepath.Glob(cache)
-				return len(left) == 0 && !reservedByHostLocal(n.Name, ep.IPAddress)
-			})
+			waitFor(t, 30*time.Second, "the DEL to finish (libcni cache entry gone, "+ep.IPAddress+" released)", delDone)
 			c2 := runContainer(t, net)
 			checkEndpoint(t, c2, net, n)
 		})
