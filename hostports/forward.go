@@ -61,15 +61,7 @@ func (p *Programmer) ApplyForward(f Forward) error {
 	if f.ID == "" {
 		return errors.New("network rules: record has no id")
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	err := p.applyForward(f)
-	if err != nil {
-		if rerr := p.removeForward(f); rerr != nil {
-			err = fmt.Errorf("%w; removing the partial rules also failed: %v", err, rerr)
-		}
-	}
-	return err
+	return p.applyOrUndo(func() error { return p.applyForward(f) }, func() error { return p.removeForward(f) })
 }
 
 // RemoveForward deletes the record's chain and the jump to it, and the top-level chains once nothing uses

@@ -114,11 +114,17 @@ func (p *Programmer) Apply(r Record) error {
 	if len(r.ID) < 1 {
 		return errors.New("host ports: record has no id")
 	}
+	return p.applyOrUndo(func() error { return p.apply(r) }, func() error { return p.remove(r) })
+}
+
+// applyOrUndo runs apply under the lock that guards the shared top-level chains; when it fails, undo removes
+// whatever it added, so a failed apply leaves no rule behind.
+func (p *Programmer) applyOrUndo(apply, undo func() error) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	err := p.apply(r)
+	err := apply()
 	if err != nil {
-		if rerr := p.remove(r); rerr != nil {
+		if rerr := undo(); rerr != nil {
 			err = fmt.Errorf("%w; removing the partial rules also failed: %v", err, rerr)
 		}
 	}
