@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/attach"
-	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/state"
 )
@@ -106,7 +106,7 @@ type GCReport struct {
 // Config configures a Service.
 type Config struct {
 	Driver  string // the driver name Docker knows the plugin by
-	ConfDir string
+	ConfDir string // colon-separated conf dirs, searched in order as the drivers do
 	Manager *attach.Manager
 	// Docker is asked for live endpoints and names; nil when cniplug runs without the Docker API.
 	Docker *dockerapi.Client
@@ -186,7 +186,7 @@ func (s *Service) Status(ctx context.Context, _ *struct{}) (*Status, error) {
 
 // conflistFile finds the file now defining the network's CNI network and compares it with the recorded bytes.
 func (s *Service) conflistFile(n *state.Network) (file, fileState string) {
-	nw, err := cnibridge.ResolveNetwork(s.cfg.ConfDir, n.CNIName)
+	nw, err := cniconf.Resolve(s.cfg.ConfDir, n.CNIName)
 	if err != nil {
 		return "", "missing"
 	}

@@ -34,15 +34,19 @@ import (
 
 // Stack is a running cniplug without Docker.
 type Stack struct {
-	Store    *state.Store
-	Manager  *attach.Manager
-	Admin    *admin.Service
-	Metrics  *metrics.Metrics
-	Handler  http.Handler
-	ConfDir  string
-	NetNSDir string
-	CacheDir string // libcni's cache dir
-	Socket   string // set by Serve
+	Store   *state.Store
+	Manager *attach.Manager
+	Admin   *admin.Service
+	Metrics *metrics.Metrics
+	Handler http.Handler
+	ConfDir string // where BridgeNetwork writes conflists
+	// ConfDirs is the conf dir list cniplug searches: ConfDir, or with Options.HostConfDir a host dir and then
+	// ConfDir, as the managed plugin's default /etc/cni/net.d:/opt/cniplug/cni/net.d.
+	ConfDirs    string
+	HostConfDir string // "" without Options.HostConfDir
+	NetNSDir    string
+	CacheDir    string // libcni's cache dir
+	Socket      string // set by Serve
 }
 
 // Options configures New.
@@ -50,6 +54,8 @@ type Options struct {
 	BinDirs []string // CNI plugin dirs; may be empty for tests that run no CNI plugin
 	MinAge  time.Duration
 	NoAdmin bool // serve only the driver methods, as an older cniplug did
+	// HostConfDir puts an (empty) host conf dir before ConfDir in the list cniplug searches.
+	HostConfDir bool
 }
 
 // New builds the stack over fresh temp dirs. Whatever a test leaves attached is torn down at cleanup through
@@ -63,6 +69,11 @@ func New(t testing.TB, o Options) *Stack {
 	}
 	t.Cleanup(func() { _ = store.Close() })
 	s := &Stack{Store: store, ConfDir: t.TempDir(), NetNSDir: t.TempDir(), CacheDir: t.TempDir()}
+	s.ConfDirs = s.ConfDir
+	if o.HostConfDir {
+		s.HostConfDir = t.TempDir()
+		s.ConfDirs = s.HostConfDir + string(filepath.ListSeparator) + s.ConfDir
+	}
 	s.Metrics = metrics.New(metrics.Options{})
 	runner, err := cnibridge.NewRunner(cnibridge.Config{
 		BinDirs: o.BinDirs, CacheDir: s.CacheDir, NetNSDir: s.NetNSDir, Timeout: 20 * time.Second, Logger: log,
@@ -81,13 +92,13 @@ func New(t testing.TB, o Options) *Stack {
 			}
 		}
 	})
-	s.Admin = admin.New(admin.Config{Driver: "cniplug", ConfDir: s.ConfDir, Manager: s.Manager, MinAge: o.MinAge})
+	s.Admin = admin.New(admin.Config{Driver: "cniplug", ConfDir: s.ConfDirs, Manager: s.Manager, MinAge: o.MinAge})
 	var opts []plugin.Option
 	if !o.NoAdmin {
 		opts = append(opts, plugin.WithAdmin(s.Admin))
 	}
 	opts = append(opts, plugin.WithObserver(s.Metrics, s.Admin))
-	s.Handler = plugin.NewHandler(driver.New("cniplug", s.ConfDir, s.Manager, log), ipam.New("cniplug", s.ConfDir, s.Manager, log), log, opts...)
+	s.Handler = plugin.NewHandler(driver.New("cniplug", s.ConfDirs, s.Manager, log), ipam.New("cniplug", s.ConfDirs, s.Manager, log), log, opts...)
 	return s
 }
 
@@ -163,11 +174,10 @@ func (s *Stack) BridgeNetwork(t testing.TB) string {
 	return name
 }
 
-// Endpoint creates a Docker network (null IPAM) on CNI network cniName and an endpoint joined to it, as Docker
-// does for `docker run`; the endpoint and network are deleted again when the test ends.
-func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID string) {
+// Network creates a Docker network (null IPAM) on CNI network cniName, deleted again when the test ends.
+func (s *Stack) Network(t testing.TB, cniName string) (networkID string) {
 	t.Helper()
-	networkID, endpointID = randomID(), randomID()
+	networkID = randomID()
 	s.Call(t, "/NetworkDriver.CreateNetwork", network.CreateNetworkRequest{
 		NetworkID: networkID,
 		Options:   map[string]any{"com.docker.network.generic": map[string]any{"cni": cniName}},
@@ -176,6 +186,14 @@ func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID st
 	t.Cleanup(func() {
 		s.Call(t, "/NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: networkID}, nil)
 	})
+	return networkID
+}
+
+// Endpoint creates a Docker network (null IPAM) on CNI network cniName and an endpoint joined to it, as Docker
+// does for `docker run`; the endpoint and network are deleted again when the test ends.
+func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID string) {
+	t.Helper()
+	networkID, endpointID = s.Network(t, cniName), randomID()
 	s.Call(t, "/NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: networkID, EndpointID: endpointID,
 		Interface: &network.EndpointInterface{}}, nil)
 	t.Cleanup(func() {
