@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/attach"
-	"github.com/cniplug/cniplug/cniconf"
+	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/state"
 )
@@ -186,7 +186,7 @@ func (s *Service) Status(ctx context.Context, _ *struct{}) (*Status, error) {
 
 // conflistFile finds the file now defining the network's CNI network and compares it with the recorded bytes.
 func (s *Service) conflistFile(n *state.Network) (file, fileState string) {
-	nw, err := cniconf.Resolve(s.cfg.ConfDir, n.CNIName)
+	nw, err := cnibridge.ResolveNetwork(s.cfg.ConfDir, n.CNIName)
 	if err != nil {
 		return "", "missing"
 	}

@@ -107,7 +107,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	if cniName == "" {
 		return nil, d.errorf(req.NetworkID, "missing --opt cni=<name>: say which CNI network (the \"name\" in a conflist in %s) this Docker network uses", d.confDir)
 	}
-	nw, err := cniconf.Resolve(d.confDir, cniName)
+	nw, err := cnibridge.ResolveNetwork(d.confDir, cniName)
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "%w", err)
 	}

@@ -16,7 +16,6 @@ import (
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cniargs"
 	"github.com/cniplug/cniplug/cnibridge"
-	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/ipam"
 )
@@ -101,7 +100,7 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 	if req.SubPool != "" {
 		return nil, p.errorf("--ip-range is not supported: CNI network %q chooses addresses from its own ranges", name)
 	}
-	nw, err := cniconf.Resolve(p.confDir, name)
+	nw, err := cnibridge.ResolveNetwork(p.confDir, name)
 	if err != nil {
 		return nil, p.errorf("%w", err)
 	}
