@@ -17,6 +17,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/cniplug/cniplug/naming"
 )
 
 // StagingIfName is CNI_IFNAME for every attachment: each attachment has a staging netns of its own, and Docker
@@ -147,18 +149,21 @@ type AddRequest struct {
 	CapabilityArgs map[string]any
 }
 
+// hostIfName is the name of the attachment's link while it waits in the host netns for Docker (15 characters,
+// the interface name limit). Plan names new links with it and the cache reader finds leftovers by it.
+func hostIfName(containerID string) string { return "cnp" + naming.ShortID(containerID) }
+
 // Plan names everything an attachment will create (staging netns, host link name) without creating it, so
 // the caller can record the attachment before applying it.
 func (r *Runner) Plan(req AddRequest) (*Attachment, error) {
-	if len(req.ContainerID) < 12 || !validName.MatchString(req.ContainerID) {
+	if len(req.ContainerID) < naming.ShortIDLen || !validName.MatchString(req.ContainerID) {
 		return nil, fmt.Errorf("invalid attachment id %q", req.ContainerID)
 	}
-	short := req.ContainerID[:12]
 	return &Attachment{
 		ContainerID:    req.ContainerID,
 		IfName:         StagingIfName,
-		NetNS:          filepath.Join(r.netnsDir, r.owner+"-"+short),
-		HostIfName:     "cnp" + short,
+		NetNS:          filepath.Join(r.netnsDir, r.owner+"-"+naming.ShortID(req.ContainerID)),
+		HostIfName:     hostIfName(req.ContainerID),
 		Network:        req.Network.Name,
 		Conflist:       req.Network.Bytes,
 		Args:           req.Args,

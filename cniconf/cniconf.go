@@ -12,6 +12,10 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
+// OptCNI is the option naming a Docker network's CNI network: `docker network create --opt cni=NAME` for the
+// network driver, `--ipam-opt cni=NAME` for the IPAM driver.
+const OptCNI = "cni"
+
 // Marker is the top-level conflist key through which a CNI network opts in to cniplug-specific behaviour.
 const Marker = "cniplug"
 

@@ -18,21 +18,20 @@ import (
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/hostports"
-	"github.com/cniplug/cniplug/ipam"
+	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/network"
 )
 
 // Option keys understood in `docker network create --opt`.
 const (
-	OptCNI = "cni"
 	// OptAsyncDelete=true: DeleteEndpoint returns once the removal is recorded; CNI DEL runs in the background.
 	OptAsyncDelete = "async-delete"
 
 	genericOptions = "com.docker.network.generic"
 )
 
-var knownOptions = []string{OptCNI, OptAsyncDelete}
+var knownOptions = []string{cniconf.OptCNI, OptAsyncDelete}
 
 // Driver implements the NetworkDriver side of cniplug.
 type Driver struct {
@@ -55,14 +54,7 @@ func New(name, confDir string, mgr *attach.Manager, log *slog.Logger) *Driver {
 func (d *Driver) SetDefaultNetwork(name string) { d.defaultNet = name }
 
 func (d *Driver) errorf(netID, format string, args ...any) error {
-	return fmt.Errorf("%s: network %s: %w", d.name, short(netID), fmt.Errorf(format, args...))
-}
-
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
+	return fmt.Errorf("%s: network %s: %w", d.name, naming.ShortID(netID), fmt.Errorf(format, args...))
 }
 
 // GetCapabilities reports a local-scope driver.
@@ -100,7 +92,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "%w", err)
 	}
-	cniName := opts[OptCNI]
+	cniName := opts[cniconf.OptCNI]
 	if cniName == "" {
 		cniName = d.defaultNet
 	}
@@ -120,7 +112,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra, AsyncDelete: asyncDelete}
 	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
 		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
-		rec.Mode = modeOf(v4.AddressSpace)
+		rec.Mode = state.ModeOf(v4.AddressSpace)
 	} else {
 		rec.Mode = state.ModeNull
 	}
@@ -161,17 +153,6 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	}
 	d.log.Info("network created", "network", req.NetworkID, "cni_network", nw.Name, "file", nw.File, "mode", rec.Mode, "async_delete", rec.AsyncDelete)
 	return nil, nil
-}
-
-func modeOf(addressSpace string) state.AddressMode {
-	switch addressSpace {
-	case ipam.LocalAddressSpace, ipam.GlobalAddressSpace:
-		return state.ModeCNIIPAM
-	case "null":
-		return state.ModeNull
-	default:
-		return state.ModeDocker
-	}
 }
 
 // checkDockerPool verifies that addresses from Docker's IPAM pool can be requested from the CNI network: the
@@ -304,7 +285,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 		}
 	}
 	if nw.Mode == state.ModeCNIIPAM {
-		ip := ipOf(want.Address)
+		ip := naming.Address(want.Address)
 		a, err = d.store.ClaimPending(nw.CNIName, ip, req.NetworkID, req.EndpointID)
 		if err != nil {
 			return nil, d.errorf(req.NetworkID, "no address %s allocated by %s IPAM is waiting on CNI network %q: %w", ip, d.name, nw.CNIName, err)
@@ -406,10 +387,10 @@ func portMappings(ms []hostports.Mapping) []map[string]any {
 // mismatch reports a CNI result that differs from what Docker asked for.
 func mismatch(want network.EndpointInterface, a *state.Attachment) error {
 	got := a.Interface
-	if want.Address != "" && ipOf(want.Address) != ipOf(got.IPv4) {
+	if want.Address != "" && naming.Address(want.Address) != naming.Address(got.IPv4) {
 		return fmt.Errorf("Docker's IPAM chose %s but CNI assigned %s (does the CNI IPAM honour IP=/ips requests?)", want.Address, orNone(got.IPv4))
 	}
-	if want.AddressIPv6 != "" && ipOf(want.AddressIPv6) != ipOf(got.IPv6) {
+	if want.AddressIPv6 != "" && naming.Address(want.AddressIPv6) != naming.Address(got.IPv6) {
 		return fmt.Errorf("Docker's IPAM chose %s but CNI assigned %s", want.AddressIPv6, orNone(got.IPv6))
 	}
 	if want.MacAddress != "" && !strings.EqualFold(want.MacAddress, got.MAC) {
@@ -437,10 +418,10 @@ func endpointResponse(want network.EndpointInterface, a *state.Attachment) *netw
 func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
 	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
 	if err != nil {
-		return nil, d.errorf(req.NetworkID, "endpoint %s has no CNI attachment: %w", short(req.EndpointID), err)
+		return nil, d.errorf(req.NetworkID, "endpoint %s has no CNI attachment: %w", naming.ShortID(req.EndpointID), err)
 	}
 	if err := d.mgr.Join(a); err != nil {
-		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", short(req.EndpointID), err)
+		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
 	}
 	resp := &network.JoinResponse{
 		InterfaceName: network.InterfaceName{SrcName: a.HostIfName, DstPrefix: "eth"},
@@ -483,12 +464,12 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	// Published ports are unpublished synchronously: the next container may publish the same ones at once.
 	if nw, err := d.store.Network(req.NetworkID); err == nil && nw.AsyncDelete && a.HostPorts == nil {
 		if err := d.mgr.RemoveLater(a); err != nil {
-			return nil, d.errorf(req.NetworkID, "endpoint %s: %w", short(req.EndpointID), err)
+			return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
 		}
 		return nil, nil
 	}
 	if err := d.mgr.Remove(ctx, a); err != nil {
-		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", short(req.EndpointID), err)
+		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
 	}
 	return nil, nil
 }
@@ -574,13 +555,6 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-func ipOf(cidr string) string {
-	if i := strings.IndexByte(cidr, '/'); i >= 0 {
-		return cidr[:i]
-	}
-	return cidr
 }
 
 func orNone(s string) string {

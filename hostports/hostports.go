@@ -22,6 +22,8 @@ import (
 
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
+
+	"github.com/cniplug/cniplug/naming"
 )
 
 // Mapping is one published port of one attachment.
@@ -62,16 +64,8 @@ const (
 	tableFilt  = "filter"
 )
 
-func (r Record) suffix() string {
-	id := r.ID
-	if len(id) > 12 {
-		id = id[:12]
-	}
-	return id
-}
-
 func (r Record) chains() (dn, sn, fw string) {
-	s := r.suffix()
+	s := naming.ShortID(r.ID)
 	return "CNIPLUG-DN-" + s, "CNIPLUG-SN-" + s, "CNIPLUG-FW-" + s
 }
 

@@ -4,8 +4,6 @@ package ipam
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,18 +14,14 @@ import (
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cniargs"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/cniconf"
+	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/ipam"
 )
 
-// The address spaces cniplug reports; the network driver recognises its own pools by them.
+// libnetwork's keys.
 const (
-	LocalAddressSpace  = "CniplugLocal"
-	GlobalAddressSpace = "CniplugGlobal"
-
-	OptCNI = "cni"
-
-	// libnetwork's keys.
 	requestAddressType = "RequestAddressType"
 	gatewayType        = "com.docker.network.gateway"
 	poolGatewayKey     = "com.docker.network.gateway"
@@ -69,7 +63,7 @@ func (p *Ipam) GetCapabilities(context.Context, *struct{}) (*ipam.CapabilitiesRe
 
 // GetDefaultAddressSpaces returns cniplug's address spaces.
 func (p *Ipam) GetDefaultAddressSpaces(context.Context, *struct{}) (*ipam.AddressSpacesResponse, error) {
-	return &ipam.AddressSpacesResponse{LocalDefaultAddressSpace: LocalAddressSpace, GlobalDefaultAddressSpace: GlobalAddressSpace}, nil
+	return &ipam.AddressSpacesResponse{LocalDefaultAddressSpace: state.LocalAddressSpace, GlobalDefaultAddressSpace: state.GlobalAddressSpace}, nil
 }
 
 // RequestPool binds a pool to the CNI network named by --ipam-opt cni. The pool is the CNI network's declared
@@ -78,19 +72,19 @@ func (p *Ipam) GetDefaultAddressSpaces(context.Context, *struct{}) (*ipam.Addres
 func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*ipam.RequestPoolResponse, error) {
 	var unknown []string
 	for k := range req.Options {
-		if k != OptCNI && !cniargs.IsOption(k) {
+		if k != cniconf.OptCNI && !cniargs.IsOption(k) {
 			unknown = append(unknown, k)
 		}
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return nil, p.errorf("unknown --ipam-opt %s: %s IPAM understands --ipam-opt %s=<CNI network> and %s", strings.Join(unknown, ", "), p.name, OptCNI, strings.Join(cniargs.Allowed(), ", "))
+		return nil, p.errorf("unknown --ipam-opt %s: %s IPAM understands --ipam-opt %s=<CNI network> and %s", strings.Join(unknown, ", "), p.name, cniconf.OptCNI, strings.Join(cniargs.Allowed(), ", "))
 	}
 	extra, err := cniargs.Parse(req.Options)
 	if err != nil {
 		return nil, p.errorf("--ipam-opt: %w", err)
 	}
-	name := req.Options[OptCNI]
+	name := req.Options[cniconf.OptCNI]
 	if name == "" {
 		name = p.defaultNet
 	}
@@ -137,7 +131,7 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 		// check; the CNI IPAM still owns every address. With --subnet Docker skips the check.
 		cidr, gateway = "0.0.0.0/0", "0.0.0.0/0"
 	}
-	pool := &state.Pool{ID: "cniplug-" + randomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr, V6: req.V6, Extra: extra}
+	pool := &state.Pool{ID: "cniplug-" + naming.RandomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr, V6: req.V6, Extra: extra}
 	if err := p.store.PutPool(pool); err != nil {
 		return nil, p.errorf("recording pool: %w", err)
 	}
@@ -201,7 +195,7 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 		ones, _ := poolNet.Mask.Size()
 		requested = []string{fmt.Sprintf("%s/%d", req.Address, ones)}
 	}
-	addReq := cnibridge.AddRequest{ContainerID: randomID(), Network: nw}
+	addReq := cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw}
 	addReq.Args, addReq.CapabilityArgs = pool.Extra.Apply(cnibridge.RequestArgs(nw, requested, mac))
 	a, err := p.mgr.Add(ctx, addReq, state.Attachment{Phase: state.PhasePending, PoolID: pool.ID, RequestMAC: mac})
 	if err != nil {
@@ -212,7 +206,7 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 	switch {
 	case got == "":
 		problem = "assigned no IPv4 address"
-	case req.Address != "" && ipOf(got) != req.Address:
+	case req.Address != "" && naming.Address(got) != req.Address:
 		problem = fmt.Sprintf("assigned %s instead of the requested %s (does its IPAM honour IP=/ips requests?)", got, req.Address)
 	}
 	if problem != "" {
@@ -243,7 +237,7 @@ func (p *Ipam) requestV6(pool *state.Pool, address, mac string) (*ipam.RequestAd
 	switch {
 	case got == "":
 		return nil, p.errorf("CNI network %q assigned no IPv6 address, but the Docker network has --ipv6: add an IPv6 range to the CNI network, or create the Docker network without --ipv6", pool.CNIName)
-	case address != "" && ipOf(got) != address:
+	case address != "" && naming.Address(got) != address:
 		return nil, p.errorf("CNI network %q assigned %s, not the requested --ip6 %s: with %s IPAM the CNI ADD runs when the IPv4 address is allocated, before Docker asks for IPv6, so --ip6 can only be honoured when it is what CNI assigns; use Docker IPAM (--subnet and --gateway for both families) to choose IPv6 addresses",
 			pool.CNIName, got, address, p.name)
 	}
@@ -263,7 +257,7 @@ func (p *Ipam) ReleaseAddress(ctx context.Context, req *ipam.ReleaseAddressReque
 	if pool.V6 {
 		return nil, nil // the attachment is released with its IPv4 address (or by DeleteEndpoint)
 	}
-	pending, err := p.store.TakeRelease(pool.CNIName, ipOf(req.Address))
+	pending, err := p.store.TakeRelease(pool.CNIName, naming.Address(req.Address))
 	if errors.Is(err, state.ErrNotFound) {
 		return nil, nil
 	}
@@ -277,21 +271,6 @@ func (p *Ipam) ReleaseAddress(ctx context.Context, req *ipam.ReleaseAddressReque
 		return nil, p.errorf("releasing %s on CNI network %q: %w", req.Address, pool.CNIName, err)
 	}
 	return nil, nil
-}
-
-func randomID() string {
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		panic(err) // crypto/rand never fails on Linux
-	}
-	return hex.EncodeToString(b)
-}
-
-func ipOf(cidr string) string {
-	if i := strings.IndexByte(cidr, '/'); i >= 0 {
-		return cidr[:i]
-	}
-	return cidr
 }
 
 func sameCIDR(a, b string) bool {

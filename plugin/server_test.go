@@ -324,22 +324,22 @@ func TestIPAMErrors(t *testing.T) {
 		req   any
 		wants []string
 	}{
-		{"RequestPool without cni", "IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace},
+		{"RequestPool without cni", "IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace},
 			[]string{"missing --ipam-opt cni=<name>", s.confDir}},
 		{"RequestPool unknown option", "IpamDriver.RequestPool",
-			dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace, Options: map[string]string{"cni": "alpha", "zzz": "1", "aaa": "2"}},
+			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "alpha", "zzz": "1", "aaa": "2"}},
 			[]string{"unknown --ipam-opt aaa, zzz", "--ipam-opt cni=<CNI network>"}},
 		{"RequestPool unknown CNI network", "IpamDriver.RequestPool",
-			dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace, Options: map[string]string{"cni": "gamma"}},
+			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "gamma"}},
 			[]string{`no CNI network named "gamma"`, "networks found: alpha, beta"}},
 		{"RequestPool path-like name", "IpamDriver.RequestPool",
-			dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace, Options: map[string]string{"cni": "../alpha"}},
+			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "../alpha"}},
 			[]string{`invalid CNI network name "../alpha"`}},
 		{"RequestPool with --ip-range", "IpamDriver.RequestPool",
-			dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace, SubPool: "10.251.0.128/25", Options: map[string]string{"cni": "alpha"}},
+			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, SubPool: "10.251.0.128/25", Options: map[string]string{"cni": "alpha"}},
 			[]string{"--ip-range is not supported"}},
 		{"RequestPool plugin binaries missing", "IpamDriver.RequestPool",
-			dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace, Options: map[string]string{"cni": "alpha"}},
+			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "alpha"}},
 			[]string{`CNI plugin "bridge" not found`}},
 		{"RequestAddress unknown pool", "IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: "cniplug-nope"},
 			[]string{`unknown pool "cniplug-nope"`}},
@@ -603,7 +603,7 @@ func TestCNIIPAMFlow(t *testing.T) {
 
 	var spaces dipam.AddressSpacesResponse
 	c.call("IpamDriver.GetDefaultAddressSpaces", struct{}{}, &spaces)
-	if spaces.LocalDefaultAddressSpace != ipam.LocalAddressSpace || spaces.GlobalDefaultAddressSpace != ipam.GlobalAddressSpace {
+	if spaces.LocalDefaultAddressSpace != state.LocalAddressSpace || spaces.GlobalDefaultAddressSpace != state.GlobalAddressSpace {
 		t.Fatalf("address spaces = %+v", spaces)
 	}
 	var caps dipam.CapabilitiesResponse
@@ -638,7 +638,7 @@ func TestCNIIPAMFlow(t *testing.T) {
 
 	nid := dockerID()
 	create := network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": e.name}),
-		IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalAddressSpace, Pool: pool.Pool, Gateway: pool.Data["com.docker.network.gateway"]}}}
+		IPv4Data: []*network.IPAMData{{AddressSpace: state.LocalAddressSpace, Pool: pool.Pool, Gateway: pool.Data["com.docker.network.gateway"]}}}
 	c.call("NetworkDriver.CreateNetwork", create, nil)
 	c.call("NetworkDriver.CreateNetwork", create, nil) // a replayed CreateNetwork is idempotent
 	if rec, err := e.store.Network(nid); err != nil || rec.Mode != state.ModeCNIIPAM || rec.CNIName != e.name {
@@ -688,7 +688,7 @@ func TestCNIIPAMUnclaimedRelease(t *testing.T) {
 	e := newCNIEnv(t)
 	c := e.c
 	var pool dipam.RequestPoolResponse
-	c.call("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace,
+	c.call("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace,
 		Options: map[string]string{"cni": e.name}}, &pool)
 
 	var addr dipam.RequestAddressResponse

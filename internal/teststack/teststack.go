@@ -6,8 +6,6 @@ package teststack
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -27,6 +25,7 @@ import (
 	"github.com/cniplug/cniplug/internal/testutil"
 	"github.com/cniplug/cniplug/ipam"
 	"github.com/cniplug/cniplug/metrics"
+	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/plugin"
 	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/network"
@@ -177,7 +176,7 @@ func (s *Stack) BridgeNetwork(t testing.TB) string {
 // Network creates a Docker network (null IPAM) on CNI network cniName, deleted again when the test ends.
 func (s *Stack) Network(t testing.TB, cniName string) (networkID string) {
 	t.Helper()
-	networkID = randomID()
+	networkID = naming.RandomID()
 	s.Call(t, "/NetworkDriver.CreateNetwork", network.CreateNetworkRequest{
 		NetworkID: networkID,
 		Options:   map[string]any{"com.docker.network.generic": map[string]any{"cni": cniName}},
@@ -193,7 +192,7 @@ func (s *Stack) Network(t testing.TB, cniName string) (networkID string) {
 // does for `docker run`; the endpoint and network are deleted again when the test ends.
 func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID string) {
 	t.Helper()
-	networkID, endpointID = s.Network(t, cniName), randomID()
+	networkID, endpointID = s.Network(t, cniName), naming.RandomID()
 	s.Call(t, "/NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: networkID, EndpointID: endpointID,
 		Interface: &network.EndpointInterface{}}, nil)
 	t.Cleanup(func() {
@@ -204,10 +203,4 @@ func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID st
 		s.Call(t, "/NetworkDriver.Leave", network.LeaveRequest{NetworkID: networkID, EndpointID: endpointID}, nil)
 	})
 	return networkID, endpointID
-}
-
-func randomID() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
