@@ -21,11 +21,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/attach"
-	"github.com/cniplug/cniplug/cnibridge"
-	"github.com/cniplug/cniplug/driver"
+	"github.com/cniplug/cniplug/internal/teststack"
 	"github.com/cniplug/cniplug/internal/testutil"
-	"github.com/cniplug/cniplug/ipam"
 	"github.com/cniplug/cniplug/plugin"
 	"github.com/cniplug/cniplug/state"
 	dipam "github.com/docker/go-plugins-helpers/ipam"
@@ -36,12 +33,11 @@ import (
 // ---------------------------------------------------------------------------------------------------------
 // The real stack: store, CNI runner, attachment manager, both drivers and the handler.
 
-type stack struct {
-	store    *state.Store
-	mgr      *attach.Manager
-	handler  http.Handler
-	confDir  string
-	netnsDir string
+// newStack builds the real cniplug stack (without the admin service) over confDir and binDir. log may be nil
+// (discard).
+func newStack(t testing.TB, confDir, binDir string, log *slog.Logger) *teststack.Stack {
+	t.Helper()
+	return teststack.New(t, teststack.Options{ConfDir: confDir, BinDirs: []string{binDir}, Logger: log, NoAdmin: true})
 }
 
 // tlogWriter sends the plugin's log lines to the test log, so a failure shows what the plugin said.
@@ -50,48 +46,6 @@ type tlogWriter struct{ t testing.TB }
 func (w tlogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
-}
-
-// newStack builds the real cniplug stack over confDir and binDir, as main.run does. log may be nil (discard).
-func newStack(t testing.TB, confDir, binDir string, log *slog.Logger) *stack {
-	t.Helper()
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	store, err := state.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
-	netnsDir := t.TempDir()
-	runner, err := cnibridge.NewRunner(cnibridge.Config{
-		BinDirs:  []string{binDir},
-		CacheDir: t.TempDir(),
-		NetNSDir: netnsDir,
-		Timeout:  20 * time.Second,
-		Logger:   log,
-	})
-	if err != nil {
-		t.Skipf("skipping: cannot build the CNI runner: %v", err)
-	}
-	t.Cleanup(func() { _ = runner.Close() })
-	mgr := attach.NewManager(store, runner, log)
-	// Safety net: whatever a failed test left attached is torn down through cniplug's own teardown path.
-	// Tests assert an empty store themselves before this runs, so it cannot hide a leak.
-	t.Cleanup(func() {
-		atts, err := store.Attachments()
-		if err != nil {
-			t.Errorf("cleanup: listing attachments: %v", err)
-			return
-		}
-		for _, a := range atts {
-			if err := mgr.Remove(context.Background(), a); err != nil {
-				t.Errorf("cleanup: removing leftover attachment %s: %v", a.ID(), err)
-			}
-		}
-	})
-	h := plugin.NewHandler(driver.New("cniplug", confDir, mgr, log), ipam.New("cniplug", confDir, mgr, log), log)
-	return &stack{store: store, mgr: mgr, handler: h, confDir: confDir, netnsDir: netnsDir}
 }
 
 // client talks to a plugin served on a real unix socket.
@@ -227,13 +181,13 @@ func genericOpts(kv map[string]any) map[string]any {
 
 // errorStack is a stack whose conf dir holds the given conflists and whose bin dir is empty: every request
 // fails or succeeds before a CNI plugin would run.
-func errorStack(t *testing.T, conflists map[string]string) (*stack, *client) {
+func errorStack(t *testing.T, conflists map[string]string) (*teststack.Stack, *client) {
 	confDir := t.TempDir()
 	for file, content := range conflists {
 		testutil.WriteFile(t, confDir, file, content)
 	}
 	s := newStack(t, confDir, t.TempDir(), slog.New(slog.NewTextHandler(tlogWriter{t}, nil)))
-	return s, serve(t, s.handler)
+	return s, serve(t, s.Handler)
 }
 
 func TestActivate(t *testing.T) {
@@ -325,7 +279,7 @@ func TestIPAMErrors(t *testing.T) {
 		wants []string
 	}{
 		{"RequestPool without cni", "IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace},
-			[]string{"missing --ipam-opt cni=<name>", s.confDir}},
+			[]string{"missing --ipam-opt cni=<name>", s.ConfDir}},
 		{"RequestPool unknown option", "IpamDriver.RequestPool",
 			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "alpha", "zzz": "1", "aaa": "2"}},
 			[]string{"unknown --ipam-opt aaa, zzz", "--ipam-opt cni=<CNI network>"}},
@@ -352,7 +306,7 @@ func TestIPAMErrors(t *testing.T) {
 	// Releases of what cniplug does not know succeed: Docker retries them and must not get stuck.
 	c.call("IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: "cniplug-nope"}, nil)
 	c.call("IpamDriver.ReleaseAddress", dipam.ReleaseAddressRequest{PoolID: "cniplug-nope", Address: "10.0.0.2"}, nil)
-	if pools, _ := s.store.Pools(); len(pools) != 0 {
+	if pools, _ := s.Store.Pools(); len(pools) != 0 {
 		t.Fatalf("failed requests recorded pools: %+v", pools)
 	}
 }
@@ -373,7 +327,7 @@ func TestNetworkDriverErrors(t *testing.T) {
 	}{
 		{"CreateNetwork without cni", "NetworkDriver.CreateNetwork",
 			network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{}), IPv4Data: v4},
-			[]string{"missing --opt cni=<name>", s.confDir, nid[:12]}},
+			[]string{"missing --opt cni=<name>", s.ConfDir, nid[:12]}},
 		{"CreateNetwork without any options", "NetworkDriver.CreateNetwork",
 			network.CreateNetworkRequest{NetworkID: nid, IPv4Data: v4},
 			[]string{"missing --opt cni=<name>"}},
@@ -401,7 +355,7 @@ func TestNetworkDriverErrors(t *testing.T) {
 			wantContains(t, "Err", c.callErr(tc.path, tc.req), tc.wants...)
 		})
 	}
-	if _, err := s.store.Network(nid); !errors.Is(err, state.ErrNotFound) {
+	if _, err := s.Store.Network(nid); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("a failed CreateNetwork was recorded: %v", err)
 	}
 	// Deleting what cniplug does not know succeeds (Docker retries, and gets stuck on errors).
@@ -413,7 +367,7 @@ func TestNetworkDriverErrors(t *testing.T) {
 // Flows through the socket with real CNI plugins (bridge + host-local, ipMasq).
 
 type cniEnv struct {
-	*stack
+	*teststack.Stack
 	c       *client
 	name    string // CNI network name
 	bridge  string
@@ -474,8 +428,8 @@ func newCNIEnv(t *testing.T) *cniEnv {
 		}
 		_ = os.RemoveAll(filepath.Join(testutil.CNIDataDir, "networks", e.name))
 	})
-	e.stack = newStack(t, confDir, binDir, slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	e.c = serve(t, e.handler)
+	e.Stack = newStack(t, confDir, binDir, slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	e.c = serve(t, e.Handler)
 	return e
 }
 
@@ -492,16 +446,16 @@ func (e *cniEnv) createNullNetwork(t *testing.T) string {
 
 func (e *cniEnv) finish(t *testing.T) {
 	t.Helper()
-	if atts, err := e.store.Attachments(); err != nil || len(atts) != 0 {
+	if atts, err := e.Store.Attachments(); err != nil || len(atts) != 0 {
 		t.Errorf("attachments left in the store: %d (%v)", len(atts), err)
 		for _, a := range atts {
 			t.Errorf("  %s phase %s address %s endpoint %s", a.ID(), a.Phase, a.Interface.IPv4, a.EndpointID)
 		}
 	}
-	if pools, err := e.store.Pools(); err != nil || len(pools) != 0 {
+	if pools, err := e.Store.Pools(); err != nil || len(pools) != 0 {
 		t.Errorf("pools left in the store: %+v (%v)", pools, err)
 	}
-	if ents, err := os.ReadDir(e.netnsDir); err != nil || len(ents) != 0 {
+	if ents, err := os.ReadDir(e.NetNSDir); err != nil || len(ents) != 0 {
 		t.Errorf("staging netns dir not empty: %v (%v)", ents, err)
 	}
 	if l, err := netlink.LinkByName(e.bridge); err == nil {
@@ -579,16 +533,16 @@ func (e *cniEnv) deleteEndpoint(t *testing.T, nid, eid, srcName string) {
 	if _, err := netlink.LinkByName(srcName); err == nil {
 		t.Errorf("link %s still in the host netns after DeleteEndpoint", srcName)
 	}
-	if _, err := e.store.AttachmentByEndpoint(eid); !errors.Is(err, state.ErrNotFound) {
+	if _, err := e.Store.AttachmentByEndpoint(eid); !errors.Is(err, state.ErrNotFound) {
 		t.Errorf("endpoint still recorded after DeleteEndpoint: %v", err)
 	}
 	// A retried DeleteEndpoint succeeds.
 	e.c.call("NetworkDriver.DeleteEndpoint", network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}, nil)
 }
 
-func srcNameOf(t *testing.T, s *stack, eid string) string {
+func srcNameOf(t *testing.T, s *teststack.Stack, eid string) string {
 	t.Helper()
-	a, err := s.store.AttachmentByEndpoint(eid)
+	a, err := s.Store.AttachmentByEndpoint(eid)
 	if err != nil {
 		t.Fatalf("endpoint %s has no attachment: %v", eid[:12], err)
 	}
@@ -641,7 +595,7 @@ func TestCNIIPAMFlow(t *testing.T) {
 		IPv4Data: []*network.IPAMData{{AddressSpace: state.LocalAddressSpace, Pool: pool.Pool, Gateway: pool.Data["com.docker.network.gateway"]}}}
 	c.call("NetworkDriver.CreateNetwork", create, nil)
 	c.call("NetworkDriver.CreateNetwork", create, nil) // a replayed CreateNetwork is idempotent
-	if rec, err := e.store.Network(nid); err != nil || rec.Mode != state.ModeCNIIPAM || rec.CNIName != e.name {
+	if rec, err := e.Store.Network(nid); err != nil || rec.Mode != state.ModeCNIIPAM || rec.CNIName != e.name {
 		t.Fatalf("recorded network = %+v, %v", rec, err)
 	}
 
@@ -662,10 +616,10 @@ func TestCNIIPAMFlow(t *testing.T) {
 	if ep.Interface.Address != "" {
 		t.Fatalf("CreateEndpoint returned Address %q which Docker's IPAM already set (libnetwork rejects that)", ep.Interface.Address)
 	}
-	if a, err := e.store.AttachmentByEndpoint(eid); err != nil || a.Interface.IPv4 != addr.Address || a.Phase != state.PhaseEndpoint {
+	if a, err := e.Store.AttachmentByEndpoint(eid); err != nil || a.Interface.IPv4 != addr.Address || a.Phase != state.PhaseEndpoint {
 		t.Fatalf("endpoint's attachment = %+v, %v; want the one holding %s", a, err, addr.Address)
 	}
-	src := srcNameOf(t, e.stack, eid)
+	src := srcNameOf(t, e.Stack, eid)
 
 	e.joinAndLeave(t, nid, eid, ep.Interface.MacAddress)
 	e.deleteEndpoint(t, nid, eid, src)
@@ -675,7 +629,7 @@ func TestCNIIPAMFlow(t *testing.T) {
 	// The pool is gone: an address request against it is an IPAM error, answered non-200.
 	wantContains(t, "RequestAddress after ReleasePool",
 		c.callErr("IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: pool.PoolID}), "unknown pool")
-	if _, err := e.store.Network(nid); !errors.Is(err, state.ErrNotFound) {
+	if _, err := e.Store.Network(nid); !errors.Is(err, state.ErrNotFound) {
 		t.Errorf("network still recorded after DeleteNetwork: %v", err)
 	}
 	e.finish(t)
@@ -694,18 +648,18 @@ func TestCNIIPAMUnclaimedRelease(t *testing.T) {
 	var addr dipam.RequestAddressResponse
 	c.call("IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: pool.PoolID}, &addr)
 	ip := e.inSubnet(t, addr.Address)
-	atts, _ := e.store.Attachments()
+	atts, _ := e.Store.Attachments()
 	if len(atts) != 1 || atts[0].Phase != state.PhasePending || atts[0].Interface.IPv4 != addr.Address {
 		t.Fatalf("after RequestAddress the store holds %+v; want one pending attachment of %s", atts, addr.Address)
 	}
-	if ents, _ := os.ReadDir(e.netnsDir); len(ents) != 1 {
+	if ents, _ := os.ReadDir(e.NetNSDir); len(ents) != 1 {
 		t.Fatalf("staging netns dir holds %d entries, want 1", len(ents))
 	}
 	c.call("IpamDriver.ReleaseAddress", dipam.ReleaseAddressRequest{PoolID: pool.PoolID, Address: ip.String()}, nil)
-	if atts, _ := e.store.Attachments(); len(atts) != 0 {
+	if atts, _ := e.Store.Attachments(); len(atts) != 0 {
 		t.Fatalf("ReleaseAddress of an unclaimed address left %d attachments", len(atts))
 	}
-	if ents, _ := os.ReadDir(e.netnsDir); len(ents) != 0 {
+	if ents, _ := os.ReadDir(e.NetNSDir); len(ents) != 0 {
 		t.Fatalf("ReleaseAddress left the staging netns: %v", ents)
 	}
 
@@ -716,7 +670,7 @@ func TestCNIIPAMUnclaimedRelease(t *testing.T) {
 		t.Fatalf("RequestAddress of %s gave %s", e.ip(77), want.Address)
 	}
 	c.call("IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: pool.PoolID}, nil)
-	if atts, _ := e.store.Attachments(); len(atts) != 2 {
+	if atts, _ := e.Store.Attachments(); len(atts) != 2 {
 		t.Fatalf("store holds %d attachments, want 2 pending", len(atts))
 	}
 	c.call("IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: pool.PoolID}, nil)
@@ -729,7 +683,7 @@ func TestNullIPAMFlow(t *testing.T) {
 	e := newCNIEnv(t)
 	c := e.c
 	nid := e.createNullNetwork(t)
-	if rec, err := e.store.Network(nid); err != nil || rec.Mode != state.ModeNull {
+	if rec, err := e.Store.Network(nid); err != nil || rec.Mode != state.ModeNull {
 		t.Fatalf("recorded network = %+v, %v; want mode %s", rec, err, state.ModeNull)
 	}
 	eid := dockerID()
@@ -750,13 +704,13 @@ func TestNullIPAMFlow(t *testing.T) {
 	if again.Interface == nil || again.Interface.Address != ep.Interface.Address {
 		t.Fatalf("retried CreateEndpoint = %+v, first %+v", again.Interface, ep.Interface)
 	}
-	if atts, _ := e.store.Attachments(); len(atts) != 1 {
+	if atts, _ := e.Store.Attachments(); len(atts) != 1 {
 		t.Fatalf("retried CreateEndpoint made %d attachments", len(atts))
 	}
 	if _, err := os.Stat(filepath.Join(testutil.CNIDataDir, "networks", e.name, ip.String())); err != nil {
 		t.Errorf("no host-local reservation for %s: %v", ip, err)
 	}
-	src := srcNameOf(t, e.stack, eid)
+	src := srcNameOf(t, e.Stack, eid)
 	e.joinAndLeave(t, nid, eid, ep.Interface.MacAddress)
 	e.deleteEndpoint(t, nid, eid, src)
 	c.call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil)
@@ -775,13 +729,13 @@ func TestDockerIPAMFlow(t *testing.T) {
 		IPv4Data: []*network.IPAMData{{AddressSpace: "LocalDefault", Pool: "172.31.250.0/24", Gateway: "172.31.250.1/24"}}})
 	wantContains(t, "CreateNetwork with Docker's default pool", msg,
 		fmt.Sprintf("--subnet %s --gateway %s", e.subnet, e.gateway), "--ipam-driver cniplug --ipam-opt cni="+e.name)
-	if _, err := e.store.Network(nid); !errors.Is(err, state.ErrNotFound) {
+	if _, err := e.Store.Network(nid); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("refused network was recorded: %v", err)
 	}
 
 	c.call("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{NetworkID: nid, Options: opts,
 		IPv4Data: []*network.IPAMData{{AddressSpace: "LocalDefault", Pool: e.subnet, Gateway: e.gateway + "/24"}}}, nil)
-	if rec, err := e.store.Network(nid); err != nil || rec.Mode != state.ModeDocker || rec.IPv4Pool != e.subnet {
+	if rec, err := e.Store.Network(nid); err != nil || rec.Mode != state.ModeDocker || rec.IPv4Pool != e.subnet {
 		t.Fatalf("recorded network = %+v, %v; want mode %s", rec, err, state.ModeDocker)
 	}
 
@@ -796,7 +750,7 @@ func TestDockerIPAMFlow(t *testing.T) {
 	if ep.Interface.Address != "" {
 		t.Fatalf("CreateEndpoint returned Address %q which Docker's IPAM already set", ep.Interface.Address)
 	}
-	a, err := e.store.AttachmentByEndpoint(eid)
+	a, err := e.Store.AttachmentByEndpoint(eid)
 	if err != nil || a.Interface.IPv4 != want {
 		t.Fatalf("CNI assigned %+v (%v), want exactly %s", a, err, want)
 	}
@@ -809,7 +763,7 @@ func TestDockerIPAMFlow(t *testing.T) {
 	msg = c.callErr("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid2,
 		Interface: &network.EndpointInterface{Address: want}})
 	wantContains(t, "CreateEndpoint of a taken address", msg, e.name)
-	if _, err := e.store.AttachmentByEndpoint(eid2); !errors.Is(err, state.ErrNotFound) {
+	if _, err := e.Store.AttachmentByEndpoint(eid2); !errors.Is(err, state.ErrNotFound) {
 		t.Errorf("failed CreateEndpoint left an attachment: %v", err)
 	}
 
@@ -924,7 +878,7 @@ func FuzzHandler(f *testing.F) {
 		}
 	}
 	s := newStack(f, f.TempDir(), f.TempDir(), nil)
-	h := s.handler
+	h := s.Handler
 	f.Fuzz(func(t *testing.T, data []byte) {
 		path, body := fuzzPaths[0], []byte(nil)
 		if len(data) > 0 {

@@ -50,7 +50,9 @@ type Stack struct {
 
 // Options configures New.
 type Options struct {
-	BinDirs []string // CNI plugin dirs; may be empty for tests that run no CNI plugin
+	ConfDir string       // the conf dir to use; "" for a fresh temp dir
+	Logger  *slog.Logger // the stack's log; nil discards it
+	BinDirs []string     // CNI plugin dirs; may be empty for tests that run no CNI plugin
 	MinAge  time.Duration
 	NoAdmin bool // serve only the driver methods, as an older cniplug did
 	// HostConfDir puts an (empty) host conf dir before ConfDir in the list cniplug searches.
@@ -61,13 +63,19 @@ type Options struct {
 // cniplug's own teardown path.
 func New(t testing.TB, o Options) *Stack {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	store, err := state.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = store.Close() })
-	s := &Stack{Store: store, ConfDir: t.TempDir(), NetNSDir: t.TempDir(), CacheDir: t.TempDir()}
+	s := &Stack{Store: store, ConfDir: o.ConfDir, NetNSDir: t.TempDir(), CacheDir: t.TempDir()}
+	if s.ConfDir == "" {
+		s.ConfDir = t.TempDir()
+	}
 	s.ConfDirs = s.ConfDir
 	if o.HostConfDir {
 		s.HostConfDir = t.TempDir()
@@ -83,8 +91,13 @@ func New(t testing.TB, o Options) *Stack {
 	}
 	t.Cleanup(func() { _ = runner.Close() })
 	s.Manager = attach.NewManager(store, runner, log)
+	// Safety net: whatever a test left attached is torn down through cniplug's own teardown path. Tests that
+	// assert an empty store do so before this runs, so it cannot hide a leak.
 	t.Cleanup(func() {
-		atts, _ := store.Attachments()
+		atts, err := store.Attachments()
+		if err != nil {
+			t.Errorf("cleanup: listing attachments: %v", err)
+		}
 		for _, a := range atts {
 			if err := s.Manager.Remove(context.Background(), a); err != nil {
 				t.Errorf("cleanup: removing leftover attachment %s: %v", a.ID(), err)
