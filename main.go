@@ -121,7 +121,8 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 		return err
 	}
 	defer os.Remove(c.socket)
-	if err := prepareHost(ctx, c, log); err != nil {
+	iptables, err := prepareHost(ctx, c, log)
+	if err != nil {
 		return err
 	}
 	m := newMetrics(store)
@@ -134,12 +135,14 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 		Logger:   log,
 
 		ExecObserver: m,
+		PluginPATH:   iptables.PATH(os.Getenv("PATH")),
 	})
 	if err != nil {
 		return err
 	}
 	defer runner.Close()
-	mgr := attach.NewManager(store, runner, log)
+	v4, v6 := iptables.IPTables()
+	mgr := attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6})
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)

@@ -20,11 +20,7 @@ type portsState struct {
 
 func (m *Manager) programmer() (*hostports.Programmer, error) {
 	m.ports.once.Do(func() {
-		if m.hostPorts != nil {
-			m.ports.prog = m.hostPorts
-			return
-		}
-		m.ports.prog, m.ports.err = hostports.New()
+		m.ports.prog, m.ports.err = hostports.New(m.iptables, m.ip6tables)
 	})
 	return m.ports.prog, m.ports.err
 }
@@ -119,6 +115,3 @@ func (m *Manager) unpublish(_ context.Context, a *state.Attachment) error {
 	}
 	return nil
 }
-
-// SetHostPorts makes the manager program host ports with p instead of the iptables found in PATH (tests).
-func (m *Manager) SetHostPorts(p *hostports.Programmer) { m.hostPorts = p }

@@ -39,6 +39,9 @@ type Config struct {
 	// ExecObserver, when set, is told the duration of every CNI plugin exec (metrics; cnibridge stays free of
 	// any metrics library).
 	ExecObserver ExecObserver
+	// PluginPATH is the PATH CNI plugins run with (plugins such as portmap exec iptables); "" passes on
+	// cniplug's own.
+	PluginPATH string
 }
 
 // ExecObserver is told about each CNI plugin exec: the plugin's type (its binary's name), the CNI command
@@ -82,7 +85,7 @@ func NewRunner(cfg Config) (*Runner, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Runner{
-		cni:      libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, &boundedExec{observer: cfg.ExecObserver}),
+		cni:      libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, &boundedExec{observer: cfg.ExecObserver, path: cfg.PluginPATH}),
 		binDirs:  cfg.BinDirs,
 		netnsDir: cfg.NetNSDir,
 		cacheDir: cfg.CacheDir,

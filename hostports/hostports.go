@@ -78,14 +78,10 @@ type Programmer struct {
 	procSys string
 }
 
-// New returns a Programmer using `iptables`/`ip6tables` from PATH. IPv6 is optional: without ip6tables only
-// IPv4 mappings can be programmed.
-func New() (*Programmer, error) {
-	return NewWithPaths("", "")
-}
-
-// NewWithPaths uses the given iptables and ip6tables binaries ("" = look up in PATH), e.g. iptables-legacy.
-func NewWithPaths(v4Path, v6Path string) (*Programmer, error) {
+// New returns a Programmer running the given iptables and ip6tables binaries ("" looks `iptables` or
+// `ip6tables` up in PATH), e.g. iptables-legacy. IPv6 is optional: without ip6tables only IPv4 mappings can
+// be programmed.
+func New(v4Path, v6Path string) (*Programmer, error) {
 	newIPT := func(proto iptables.Protocol, path string) (*iptables.IPTables, error) {
 		if path != "" {
 			return iptables.New(iptables.IPFamily(proto), iptables.Timeout(10), iptables.Path(path))

@@ -216,7 +216,7 @@ func TestApplyRemove(t *testing.T) {
 				}
 			}()
 
-			p, err := NewWithPaths(v4, v6)
+			p, err := New(v4, v6)
 			testutil.Must(t, err)
 			rec := Record{ID: "0123456789abcdef", ContainerIPv4: "10.99.0.2/24", DNAT: true,
 				Mappings: []Mapping{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}, {Proto: "udp", HostIP: "10.98.0.1", HostPort: 5353, ContainerPort: 53}}}
