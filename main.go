@@ -147,9 +147,8 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)
 	svc := newAdmin(c, name, mgr)
-	drv, ipd := driver.New(name, c.confDir, mgr, log), ipam.New(name, c.confDir, mgr, log)
-	drv.SetDefaultNetwork(c.defaultNetwork)
-	ipd.SetDefaultNetwork(c.defaultNetwork)
+	drv := driver.New(driver.Config{Name: name, ConfDirs: c.confDir, DefaultNetwork: c.defaultNetwork, Manager: mgr, Logger: log})
+	ipd := ipam.New(ipam.Config{Name: name, ConfDirs: c.confDir, DefaultNetwork: c.defaultNetwork, Manager: mgr, Logger: log})
 	h := plugin.NewHandler(drv, ipd, log,
 		plugin.WithAdmin(svc), plugin.WithObserver(m, svc))
 	if err := serveMetrics(ctx, c, m, store, log); err != nil {

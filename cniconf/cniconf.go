@@ -1,5 +1,7 @@
-// Package cniconf instantiates the conflists that opt in to taking Docker's IPAM pool (the managed plugin's
-// bundled default network), so that `docker network create -d cniplug NAME` works with no flags.
+// Package cniconf chooses the conflist a Docker network gets: it reads the options of a create call, resolves
+// the CNI network they name in the conf dirs (Chooser), and instantiates conflists that opt in to taking
+// Docker's IPAM pool (the managed plugin's bundled default network), so that `docker network create -d
+// cniplug NAME` works with no flags.
 package cniconf
 
 import (
@@ -11,10 +13,6 @@ import (
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/vishvananda/netlink"
 )
-
-// OptCNI is the option naming a Docker network's CNI network: `docker network create --opt cni=NAME` for the
-// network driver, `--ipam-opt cni=NAME` for the IPAM driver.
-const OptCNI = "cni"
 
 // Marker is the top-level conflist key through which a CNI network opts in to cniplug-specific behaviour.
 const Marker = "cniplug"

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -23,7 +22,7 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 )
 
-// Option keys understood in `docker network create --opt`.
+// Option keys understood in `docker network create --opt`, besides cniconf.OptCNI and the cni.* arguments.
 const (
 	// OptAsyncDelete=true: DeleteEndpoint returns once the removal is recorded; CNI DEL runs in the background.
 	OptAsyncDelete = "async-delete"
@@ -31,27 +30,33 @@ const (
 	genericOptions = "com.docker.network.generic"
 )
 
-var knownOptions = []string{cniconf.OptCNI, OptAsyncDelete}
+// Config configures a Driver.
+type Config struct {
+	Name     string // the driver name Docker knows the plugin by, for messages
+	ConfDirs string // colon-separated conf dirs, searched in order
+	// DefaultNetwork is the CNI network of Docker networks created without --opt cni ("" requires the option).
+	DefaultNetwork string
+	Manager        *attach.Manager
+	Logger         *slog.Logger
+}
 
 // Driver implements the NetworkDriver side of cniplug.
 type Driver struct {
-	name    string // the driver name Docker knows us by, for messages
-	confDir string // colon-separated conf dirs, searched in order
+	name    string
+	chooser cniconf.Chooser
 	mgr     *attach.Manager
 	store   *state.Store
 	log     *slog.Logger
-
-	// defaultNet is the CNI network of Docker networks created without --opt cni ("" requires the option).
-	defaultNet string
 }
 
 // New returns a Driver.
-func New(name, confDir string, mgr *attach.Manager, log *slog.Logger) *Driver {
-	return &Driver{name: name, confDir: confDir, mgr: mgr, store: mgr.Store(), log: log}
+func New(cfg Config) *Driver {
+	return &Driver{
+		name:    cfg.Name,
+		chooser: cniconf.Chooser{ConfDirs: cfg.ConfDirs, DefaultNetwork: cfg.DefaultNetwork, Validator: cfg.Manager.Runner()},
+		mgr:     cfg.Manager, store: cfg.Manager.Store(), log: cfg.Logger,
+	}
 }
-
-// SetDefaultNetwork sets the CNI network used when `docker network create` has no --opt cni.
-func (d *Driver) SetDefaultNetwork(name string) { d.defaultNet = name }
 
 func (d *Driver) errorf(netID, format string, args ...any) error {
 	return fmt.Errorf("%s: network %s: %w", d.name, naming.ShortID(netID), fmt.Errorf(format, args...))
@@ -62,97 +67,98 @@ func (d *Driver) GetCapabilities(context.Context, *struct{}) (*network.Capabilit
 	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
 }
 
-// CreateNetwork binds the Docker network to the CNI network named by --opt cni, after checking that the CNI
-// network exists, its plugins are present, and the addressing Docker chose can work with it. The conflist
-// bytes are recorded so later edits of the file cannot break DEL of existing attachments.
+// CreateNetwork binds the Docker network to the CNI network named by --opt cni: it reads the options, checks
+// that the addressing Docker chose can work with the CNI network, validates the combination and records it.
+// The conflist bytes are recorded so later edits of the file cannot break DEL of existing attachments.
 func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRequest) (*struct{}, error) {
 	if _, err := d.store.Network(req.NetworkID); err == nil {
 		return nil, nil // Docker may replay CreateNetwork for a network it already created
 	}
-	opts, err := stringOptions(req.Options[genericOptions])
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "%v", err)
+	rec, nw, err := d.parseNetwork(ctx, req)
+	if err == nil {
+		nw, err = d.checkAddressing(rec, nw, req)
 	}
-	var unknown []string
-	for k := range opts {
-		if !contains(knownOptions, k) && !cniargs.IsOption(k) {
-			unknown = append(unknown, k)
-		}
+	if err == nil {
+		err = d.validateNetwork(rec)
 	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return nil, d.errorf(req.NetworkID, "unknown option(s) %s: %s understands --opt %s",
-			strings.Join(unknown, ", "), d.name, strings.Join(append(append([]string{}, knownOptions...), cniargs.Allowed()...), ", "))
-	}
-	extra, err := cniargs.Parse(opts)
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	asyncDelete, err := boolOption(opts, OptAsyncDelete)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	cniName := opts[cniconf.OptCNI]
-	if cniName == "" {
-		cniName = d.defaultNet
-	}
-	if cniName == "" {
-		return nil, d.errorf(req.NetworkID, "missing --opt cni=<name>: say which CNI network (the \"name\" in a conflist in %s) this Docker network uses", d.confDir)
-	}
-	nw, err := cnibridge.ResolveNetwork(d.confDir, cniName)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	if err := d.mgr.Runner().Validate(ctx, nw); err != nil {
-		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	if err := extra.Check(nw.Name, nw.Capabilities()); err != nil {
-		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra, AsyncDelete: asyncDelete}
-	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
-		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
-		rec.Mode = state.ModeOf(v4.AddressSpace)
-	} else {
-		rec.Mode = state.ModeNull
-	}
-	if v6 := firstIPAM(req.IPv6Data); v6 != nil {
-		rec.IPv6Pool = v6.Pool
-	}
-	switch rec.Mode {
-	case state.ModeDocker:
-		// A conflist that opts in (the bundled default network) takes Docker's pool as its range.
-		if nw, err = cniconf.AdoptDockerPool(nw, req.NetworkID, rec.IPv4Pool, rec.IPv4Gateway); err != nil {
-			return nil, d.errorf(req.NetworkID, "%w", err)
-		}
-		rec.Conflist = nw.Bytes
-		if err := checkDockerPool(nw, firstIPAM(req.IPv4Data), false); err != nil {
-			return nil, d.errorf(req.NetworkID, "%w", err)
-		}
-		if v6 := firstIPAM(req.IPv6Data); v6 != nil {
-			if err := checkDockerPool(nw, v6, true); err != nil {
-				return nil, d.errorf(req.NetworkID, "%w", err)
-			}
-		}
-	case state.ModeCNIIPAM:
-		if err := d.checkCNIPool(nw, rec.IPv4Pool); err != nil {
-			return nil, d.errorf(req.NetworkID, "%w", err)
-		}
-		if !extra.Empty() {
-			return nil, d.errorf(req.NetworkID, "with %s IPAM the CNI ADD runs when Docker allocates an address, which only sees the IPAM options: pass the cni.* options with --ipam-opt instead of --opt", d.name)
-		}
-	}
-	if rec.AsyncDelete && rec.Mode == state.ModeDocker {
-		// Docker's IPAM may hand the address to the next container before a background DEL has released it in
-		// the CNI IPAM, whose ADD would then fail.
-		return nil, d.errorf(req.NetworkID, "--opt %s=true needs addresses from CNI (--ipam-driver %s) or none (--ipam-driver null): with Docker's IPAM an address could be reused before its CNI DEL ran",
-			OptAsyncDelete, d.name)
 	}
 	if err := d.store.PutNetwork(rec); err != nil {
 		return nil, d.errorf(req.NetworkID, "recording network: %w", err)
 	}
 	d.log.Info("network created", "network", req.NetworkID, "cni_network", nw.Name, "file", nw.File, "mode", rec.Mode, "async_delete", rec.AsyncDelete)
 	return nil, nil
+}
+
+// parseNetwork turns the request into the network's record: its CNI network and arguments, its options, and
+// the addressing Docker chose.
+func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkRequest) (*state.Network, *cnibridge.Network, error) {
+	opts, err := stringOptions(req.Options[genericOptions])
+	if err != nil {
+		return nil, nil, err
+	}
+	nw, extra, err := d.chooser.Choose(ctx, cniconf.Options{Flag: "--opt", Values: opts, Known: []string{OptAsyncDelete},
+		Purpose: "this Docker network uses"})
+	if err != nil {
+		return nil, nil, err
+	}
+	asyncDelete, err := boolOption(opts, OptAsyncDelete)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra,
+		AsyncDelete: asyncDelete, Mode: state.ModeNull}
+	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
+		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
+		rec.Mode = state.ModeOf(v4.AddressSpace)
+	}
+	if v6 := firstIPAM(req.IPv6Data); v6 != nil {
+		rec.IPv6Pool = v6.Pool
+	}
+	return rec, nw, nil
+}
+
+// checkAddressing checks that the CNI network can assign the addresses the network's IPAM chooses. With
+// Docker's IPAM, a conflist that opts in (the bundled default network) first takes Docker's pool as its range;
+// the conflist to use is returned.
+func (d *Driver) checkAddressing(rec *state.Network, nw *cnibridge.Network, req *network.CreateNetworkRequest) (*cnibridge.Network, error) {
+	switch rec.Mode {
+	case state.ModeDocker:
+		nw, err := cniconf.AdoptDockerPool(nw, req.NetworkID, rec.IPv4Pool, rec.IPv4Gateway)
+		if err != nil {
+			return nil, err
+		}
+		rec.Conflist = nw.Bytes
+		if err := checkDockerPool(nw, firstIPAM(req.IPv4Data), false); err != nil {
+			return nil, err
+		}
+		if v6 := firstIPAM(req.IPv6Data); v6 != nil {
+			if err := checkDockerPool(nw, v6, true); err != nil {
+				return nil, err
+			}
+		}
+		return nw, nil
+	case state.ModeCNIIPAM:
+		if err := d.checkCNIPool(nw, rec.IPv4Pool); err != nil {
+			return nil, err
+		}
+		if !rec.Extra.Empty() {
+			return nil, fmt.Errorf("with %s IPAM the CNI ADD runs when Docker allocates an address, which only sees the IPAM options: pass the cni.* options with --ipam-opt instead of --opt", d.name)
+		}
+	}
+	return nw, nil
+}
+
+// validateNetwork refuses option combinations that cannot work.
+func (d *Driver) validateNetwork(rec *state.Network) error {
+	if rec.AsyncDelete && rec.Mode == state.ModeDocker {
+		// Docker's IPAM may hand the address to the next container before a background DEL has released it in
+		// the CNI IPAM, whose ADD would then fail.
+		return fmt.Errorf("--opt %s=true needs addresses from CNI (--ipam-driver %s) or none (--ipam-driver null): with Docker's IPAM an address could be reused before its CNI DEL ran",
+			OptAsyncDelete, d.name)
+	}
+	return nil
 }
 
 // checkDockerPool verifies that addresses from Docker's IPAM pool can be requested from the CNI network: the
@@ -546,15 +552,6 @@ func stringOptions(v any) (map[string]string, error) {
 		out[k] = s
 	}
 	return out, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func orNone(s string) string {

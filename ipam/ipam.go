@@ -8,11 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sort"
-	"strings"
 
 	"github.com/cniplug/cniplug/attach"
-	"github.com/cniplug/cniplug/cniargs"
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/naming"
@@ -28,25 +25,33 @@ const (
 	macAddressOption   = "com.docker.network.endpoint.macaddress"
 )
 
+// Config configures an Ipam.
+type Config struct {
+	Name     string // the driver name Docker knows the plugin by, for messages
+	ConfDirs string // colon-separated conf dirs, searched in order
+	// DefaultNetwork is the CNI network of pools requested without --ipam-opt cni ("" requires the option).
+	DefaultNetwork string
+	Manager        *attach.Manager
+	Logger         *slog.Logger
+}
+
 // Ipam implements the IpamDriver side of cniplug.
 type Ipam struct {
 	name    string
-	confDir string // colon-separated conf dirs, searched in order
+	chooser cniconf.Chooser
 	mgr     *attach.Manager
 	store   *state.Store
 	log     *slog.Logger
-
-	// defaultNet is the CNI network of pools requested without --ipam-opt cni ("" requires the option).
-	defaultNet string
 }
 
 // New returns an Ipam.
-func New(name, confDir string, mgr *attach.Manager, log *slog.Logger) *Ipam {
-	return &Ipam{name: name, confDir: confDir, mgr: mgr, store: mgr.Store(), log: log}
+func New(cfg Config) *Ipam {
+	return &Ipam{
+		name:    cfg.Name,
+		chooser: cniconf.Chooser{ConfDirs: cfg.ConfDirs, DefaultNetwork: cfg.DefaultNetwork, Validator: cfg.Manager.Runner()},
+		mgr:     cfg.Manager, store: cfg.Manager.Store(), log: cfg.Logger,
+	}
 }
-
-// SetDefaultNetwork sets the CNI network used when `docker network create` has no --ipam-opt cni.
-func (p *Ipam) SetDefaultNetwork(name string) { p.defaultNet = name }
 
 func (p *Ipam) errorf(format string, args ...any) error {
 	return fmt.Errorf("%s IPAM: %w", p.name, fmt.Errorf(format, args...))
@@ -70,40 +75,14 @@ func (p *Ipam) GetDefaultAddressSpaces(context.Context, *struct{}) (*ipam.Addres
 // range (0.0.0.0/0 when its IPAM declares none, e.g. Calico or DHCP), and the gateway is given in the pool
 // data so that Docker does not allocate one: the CNI network owns every address.
 func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*ipam.RequestPoolResponse, error) {
-	var unknown []string
-	for k := range req.Options {
-		if k != cniconf.OptCNI && !cniargs.IsOption(k) {
-			unknown = append(unknown, k)
-		}
-	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return nil, p.errorf("unknown --ipam-opt %s: %s IPAM understands --ipam-opt %s=<CNI network> and %s", strings.Join(unknown, ", "), p.name, cniconf.OptCNI, strings.Join(cniargs.Allowed(), ", "))
-	}
-	extra, err := cniargs.Parse(req.Options)
-	if err != nil {
-		return nil, p.errorf("--ipam-opt: %w", err)
-	}
-	name := req.Options[cniconf.OptCNI]
-	if name == "" {
-		name = p.defaultNet
-	}
-	if name == "" {
-		return nil, p.errorf("missing --ipam-opt cni=<name>: say which CNI network (the \"name\" in a conflist in %s) allocates the addresses", p.confDir)
-	}
 	if req.SubPool != "" {
-		return nil, p.errorf("--ip-range is not supported: CNI network %q chooses addresses from its own ranges", name)
+		return nil, p.errorf("--ip-range is not supported: the CNI network chooses addresses from its own ranges")
 	}
-	nw, err := cnibridge.ResolveNetwork(p.confDir, name)
+	nw, extra, err := p.chooser.Choose(ctx, cniconf.Options{Flag: "--ipam-opt", Values: req.Options, Purpose: "allocates the addresses"})
 	if err != nil {
 		return nil, p.errorf("%w", err)
 	}
-	if err := p.mgr.Runner().Validate(ctx, nw); err != nil {
-		return nil, p.errorf("%w", err)
-	}
-	if err := extra.Check(nw.Name, nw.Capabilities()); err != nil {
-		return nil, p.errorf("--ipam-opt: %w", err)
-	}
+	name := nw.Name
 	cidr, gateway := "0.0.0.0/0", "0.0.0.0/0"
 	if req.V6 {
 		cidr, gateway = "::/0", "::/0"

@@ -110,7 +110,9 @@ func New(t testing.TB, o Options) *Stack {
 		opts = append(opts, plugin.WithAdmin(s.Admin))
 	}
 	opts = append(opts, plugin.WithObserver(s.Metrics, s.Admin))
-	s.Handler = plugin.NewHandler(driver.New("cniplug", s.ConfDirs, s.Manager, log), ipam.New("cniplug", s.ConfDirs, s.Manager, log), log, opts...)
+	drv := driver.New(driver.Config{Name: "cniplug", ConfDirs: s.ConfDirs, Manager: s.Manager, Logger: log})
+	ipd := ipam.New(ipam.Config{Name: "cniplug", ConfDirs: s.ConfDirs, Manager: s.Manager, Logger: log})
+	s.Handler = plugin.NewHandler(drv, ipd, log, opts...)
 	return s
 }
 
