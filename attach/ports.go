@@ -59,11 +59,11 @@ func (m *Manager) ResolvePorts(bs []hostports.Binding) ([]hostports.Mapping, err
 	return hostports.Resolve(bs, taken)
 }
 
-// PublishPorts records the attachment's published ports and then programs them. dnat says whether cniplug
+// publishPorts records the attachment's published ports and then programs them. dnat says whether cniplug
 // programs the DNAT itself (false when the CNI chain's portmap plugin did, through the portMappings
-// capability). On failure no rule is left programmed; the record stays, and the caller removes the
-// attachment through Remove, which also forgets the ports.
-func (m *Manager) PublishPorts(a *state.Attachment, ms []hostports.Mapping, dnat bool) error {
+// capability). On failure no rule is left programmed; the record stays, and Attach removes the attachment
+// through Remove, which also forgets the ports.
+func (m *Manager) publishPorts(a *state.Attachment, ms []hostports.Mapping, dnat bool) error {
 	if len(ms) == 0 {
 		return nil
 	}

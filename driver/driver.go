@@ -222,20 +222,8 @@ func (d *Driver) checkCNIPool(nw *cnibridge.Network, pool string) error {
 
 // DeleteNetwork forgets the network, tearing down any attachment Docker did not delete first.
 func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRequest) (*struct{}, error) {
-	atts, err := d.store.Attachments()
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "reading state: %w", err)
-	}
-	var errs []error
-	for _, a := range atts {
-		if a.NetworkID == req.NetworkID {
-			if err := d.mgr.Remove(ctx, a); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	if len(errs) > 0 {
-		return nil, d.errorf(req.NetworkID, "removing leftover attachments: %w", errors.Join(errs...))
+	if err := d.mgr.RemoveNetwork(ctx, req.NetworkID); err != nil {
+		return nil, d.errorf(req.NetworkID, "removing leftover attachments: %w", err)
 	}
 	rec, _ := d.store.Network(req.NetworkID)
 	if err := d.store.DeleteNetwork(req.NetworkID); err != nil {
@@ -251,7 +239,8 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 }
 
 // CreateEndpoint creates (or, with cniplug IPAM, claims) the endpoint's CNI attachment in a staging netns and
-// tells Docker the address and MAC it got, for whichever fields Docker's IPAM left empty.
+// tells Docker the address and MAC it got, for whichever fields Docker's IPAM left empty. The request becomes
+// a plan, which attach applies, checks and, on failure, rolls back.
 func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
 	nw, err := d.store.Network(req.NetworkID)
 	if err != nil {
@@ -261,81 +250,13 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	if req.Interface != nil {
 		want = *req.Interface
 	}
-	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
-	if err == nil {
+	if a, err := d.store.AttachmentByEndpoint(req.EndpointID); err == nil {
 		return endpointResponse(want, a), nil // a retried CreateEndpoint
 	}
-	cniNet, err := cnibridge.ParseNetwork(nw.Conflist)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "recorded conflist: %w", err)
-	}
-	bindings, err := hostports.ParseDockerPortmap(req.Options[hostports.OptionPortMap])
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
-	}
-	epExtra, err := endpointExtra(req.Options)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "CNI network %q: driver-opt: %w", nw.CNIName, err)
-	}
-	if nw.Mode == state.ModeCNIIPAM && !epExtra.Empty() {
-		return nil, d.errorf(req.NetworkID, "CNI network %q: driver-opt cni.* cannot be applied on a network with %s IPAM: the CNI ADD already ran when Docker allocated the address; set them per network with --ipam-opt, or use --ipam-driver null or Docker IPAM", nw.CNIName, d.name)
-	}
-	extra := nw.Extra.Merge(epExtra)
-	if err := extra.Check(nw.CNIName, cniNet.Capabilities()); err != nil {
-		return nil, d.errorf(req.NetworkID, "CNI network %q: driver-opt: %w", nw.CNIName, err)
-	}
-	var ports []hostports.Mapping
-	if len(bindings) > 0 {
-		if ports, err = d.mgr.ResolvePorts(bindings); err != nil {
-			return nil, d.errorf(req.NetworkID, "CNI network %q: cannot publish ports: %w", nw.CNIName, err)
-		}
-	}
-	if nw.Mode == state.ModeCNIIPAM {
-		ip := naming.Address(want.Address)
-		a, err = d.store.ClaimPending(nw.CNIName, ip, req.NetworkID, req.EndpointID)
-		if err != nil {
-			return nil, d.errorf(req.NetworkID, "no address %s allocated by %s IPAM is waiting on CNI network %q: %w", ip, d.name, nw.CNIName, err)
-		}
-		// The CNI ADD ran at RequestAddress, before Docker said which ports to publish: cniplug programs them.
-		if err := d.publish(ctx, a, ports, true); err != nil {
-			return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
-		}
-		return endpointResponse(want, a), nil
-	}
-	// With portmap in the chain, the CNI network publishes the ports itself (portMappings capability).
-	viaPortmap := len(ports) > 0 && cniNet.Capabilities()["portMappings"]
-	var requested []string
-	for _, addr := range []string{want.Address, want.AddressIPv6} {
-		if addr != "" {
-			requested = append(requested, addr)
-		}
-	}
-	if len(requested) > 1 && !cniNet.Capabilities()["ips"] {
-		// Dual stack from Docker's IPAM: CNI_ARGS IP= carries one address, args.cni.ips carries both.
-		if cniNet, err = cniNet.WithArgs(map[string]any{"ips": requested}); err != nil {
-			return nil, d.errorf(req.NetworkID, "CNI network %q: requesting %v: %w", nw.CNIName, requested, err)
-		}
-	}
-	addReq := cnibridge.AddRequest{
-		ContainerID: req.EndpointID,
-		Network:     cniNet,
-	}
-	addReq.Args, addReq.CapabilityArgs = extra.Apply(cnibridge.RequestArgs(cniNet, requested, want.MacAddress))
-	if viaPortmap {
-		if addReq.CapabilityArgs == nil {
-			addReq.CapabilityArgs = map[string]any{}
-		}
-		addReq.CapabilityArgs["portMappings"] = portMappings(ports)
-	}
-	a, err = d.mgr.Add(ctx, addReq, state.Attachment{Phase: state.PhaseEndpoint, NetworkID: req.NetworkID, EndpointID: req.EndpointID})
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
-	}
-	err = mismatch(want, a)
+	plan, err := d.planEndpoint(nw, req, want)
+	var a *state.Attachment
 	if err == nil {
-		err = d.publish(ctx, a, ports, !viaPortmap)
-	} else if rerr := d.mgr.Remove(context.WithoutCancel(ctx), a); rerr != nil {
-		err = fmt.Errorf("%w; removing it also failed: %v", err, rerr)
+		a, err = d.mgr.Attach(ctx, plan)
 	}
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
@@ -343,26 +264,97 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	return endpointResponse(want, a), nil
 }
 
-// publish programs the endpoint's published ports; on failure the whole attachment is removed (through the
-// one teardown path, which also removes any rule already recorded), so a failed `docker run -p` leaks nothing.
-func (d *Driver) publish(ctx context.Context, a *state.Attachment, ports []hostports.Mapping, dnat bool) error {
-	if len(ports) == 0 {
-		return nil
+// planEndpoint translates Docker's request into the attachment to make: the CNI args and capability args
+// (the network's and the endpoint's cni.* options), the addresses and MAC Docker chose, and the ports to
+// publish. With cniplug IPAM the attachment already exists, pending under the address Docker was given.
+func (d *Driver) planEndpoint(nw *state.Network, req *network.CreateEndpointRequest, want network.EndpointInterface) (attach.Plan, error) {
+	owner := state.Attachment{Phase: state.PhaseEndpoint, NetworkID: req.NetworkID, EndpointID: req.EndpointID}
+	cniNet, err := cnibridge.ParseNetwork(nw.Conflist)
+	if err != nil {
+		return attach.Plan{}, fmt.Errorf("recorded conflist: %w", err)
 	}
-	err := d.mgr.PublishPorts(a, ports, dnat)
-	if err == nil {
-		return nil
+	extra, err := d.endpointExtra(nw, cniNet, req.Options)
+	if err != nil {
+		return attach.Plan{}, err
 	}
-	err = fmt.Errorf("cannot publish ports: %w", err)
-	if rerr := d.mgr.Remove(context.WithoutCancel(ctx), a); rerr != nil {
-		err = fmt.Errorf("%w; removing the attachment also failed: %v", err, rerr)
+	ports, err := d.endpointPorts(req.Options)
+	if err != nil {
+		return attach.Plan{}, err
 	}
-	return err
+	if nw.Mode == state.ModeCNIIPAM {
+		// The CNI ADD ran at RequestAddress, before Docker said which ports to publish: cniplug programs them.
+		return attach.Plan{Owner: owner, Claim: attach.Claim{CNINetwork: nw.CNIName, Address: naming.Address(want.Address)}, Ports: ports}, nil
+	}
+	plan := attach.Plan{
+		Owner: owner, Ports: ports,
+		Want: attach.Want{Address: want.Address, AddressIPv6: want.AddressIPv6, MAC: want.MacAddress},
+		// With portmap in the chain, the CNI network publishes the ports itself (portMappings capability).
+		PortsByPlugin: len(ports) > 0 && cniNet.Capabilities()["portMappings"],
+	}
+	plan.Add, err = addRequest(req.EndpointID, cniNet, extra, plan)
+	return plan, err
 }
 
-// endpointExtra reads the cni.* options of `docker run --network name=N,driver-opt=cni.<...>=<value>`, which
-// Docker passes as top-level CreateEndpoint options. Keys Docker itself sets (com.docker.*) are not ours.
-func endpointExtra(options map[string]any) (cniargs.Extra, error) {
+// endpointExtra merges the network's cni.* options with the endpoint's (`docker run --network
+// name=N,driver-opt=cni.<...>=<value>`) and checks that the CNI network's chain can take them.
+func (d *Driver) endpointExtra(nw *state.Network, cniNet *cnibridge.Network, options map[string]any) (cniargs.Extra, error) {
+	epExtra, err := parseEndpointOptions(options)
+	if err != nil {
+		return cniargs.Extra{}, fmt.Errorf("driver-opt: %w", err)
+	}
+	if nw.Mode == state.ModeCNIIPAM && !epExtra.Empty() {
+		return cniargs.Extra{}, fmt.Errorf("driver-opt cni.* cannot be applied on a network with %s IPAM: the CNI ADD already ran when Docker allocated the address; set them per network with --ipam-opt, or use --ipam-driver null or Docker IPAM", d.name)
+	}
+	extra := nw.Extra.Merge(epExtra)
+	if err := extra.Check(nw.CNIName, cniNet.Capabilities()); err != nil {
+		return cniargs.Extra{}, fmt.Errorf("driver-opt: %w", err)
+	}
+	return extra, nil
+}
+
+// endpointPorts chooses the host ports for the ports Docker asks to publish.
+func (d *Driver) endpointPorts(options map[string]any) ([]hostports.Mapping, error) {
+	bindings, err := hostports.ParseDockerPortmap(options[hostports.OptionPortMap])
+	if err != nil || len(bindings) == 0 {
+		return nil, err
+	}
+	ports, err := d.mgr.ResolvePorts(bindings)
+	if err != nil {
+		return nil, fmt.Errorf("cannot publish ports: %w", err)
+	}
+	return ports, nil
+}
+
+// addRequest is the CNI ADD for the plan: the addresses and MAC Docker chose as CNI_ARGS/capability args,
+// the cni.* arguments, and the port mappings when the chain's portmap plugin publishes them.
+func addRequest(containerID string, cniNet *cnibridge.Network, extra cniargs.Extra, plan attach.Plan) (cnibridge.AddRequest, error) {
+	var requested []string
+	for _, addr := range []string{plan.Want.Address, plan.Want.AddressIPv6} {
+		if addr != "" {
+			requested = append(requested, addr)
+		}
+	}
+	if len(requested) > 1 && !cniNet.Capabilities()["ips"] {
+		// Dual stack from Docker's IPAM: CNI_ARGS IP= carries one address, args.cni.ips carries both.
+		var err error
+		if cniNet, err = cniNet.WithArgs(map[string]any{"ips": requested}); err != nil {
+			return cnibridge.AddRequest{}, fmt.Errorf("requesting %v: %w", requested, err)
+		}
+	}
+	req := cnibridge.AddRequest{ContainerID: containerID, Network: cniNet}
+	req.Args, req.CapabilityArgs = extra.Apply(cnibridge.RequestArgs(cniNet, requested, plan.Want.MAC))
+	if plan.PortsByPlugin {
+		if req.CapabilityArgs == nil {
+			req.CapabilityArgs = map[string]any{}
+		}
+		req.CapabilityArgs["portMappings"] = portMappings(plan.Ports)
+	}
+	return req, nil
+}
+
+// parseEndpointOptions reads the cni.* options among CreateEndpoint's top-level options, where Docker passes
+// `driver-opt`. Keys Docker itself sets (com.docker.*) are not ours.
+func parseEndpointOptions(options map[string]any) (cniargs.Extra, error) {
 	opts := map[string]string{}
 	for k, v := range options {
 		if !cniargs.IsOption(k) {
@@ -388,21 +380,6 @@ func portMappings(ms []hostports.Mapping) []map[string]any {
 		out = append(out, e)
 	}
 	return out
-}
-
-// mismatch reports a CNI result that differs from what Docker asked for.
-func mismatch(want network.EndpointInterface, a *state.Attachment) error {
-	got := a.Interface
-	if want.Address != "" && naming.Address(want.Address) != naming.Address(got.IPv4) {
-		return fmt.Errorf("Docker's IPAM chose %s but CNI assigned %s (does the CNI IPAM honour IP=/ips requests?)", want.Address, orNone(got.IPv4))
-	}
-	if want.AddressIPv6 != "" && naming.Address(want.AddressIPv6) != naming.Address(got.IPv6) {
-		return fmt.Errorf("Docker's IPAM chose %s but CNI assigned %s", want.AddressIPv6, orNone(got.IPv6))
-	}
-	if want.MacAddress != "" && !strings.EqualFold(want.MacAddress, got.MAC) {
-		return fmt.Errorf("requested MAC %s but CNI set %s", want.MacAddress, got.MAC)
-	}
-	return nil
 }
 
 // endpointResponse fills in only what Docker left empty: libnetwork rejects a driver changing a field it set.

@@ -127,16 +127,8 @@ func (p *Ipam) ReleasePool(ctx context.Context, req *ipam.ReleasePoolRequest) (*
 	if err != nil {
 		return nil, p.errorf("reading state: %w", err)
 	}
-	atts, err := p.store.Attachments()
-	if err != nil {
-		return nil, p.errorf("reading state: %w", err)
-	}
-	for _, a := range atts {
-		if a.PoolID == pool.ID && a.Phase == state.PhasePending {
-			if err := p.mgr.Remove(ctx, a); err != nil {
-				return nil, p.errorf("pool %s: %w", pool.ID, err)
-			}
-		}
+	if err := p.mgr.RemovePending(ctx, pool.ID); err != nil {
+		return nil, p.errorf("pool %s: %w", pool.ID, err)
 	}
 	if err := p.store.DeletePool(pool.ID); err != nil {
 		return nil, p.errorf("forgetting pool: %w", err)
@@ -156,9 +148,7 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 		if req.Address == "" {
 			return nil, p.errorf("CNI network %q: no gateway to allocate", pool.CNIName)
 		}
-		_, poolNet, _ := net.ParseCIDR(pool.CIDR)
-		ones, _ := poolNet.Mask.Size()
-		return &ipam.RequestAddressResponse{Address: fmt.Sprintf("%s/%d", req.Address, ones)}, nil
+		return &ipam.RequestAddressResponse{Address: inPool(req.Address, pool)}, nil
 	}
 	mac := req.Options[macAddressOption]
 	if pool.V6 {
@@ -170,32 +160,26 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 	}
 	var requested []string
 	if req.Address != "" {
-		_, poolNet, _ := net.ParseCIDR(pool.CIDR)
-		ones, _ := poolNet.Mask.Size()
-		requested = []string{fmt.Sprintf("%s/%d", req.Address, ones)}
+		requested = []string{inPool(req.Address, pool)}
 	}
 	addReq := cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw}
 	addReq.Args, addReq.CapabilityArgs = pool.Extra.Apply(cnibridge.RequestArgs(nw, requested, mac))
-	a, err := p.mgr.Add(ctx, addReq, state.Attachment{Phase: state.PhasePending, PoolID: pool.ID, RequestMAC: mac})
+	a, err := p.mgr.Attach(ctx, attach.Plan{
+		Add:   addReq,
+		Owner: state.Attachment{Phase: state.PhasePending, PoolID: pool.ID, RequestMAC: mac},
+		Want:  attach.Want{Address: req.Address, NeedIPv4: true},
+	})
 	if err != nil {
 		return nil, p.errorf("CNI network %q: %w", pool.CNIName, err)
 	}
-	got := a.Interface.IPv4
-	var problem string
-	switch {
-	case got == "":
-		problem = "assigned no IPv4 address"
-	case req.Address != "" && naming.Address(got) != req.Address:
-		problem = fmt.Sprintf("assigned %s instead of the requested %s (does its IPAM honour IP=/ips requests?)", got, req.Address)
-	}
-	if problem != "" {
-		err := p.errorf("CNI network %q %s", pool.CNIName, problem)
-		if rerr := p.mgr.Remove(context.WithoutCancel(ctx), a); rerr != nil {
-			err = fmt.Errorf("%w; removing it also failed: %v", err, rerr)
-		}
-		return nil, err
-	}
-	return &ipam.RequestAddressResponse{Address: got}, nil
+	return &ipam.RequestAddressResponse{Address: a.Interface.IPv4}, nil
+}
+
+// inPool writes address as a CIDR with the pool's prefix length.
+func inPool(address string, pool *state.Pool) string {
+	_, poolNet, _ := net.ParseCIDR(pool.CIDR)
+	ones, _ := poolNet.Mask.Size()
+	return fmt.Sprintf("%s/%d", address, ones)
 }
 
 // requestV6 answers Docker's IPv6 RequestAddress, which follows the endpoint's IPv4 one: the IPv4 request ran

@@ -3,8 +3,6 @@ package plugin_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/cniplug/cniplug/internal/teststack"
 	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/plugin"
 	"github.com/cniplug/cniplug/state"
 	dipam "github.com/docker/go-plugins-helpers/ipam"
@@ -164,12 +163,6 @@ func wantContains(t testing.TB, what, got string, wants ...string) {
 			t.Errorf("%s: %q\n does not contain %q", what, got, w)
 		}
 	}
-}
-
-func dockerID() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 func genericOpts(kv map[string]any) map[string]any {
@@ -317,7 +310,7 @@ func TestNetworkDriverErrors(t *testing.T) {
 		"20-beta.conflist":  fmt.Sprintf(minimalConflist, "beta"),
 		"30-broken.conf":    `{"name": "broken", "plugins": [`,
 	})
-	nid := dockerID()
+	nid := naming.RandomID()
 	v4 := []*network.IPAMData{{AddressSpace: "LocalDefault", Pool: "10.251.0.0/24", Gateway: "10.251.0.1/24"}}
 	cases := []struct {
 		name  string
@@ -344,10 +337,10 @@ func TestNetworkDriverErrors(t *testing.T) {
 			network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": "alpha"}), IPv4Data: v4},
 			[]string{`CNI plugin "bridge" not found`}},
 		{"CreateEndpoint on an unknown network", "NetworkDriver.CreateEndpoint",
-			network.CreateEndpointRequest{NetworkID: nid, EndpointID: dockerID(), Interface: &network.EndpointInterface{}},
+			network.CreateEndpointRequest{NetworkID: nid, EndpointID: naming.RandomID(), Interface: &network.EndpointInterface{}},
 			[]string{"unknown to cniplug"}},
 		{"Join of an unknown endpoint", "NetworkDriver.Join",
-			network.JoinRequest{NetworkID: nid, EndpointID: dockerID(), SandboxKey: "/var/run/docker/netns/x"},
+			network.JoinRequest{NetworkID: nid, EndpointID: naming.RandomID(), SandboxKey: "/var/run/docker/netns/x"},
 			[]string{"has no CNI attachment"}},
 	}
 	for _, tc := range cases {
@@ -359,7 +352,7 @@ func TestNetworkDriverErrors(t *testing.T) {
 		t.Fatalf("a failed CreateNetwork was recorded: %v", err)
 	}
 	// Deleting what cniplug does not know succeeds (Docker retries, and gets stuck on errors).
-	c.call("NetworkDriver.DeleteEndpoint", network.DeleteEndpointRequest{NetworkID: nid, EndpointID: dockerID()}, nil)
+	c.call("NetworkDriver.DeleteEndpoint", network.DeleteEndpointRequest{NetworkID: nid, EndpointID: naming.RandomID()}, nil)
 	c.call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil)
 }
 
@@ -438,7 +431,7 @@ func newCNIEnv(t *testing.T) *cniEnv {
 // the env's CNI network and returns its ID.
 func (e *cniEnv) createNullNetwork(t *testing.T) string {
 	t.Helper()
-	nid := dockerID()
+	nid := naming.RandomID()
 	e.c.call("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": e.name}),
 		IPv4Data: []*network.IPAMData{{AddressSpace: "null", Pool: "0.0.0.0/0"}}}, nil)
 	return nid
@@ -590,7 +583,7 @@ func TestCNIIPAMFlow(t *testing.T) {
 		t.Fatal("RequestPool returned no PoolID")
 	}
 
-	nid := dockerID()
+	nid := naming.RandomID()
 	create := network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": e.name}),
 		IPv4Data: []*network.IPAMData{{AddressSpace: state.LocalAddressSpace, Pool: pool.Pool, Gateway: pool.Data["com.docker.network.gateway"]}}}
 	c.call("NetworkDriver.CreateNetwork", create, nil)
@@ -606,7 +599,7 @@ func TestCNIIPAMFlow(t *testing.T) {
 		t.Fatalf("RequestAddress handed out the gateway %s", addr.Address)
 	}
 
-	eid := dockerID()
+	eid := naming.RandomID()
 	var ep network.CreateEndpointResponse
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
 		Interface: &network.EndpointInterface{Address: addr.Address}, Options: map[string]any{}}, &ep)
@@ -686,7 +679,7 @@ func TestNullIPAMFlow(t *testing.T) {
 	if rec, err := e.Store.Network(nid); err != nil || rec.Mode != state.ModeNull {
 		t.Fatalf("recorded network = %+v, %v; want mode %s", rec, err, state.ModeNull)
 	}
-	eid := dockerID()
+	eid := naming.RandomID()
 	var ep network.CreateEndpointResponse
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
 		Interface: &network.EndpointInterface{}, Options: map[string]any{}}, &ep)
@@ -722,7 +715,7 @@ func TestNullIPAMFlow(t *testing.T) {
 func TestDockerIPAMFlow(t *testing.T) {
 	e := newCNIEnv(t)
 	c := e.c
-	nid := dockerID()
+	nid := naming.RandomID()
 	opts := genericOpts(map[string]any{"cni": e.name})
 
 	msg := c.callErr("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{NetworkID: nid, Options: opts,
@@ -739,7 +732,7 @@ func TestDockerIPAMFlow(t *testing.T) {
 		t.Fatalf("recorded network = %+v, %v; want mode %s", rec, err, state.ModeDocker)
 	}
 
-	eid := dockerID()
+	eid := naming.RandomID()
 	want := e.ip(10) + "/24"
 	var ep network.CreateEndpointResponse
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
@@ -759,7 +752,7 @@ func TestDockerIPAMFlow(t *testing.T) {
 	}
 
 	// Docker's IPAM choosing an address host-local already gave out fails cleanly, leaving nothing behind.
-	eid2 := dockerID()
+	eid2 := naming.RandomID()
 	msg = c.callErr("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid2,
 		Interface: &network.EndpointInterface{Address: want}})
 	wantContains(t, "CreateEndpoint of a taken address", msg, e.name)
@@ -779,7 +772,7 @@ func TestDeleteNetworkRemovesLeftovers(t *testing.T) {
 	e := newCNIEnv(t)
 	c := e.c
 	nid := e.createNullNetwork(t)
-	joined, idle := dockerID(), dockerID()
+	joined, idle := naming.RandomID(), naming.RandomID()
 	var ep network.CreateEndpointResponse
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: joined, Interface: &network.EndpointInterface{}}, &ep)
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: idle, Interface: &network.EndpointInterface{}}, nil)
