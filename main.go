@@ -16,6 +16,7 @@ import (
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cli"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/driver"
 	"github.com/cniplug/cniplug/ipam"
@@ -147,8 +148,8 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)
 	svc := newAdmin(c, name, mgr)
-	drv := driver.New(driver.Config{Name: name, ConfDirs: c.confDir, DefaultNetwork: c.defaultNetwork, Manager: mgr, Logger: log})
-	ipd := ipam.New(ipam.Config{Name: name, ConfDirs: c.confDir, DefaultNetwork: c.defaultNetwork, Manager: mgr, Logger: log})
+	chooser := cniconf.Chooser{ConfDirs: c.confDir, DefaultNetwork: c.defaultNetwork, Validator: runner}
+	drv, ipd := driver.New(name, chooser, mgr, log), ipam.New(name, chooser, mgr, log)
 	h := plugin.NewHandler(drv, ipd, log,
 		plugin.WithAdmin(svc), plugin.WithObserver(m, svc))
 	if err := serveMetrics(ctx, c, m, store, log); err != nil {

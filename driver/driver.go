@@ -30,32 +30,18 @@ const (
 	genericOptions = "com.docker.network.generic"
 )
 
-// Config configures a Driver.
-type Config struct {
-	Name     string // the driver name Docker knows the plugin by, for messages
-	ConfDirs string // colon-separated conf dirs, searched in order
-	// DefaultNetwork is the CNI network of Docker networks created without --opt cni ("" requires the option).
-	DefaultNetwork string
-	Manager        *attach.Manager
-	Logger         *slog.Logger
-}
-
 // Driver implements the NetworkDriver side of cniplug.
 type Driver struct {
-	name    string
-	chooser cniconf.Chooser
+	name    string          // the driver name Docker knows the plugin by, for messages
+	chooser cniconf.Chooser // shared with the IPAM driver: the conf dirs and the default network
 	mgr     *attach.Manager
 	store   *state.Store
 	log     *slog.Logger
 }
 
-// New returns a Driver.
-func New(cfg Config) *Driver {
-	return &Driver{
-		name:    cfg.Name,
-		chooser: cniconf.Chooser{ConfDirs: cfg.ConfDirs, DefaultNetwork: cfg.DefaultNetwork, Validator: cfg.Manager.Runner()},
-		mgr:     cfg.Manager, store: cfg.Manager.Store(), log: cfg.Logger,
-	}
+// New returns a Driver that binds Docker networks to the CNI networks chooser picks.
+func New(name string, chooser cniconf.Chooser, mgr *attach.Manager, log *slog.Logger) *Driver {
+	return &Driver{name: name, chooser: chooser, mgr: mgr, store: mgr.Store(), log: log}
 }
 
 func (d *Driver) errorf(netID, format string, args ...any) error {

@@ -25,32 +25,18 @@ const (
 	macAddressOption   = "com.docker.network.endpoint.macaddress"
 )
 
-// Config configures an Ipam.
-type Config struct {
-	Name     string // the driver name Docker knows the plugin by, for messages
-	ConfDirs string // colon-separated conf dirs, searched in order
-	// DefaultNetwork is the CNI network of pools requested without --ipam-opt cni ("" requires the option).
-	DefaultNetwork string
-	Manager        *attach.Manager
-	Logger         *slog.Logger
-}
-
 // Ipam implements the IpamDriver side of cniplug.
 type Ipam struct {
-	name    string
-	chooser cniconf.Chooser
+	name    string          // the driver name Docker knows the plugin by, for messages
+	chooser cniconf.Chooser // shared with the network driver: the conf dirs and the default network
 	mgr     *attach.Manager
 	store   *state.Store
 	log     *slog.Logger
 }
 
-// New returns an Ipam.
-func New(cfg Config) *Ipam {
-	return &Ipam{
-		name:    cfg.Name,
-		chooser: cniconf.Chooser{ConfDirs: cfg.ConfDirs, DefaultNetwork: cfg.DefaultNetwork, Validator: cfg.Manager.Runner()},
-		mgr:     cfg.Manager, store: cfg.Manager.Store(), log: cfg.Logger,
-	}
+// New returns an Ipam whose pools use the CNI networks chooser picks.
+func New(name string, chooser cniconf.Chooser, mgr *attach.Manager, log *slog.Logger) *Ipam {
+	return &Ipam{name: name, chooser: chooser, mgr: mgr, store: mgr.Store(), log: log}
 }
 
 func (p *Ipam) errorf(format string, args ...any) error {

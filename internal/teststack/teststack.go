@@ -21,6 +21,7 @@ import (
 	"github.com/cniplug/cniplug/admin"
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/driver"
 	"github.com/cniplug/cniplug/internal/testutil"
 	"github.com/cniplug/cniplug/ipam"
@@ -110,8 +111,8 @@ func New(t testing.TB, o Options) *Stack {
 		opts = append(opts, plugin.WithAdmin(s.Admin))
 	}
 	opts = append(opts, plugin.WithObserver(s.Metrics, s.Admin))
-	drv := driver.New(driver.Config{Name: "cniplug", ConfDirs: s.ConfDirs, Manager: s.Manager, Logger: log})
-	ipd := ipam.New(ipam.Config{Name: "cniplug", ConfDirs: s.ConfDirs, Manager: s.Manager, Logger: log})
+	chooser := cniconf.Chooser{ConfDirs: s.ConfDirs, Validator: runner}
+	drv, ipd := driver.New("cniplug", chooser, s.Manager, log), ipam.New("cniplug", chooser, s.Manager, log)
 	s.Handler = plugin.NewHandler(drv, ipd, log, opts...)
 	return s
 }
