@@ -104,14 +104,24 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 	return &ipam.RequestPoolResponse{PoolID: pool.ID, Pool: cidr, Data: map[string]string{poolGatewayKey: gateway}}, nil
 }
 
-// ReleasePool forgets the pool and tears down addresses allocated from it that no endpoint claimed.
-func (p *Ipam) ReleasePool(ctx context.Context, req *ipam.ReleasePoolRequest) (*struct{}, error) {
-	pool, err := p.store.Pool(req.PoolID)
+// releasedPool looks up the pool a release names. A pool cniplug does not know is already released (Docker
+// retries releases and must not get stuck): then it returns nil and no error.
+func (p *Ipam) releasedPool(id string) (*state.Pool, error) {
+	pool, err := p.store.Pool(id)
 	if errors.Is(err, state.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, p.errorf("reading state: %w", err)
+	}
+	return pool, nil
+}
+
+// ReleasePool forgets the pool and tears down addresses allocated from it that no endpoint claimed.
+func (p *Ipam) ReleasePool(ctx context.Context, req *ipam.ReleasePoolRequest) (*struct{}, error) {
+	pool, err := p.releasedPool(req.PoolID)
+	if pool == nil {
+		return nil, err
 	}
 	if err := p.mgr.RemovePending(ctx, pool.ID); err != nil {
 		return nil, p.errorf("pool %s: %w", pool.ID, err)
@@ -196,12 +206,9 @@ func (p *Ipam) requestV6(pool *state.Pool, address, mac string) (*ipam.RequestAd
 // ReleaseAddress tears down a pending attachment nobody claimed; the release Docker sends after deleting an
 // endpoint finds nothing pending (DeleteEndpoint already tore that attachment down).
 func (p *Ipam) ReleaseAddress(ctx context.Context, req *ipam.ReleaseAddressRequest) (*struct{}, error) {
-	pool, err := p.store.Pool(req.PoolID)
-	if errors.Is(err, state.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, p.errorf("reading state: %w", err)
+	pool, err := p.releasedPool(req.PoolID)
+	if pool == nil {
+		return nil, err
 	}
 	if pool.V6 {
 		return nil, nil // the attachment is released with its IPv4 address (or by DeleteEndpoint)
