@@ -12,8 +12,12 @@ CNI_PLUGIN_PKGS := $(addprefix github.com/containernetworking/plugins/plugins/,m
 # never overlap: each takes this lock (-o: processes a test leaves running, such as a restarted dockerd,
 # must not inherit it).
 TESTLOCK := flock -o /tmp/cniplug-tests.lock
+# Extra `go test` flags, e.g. GOTESTFLAGS=-v (.ci/run counts the PASS/FAIL lines).
+GOTESTFLAGS ?=
+# The end-to-end tests that exercise the host firewall: run again under dockerd --firewall-backend=nftables.
+FIREWALL_TESTS := TestDockerFirewall|TestPublishPorts|TestPublishPortRangesAndHostIP|TestAddressingModes|TestConnectDisconnect|TestMultipleNetworks
 
-.PHONY: build cni-plugins test test-unit test-e2e test-e2e-managed vet fuzz bench clean plugin install
+.PHONY: build cni-plugins test test-unit test-e2e test-e2e-managed test-e2e-firewall test-engines vet fuzz bench clean plugin install
 
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/cniplug .
@@ -26,14 +30,20 @@ cni-plugins:
 vet:
 	$(GO) vet ./...
 
-# The whole suite: unit tests (real netns + real CNI plugins) and end-to-end tests (real dockerd), the latter
-# once with cniplug as a host (v1) plugin and once as a managed plugin built from this checkout.
+# The whole suite against the running dockerd: unit tests (real netns + real CNI plugins) and end-to-end tests
+# (real dockerd), the latter once with cniplug as a host (v1) plugin and once as a managed plugin built from
+# this checkout.
 test: build cni-plugins vet
-	$(TESTLOCK) $(GO) test -count=1 -p 1 -timeout 25m ./...
-	$(TESTLOCK) env CNIPLUG_E2E_MODE=managed $(GO) test -count=1 -timeout 25m ./tests/
+	$(TESTLOCK) $(GO) test $(GOTESTFLAGS) -count=1 -p 1 -timeout 25m ./...
+	$(TESTLOCK) env CNIPLUG_E2E_MODE=managed $(GO) test $(GOTESTFLAGS) -count=1 -timeout 25m ./tests/
+
+# The suite on every supported engine, as CI runs it (scripts/ci-engines.sh): the current engine with both
+# plugin modes, its nftables firewall backend for the firewall tests, and Docker 20.10 with the host plugin.
+test-engines:
+	bash scripts/ci-engines.sh
 
 test-unit: build cni-plugins
-	$(TESTLOCK) $(GO) test -count=1 -p 1 -timeout 10m $$($(GO) list ./... | grep -v /tests)
+	$(TESTLOCK) $(GO) test $(GOTESTFLAGS) -count=1 -p 1 -timeout 10m $$($(GO) list ./... | grep -v /tests)
 
 test-e2e: build cni-plugins
 	$(TESTLOCK) $(GO) test -count=1 -v -timeout 20m ./tests/
@@ -41,6 +51,10 @@ test-e2e: build cni-plugins
 # The end-to-end suite against the managed plugin (scripts/build-plugin.sh builds it; no registry needed).
 test-e2e-managed: build cni-plugins
 	$(TESTLOCK) env CNIPLUG_E2E_MODE=managed $(GO) test -count=1 -v -timeout 25m ./tests/
+
+# The firewall-related end-to-end tests alone (host plugin), e.g. under another dockerd firewall backend.
+test-e2e-firewall: build cni-plugins
+	$(TESTLOCK) $(GO) test -count=1 -v -timeout 10m -run '^($(FIREWALL_TESTS))$$' ./tests/
 
 # The managed plugin: builds its rootfs (offline if need be, see the README), then `docker plugin create`
 # cniplug (replacing an existing one) and enables it. PLUGIN_NAME=... for another name.

@@ -93,10 +93,14 @@ func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state
 	return &rec, nil
 }
 
-// Join hands the attachment's link to the host netns for Docker to move into the container.
-func (m *Manager) Join(a *state.Attachment) error {
+// Join lets the attachment's traffic through the host firewall as the policy says and hands its link to the
+// host netns for Docker to move into the container.
+func (m *Manager) Join(a *state.Attachment, p JoinPolicy) error {
 	unlock := m.locks.lock(a.ID())
 	defer unlock()
+	if err := m.allowForward(a, p); err != nil {
+		return err
+	}
 	if err := m.cni.MoveToHost(&a.Attachment); err != nil {
 		return err
 	}
@@ -116,6 +120,9 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 		return nil
 	}
 	if err := m.unpublish(ctx, a); err != nil {
+		return err
+	}
+	if err := m.revokeForward(a); err != nil {
 		return err
 	}
 	if err := m.cni.Teardown(ctx, &a.Attachment); err != nil {

@@ -26,8 +26,13 @@ import (
 const (
 	// OptAsyncDelete=true: DeleteEndpoint returns once the removal is recorded; CNI DEL runs in the background.
 	OptAsyncDelete = "async-delete"
+	// OptHostFirewall=false: cniplug adds no FORWARD rules; the CNI network manages its own firewall.
+	OptHostFirewall = "host-firewall"
 
 	genericOptions = "com.docker.network.generic"
+	// Options Docker sets itself in CreateNetwork (libnetwork's netlabel package).
+	internalOption   = "com.docker.network.internal"
+	enableIPv4Option = "com.docker.network.enable_ipv4" // Docker 28+
 )
 
 // Driver implements the NetworkDriver side of cniplug.
@@ -84,17 +89,25 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 	if err != nil {
 		return nil, nil, err
 	}
-	nw, extra, err := d.chooser.Choose(ctx, cniconf.Options{Flag: "--opt", Values: opts, Known: []string{OptAsyncDelete},
+	nw, extra, err := d.chooser.Choose(ctx, cniconf.Options{Flag: "--opt", Values: opts, Known: []string{OptAsyncDelete, OptHostFirewall},
 		Purpose: "this Docker network uses"})
 	if err != nil {
 		return nil, nil, err
 	}
-	asyncDelete, err := boolOption(opts, OptAsyncDelete)
+	asyncDelete, err := boolOption(opts, OptAsyncDelete, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	hostFirewall, err := boolOption(opts, OptHostFirewall, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	internal, err := dockerFlags(req.Options)
 	if err != nil {
 		return nil, nil, err
 	}
 	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra,
-		AsyncDelete: asyncDelete, Mode: state.ModeNull}
+		AsyncDelete: asyncDelete, Internal: internal, NoHostFirewall: !hostFirewall, Mode: state.ModeNull}
 	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
 		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
 		rec.Mode = state.ModeOf(v4.AddressSpace)
@@ -138,6 +151,9 @@ func (d *Driver) checkAddressing(rec *state.Network, nw *cnibridge.Network, req 
 
 // validateNetwork refuses option combinations that cannot work.
 func (d *Driver) validateNetwork(rec *state.Network) error {
+	if rec.Internal && rec.NoHostFirewall {
+		return fmt.Errorf("--internal needs cniplug's FORWARD rules to keep traffic inside the network: drop --opt %s=false", OptHostFirewall)
+	}
 	if rec.AsyncDelete && rec.Mode == state.ModeDocker {
 		// Docker's IPAM may hand the address to the next container before a background DEL has released it in
 		// the CNI IPAM, whose ADD would then fail.
@@ -263,7 +279,7 @@ func (d *Driver) planEndpoint(nw *state.Network, req *network.CreateEndpointRequ
 	if err != nil {
 		return attach.Plan{}, err
 	}
-	ports, err := d.endpointPorts(req.Options)
+	ports, err := d.endpointPorts(nw, req.Options)
 	if err != nil {
 		return attach.Plan{}, err
 	}
@@ -299,10 +315,13 @@ func (d *Driver) endpointExtra(nw *state.Network, cniNet *cnibridge.Network, opt
 }
 
 // endpointPorts chooses the host ports for the ports Docker asks to publish.
-func (d *Driver) endpointPorts(options map[string]any) ([]hostports.Mapping, error) {
+func (d *Driver) endpointPorts(nw *state.Network, options map[string]any) ([]hostports.Mapping, error) {
 	bindings, err := hostports.ParseDockerPortmap(options[hostports.OptionPortMap])
 	if err != nil || len(bindings) == 0 {
 		return nil, err
+	}
+	if nw.Internal {
+		return nil, errors.New("ports cannot be published from an internal network (it has no way in or out); connect the container to another network to publish them")
 	}
 	ports, err := d.mgr.ResolvePorts(bindings)
 	if err != nil {
@@ -389,7 +408,11 @@ func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.J
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "endpoint %s has no CNI attachment: %w", naming.ShortID(req.EndpointID), err)
 	}
-	if err := d.mgr.Join(a); err != nil {
+	nw, err := d.store.Network(req.NetworkID)
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "unknown to %s (its state was lost?): %w", d.name, err)
+	}
+	if err := d.mgr.Join(a, attach.PolicyOf(nw)); err != nil {
 		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
 	}
 	resp := &network.JoinResponse{
@@ -399,7 +422,13 @@ func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.J
 		// The container gets exactly the routes CNI set up; no docker_gwbridge behind the driver's back.
 		DisableGatewayService: true,
 	}
-	for _, r := range a.Interface.Routes {
+	routes := a.Interface.Routes
+	if nw.Internal {
+		// As on Docker's own internal networks: no gateway, no route out of the network's subnets.
+		resp.Gateway, resp.GatewayIPv6 = "", ""
+		routes = insideRoutes(routes, a.Interface.Addresses())
+	}
+	for _, r := range routes {
 		sr := &network.StaticRoute{Destination: r.Destination, NextHop: r.NextHop}
 		if r.NextHop == "" {
 			sr.RouteType = routeConnected
@@ -407,6 +436,32 @@ func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.J
 		resp.StaticRoutes = append(resp.StaticRoutes, sr)
 	}
 	return resp, nil
+}
+
+// insideRoutes keeps the routes whose destination lies within one of the addresses' subnets.
+func insideRoutes(routes []cnibridge.Route, addrs []string) []cnibridge.Route {
+	var subnets []*net.IPNet
+	for _, a := range addrs {
+		if _, n, err := net.ParseCIDR(a); err == nil {
+			subnets = append(subnets, n)
+		}
+	}
+	var out []cnibridge.Route
+	for _, r := range routes {
+		_, dst, err := net.ParseCIDR(r.Destination)
+		if err != nil {
+			continue
+		}
+		dstOnes, _ := dst.Mask.Size()
+		for _, s := range subnets {
+			ones, _ := s.Mask.Size()
+			if s.Contains(dst.IP) && dstOnes >= ones {
+				out = append(out, r)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // libnetwork's route types (types.NEXTHOP = 0, types.CONNECTED = 1).
@@ -443,11 +498,46 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	return nil, nil
 }
 
-// boolOption reads an optional true/false option.
-func boolOption(opts map[string]string, key string) (bool, error) {
+// dockerFlags reads the flags Docker itself passes to CreateNetwork and refuses those cniplug cannot honour,
+// so that none is accepted and silently ignored. It returns whether the network is internal.
+func dockerFlags(options map[string]any) (internal bool, err error) {
+	internal, err = boolFlag(options, internalOption)
+	if err != nil {
+		return false, err
+	}
+	if v, ok := options[enableIPv4Option]; ok {
+		if on, err := boolFlag(options, enableIPv4Option); err != nil {
+			return false, err
+		} else if !on {
+			return false, fmt.Errorf("--ipv4=false is not supported: the CNI network decides which address families its containers get (%s=%v)", enableIPv4Option, v)
+		}
+	}
+	return internal, nil
+}
+
+// boolFlag reads a boolean Docker sends as a JSON bool (or, from some clients, a string).
+func boolFlag(options map[string]any, key string) (bool, error) {
+	switch v := options[key].(type) {
+	case nil:
+		return false, nil
+	case bool:
+		return v, nil
+	case string:
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return false, fmt.Errorf("docker sent %s=%q: want true or false", key, v)
+		}
+		return b, nil
+	default:
+		return false, fmt.Errorf("docker sent %s of type %T: want a boolean", key, v)
+	}
+}
+
+// boolOption reads an optional true/false option, def when it is absent.
+func boolOption(opts map[string]string, key string, def bool) (bool, error) {
 	v, ok := opts[key]
 	if !ok || v == "" {
-		return false, nil
+		return def, nil
 	}
 	b, err := strconv.ParseBool(v)
 	if err != nil {

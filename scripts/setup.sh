@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # From a fresh Debian machine to a working cniplug: installs what is missing (docker.io, docker-compose, iptables, iproute2,
-# busybox-static), starts dockerd, builds cniplug and the pinned reference CNI plugins, installs the plugins
+# busybox-static), starts dockerd (today's engine by default, built and cached by scripts/install-engine.sh;
+# CNIPLUG_ENGINE=20.10 for Debian's), builds cniplug and the pinned reference CNI plugins, installs the plugins
 # into /opt/cni/bin (never overwriting existing ones), adds a demo CNI bridge network, starts cniplug as a host
 # (v1) plugin and shows two containers on that CNI network pinging each other. Safe to run again.
 set -euo pipefail
@@ -28,15 +29,20 @@ else
 fi
 
 say "dockerd"
-if ! docker info >/dev/null 2>&1; then
-  if [ -d /run/systemd/system ]; then systemctl start docker || true; fi
+# The engine: CNIPLUG_ENGINE=current (today's Docker Engine 29.x, built from the Go module proxy and cached by
+# version; the default) or 20.10 (Debian's docker.io). A dockerd that already answers is kept unless
+# CNIPLUG_ENGINE asks for the other engine.
+running=$(docker version --format '{{.Server.Version}}' 2>/dev/null || true)
+case "$running" in
+  "") running_engine="" ;;
+  20.10.*) running_engine=20.10 ;;
+  *) running_engine=current ;;
+esac
+want=${CNIPLUG_ENGINE:-${running_engine:-current}}
+if [ "$want" != "$running_engine" ]; then
+  bash scripts/engine.sh start "$want"
 fi
-if ! docker info >/dev/null 2>&1; then
-  nohup dockerd >/var/log/cniplug-dockerd.log 2>&1 &
-  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-fi
-docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/cniplug-dockerd.log" >&2; exit 1; }
-echo "dockerd $(docker version --format '{{.Server.Version}}') is up"
+echo "dockerd $(docker version --format '{{.Server.Version}}') is up ($want engine; switch with scripts/engine.sh start current|20.10)"
 
 say "build"
 make build cni-plugins

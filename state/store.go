@@ -61,6 +61,12 @@ type Network struct {
 	Extra cniargs.Extra `json:"extra,omitempty"`
 	// AsyncDelete: DeleteEndpoint records the removal and returns; the CNI DEL runs in the background.
 	AsyncDelete bool `json:"asyncDelete,omitempty"`
+	// Internal (`docker network create --internal`): containers get no route out of the network's subnets, and
+	// FORWARD rules drop whatever would leave them.
+	Internal bool `json:"internal,omitempty"`
+	// NoHostFirewall (--opt host-firewall=false): cniplug adds no FORWARD rules for the network's containers;
+	// the CNI network manages its own (Calico's Felix, flannel).
+	NoHostFirewall bool `json:"noHostFirewall,omitempty"`
 }
 
 // Pool is an address pool handed to Docker by cniplug's IPAM driver.
@@ -102,6 +108,9 @@ type Attachment struct {
 	// HostPorts are the ports published for the endpoint (`docker run -p`), recorded before their rules are
 	// programmed so that teardown removes them even after a crash.
 	HostPorts *hostports.Record `json:"hostPorts,omitempty"`
+	// Forward are the FORWARD rules that let the container's traffic past Docker's firewall (or keep it inside
+	// an internal network), recorded before they are programmed, like HostPorts.
+	Forward *hostports.Forward `json:"forward,omitempty"`
 	// RequestMAC is the MAC Docker generated (or the user asked for) and passed to cniplug IPAM's
 	// RequestAddress: it pairs the endpoint's IPv6 request with the attachment its IPv4 request created.
 	RequestMAC string `json:"requestMAC,omitempty"`

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,6 +17,14 @@ import (
 // dockerdCmdline returns the running dockerd's pid and command line, or skips when dockerd is managed in a
 // way these tests cannot restart (systemd).
 func dockerdCmdline(t *testing.T) (int, []string) {
+	t.Helper()
+	pid, argv, _ := dockerdProcess(t)
+	return pid, argv
+}
+
+// dockerdProcess returns the running dockerd's pid, command line and environment. The environment matters:
+// the current engine finds its containerd, runc and docker-proxy through PATH (scripts/engine.sh).
+func dockerdProcess(t *testing.T) (int, []string, []string) {
 	t.Helper()
 	if _, err := os.Stat("/run/systemd/system"); err == nil {
 		t.Skip("skipping: dockerd is managed by systemd here; these tests restart a dockerd started by scripts/setup.sh")
@@ -32,18 +41,23 @@ func dockerdCmdline(t *testing.T) (int, []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pid int
-	for _, c := range pids[0] {
-		pid = pid*10 + int(c-'0')
+	pid, err := strconv.Atoi(pids[0])
+	if err != nil {
+		t.Fatal(err)
 	}
-	return pid, strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+	environ, err := os.ReadFile("/proc/" + pids[0] + "/environ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid, strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00"),
+		strings.Split(strings.TrimRight(string(environ), "\x00"), "\x00")
 }
 
 // restartDockerd stops dockerd (SIGTERM, or SIGKILL to simulate a crash), runs between() while it is down,
 // and starts it again with the same command line plus or minus --live-restore.
 func restartDockerd(t *testing.T, sig syscall.Signal, liveRestore bool, between func()) {
 	t.Helper()
-	pid, argv := dockerdCmdline(t)
+	pid, argv, environ := dockerdProcess(t)
 	var args []string
 	for _, a := range argv[1:] {
 		if a != "--live-restore" {
@@ -69,6 +83,7 @@ func restartDockerd(t *testing.T, sig syscall.Signal, liveRestore bool, between 
 	// dockerd outlives this test binary: it must not inherit descriptors such as the test-run lock.
 	closeInheritedFDs()
 	cmd := exec.Command(argv[0], args...)
+	cmd.Env = environ
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlive the test binary
 	if err := cmd.Start(); err != nil {

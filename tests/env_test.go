@@ -338,11 +338,19 @@ type cniNet struct {
 // is what lets routed container traffic through.
 func writeConflist(t *testing.T, kind string, mainPlugin func(ipam string) string, extra ...string) cniNet {
 	t.Helper()
+	return writeConflistWith(t, kind, true, mainPlugin, extra...)
+}
+
+// writeConflistWith writes the conflist with or without the firewall plugin at its end.
+func writeConflistWith(t *testing.T, kind string, firewallPlugin bool, mainPlugin func(ipam string) string, extra ...string) cniNet {
+	t.Helper()
 	subnet, gw, prefix := nextSubnet()
 	n := cniNet{Name: testutil.UniqueName("e2e" + kind), Subnet: subnet, Gateway: gw, Prefix: prefix}
 	ipam := fmt.Sprintf(`{"type":"host-local","ranges":[[{"subnet":"%s"}]],"routes":[{"dst":"0.0.0.0/0"}]}`, subnet)
 	plugins := append([]string{mainPlugin(ipam)}, extra...)
-	plugins = append(plugins, `{"type":"firewall"}`)
+	if firewallPlugin {
+		plugins = append(plugins, `{"type":"firewall"}`)
+	}
 	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"%s","plugins":[%s]}`, n.Name, strings.Join(plugins, ","))
 	path := testutil.WriteFile(t, env.confDir, n.Name+".conflist", conf)
 	t.Cleanup(func() {

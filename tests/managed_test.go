@@ -338,7 +338,7 @@ func TestManagedUpgrade(t *testing.T) {
 		if got := docker(t, "plugin", "inspect", "-f", "{{.PluginReference}}", pluginName); got != ref {
 			t.Errorf("after the upgrade the plugin comes from %q, want %q", got, ref)
 		}
-		// dockerd 20.10 keeps env settings across an upgrade but takes mount sources from the new config (the
+		// dockerd (20.10, 29.x) keeps env settings across an upgrade but takes mount sources from the new config (the
 		// README says to set them again before enabling). The mounts that take effect are in .Config.Mounts.
 		if mounts := docker(t, "plugin", "inspect", "-f", "{{json .Config.Mounts}}", pluginName); !strings.Contains(mounts, env.stateDir) {
 			t.Logf("the upgrade reset the mount sources (setting them again): %s", mounts)
@@ -436,4 +436,26 @@ func pushPlugin(t *testing.T, ref string) {
 	start := time.Now()
 	docker(t, "plugin", "push", ref)
 	t.Logf("pushed %s in %s", ref, time.Since(start).Round(time.Millisecond))
+}
+
+// TestManagedDriverName: dockerd registers a managed plugin's drivers only under its full name (name:tag), on
+// every engine the suite runs on; the README tells users to write `-d cniplug:latest` for that reason.
+func TestManagedDriverName(t *testing.T) {
+	requireManaged(t)
+	n := bridgeNet(t)
+	name := testutil.UniqueName("dn")
+	for _, args := range [][]string{
+		{"-d", pluginName, "--opt", "cni=" + n.Name},
+		{"-d", driverName, "--opt", "cni=" + n.Name, "--ipam-driver", pluginName, "--ipam-opt", "cni=" + n.Name},
+	} {
+		out, err := dockerErr(append(append([]string{"network", "create"}, args...), name)...)
+		if err == nil {
+			_, _ = dockerErr("network", "rm", name)
+			t.Errorf("docker network create %v with the bare plugin name worked: update the README's driver-name advice", args)
+			continue
+		}
+		t.Logf("bare name %v: %s", args, out)
+	}
+	net := createNetwork(t, n, cniIPAM) // driverName is pluginName:latest
+	ping(t, runContainer(t, net), n.Gateway)
 }

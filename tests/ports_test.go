@@ -172,7 +172,7 @@ func TestPublishPortRangesAndHostIP(t *testing.T) {
 	}
 }
 
-// checkPortVisibility: Docker keeps the requested bindings (HostConfig.PortBindings). Docker 20.10 does not
+// checkPortVisibility: Docker keeps the requested bindings (HostConfig.PortBindings). Docker (20.10, 29.x) does not
 // show a remote driver's mappings in `docker port` / `docker ps` (it reads them from the driver's endpoint info
 // by type assertion to its in-process types, which JSON from a plugin never matches); log what it shows.
 func checkPortVisibility(t *testing.T, c, wantBinding string) {

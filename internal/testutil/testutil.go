@@ -176,22 +176,27 @@ var staticCNIRule = regexp.MustCompile(`^(:CNI-(FORWARD|ADMIN|HOSTPORT-[A-Z]+) |
 // cniRules lists iptables rules and chains mentioning CNI in the nat and filter tables.
 func cniRules(t testing.TB) []string {
 	var out []string
-	for _, table := range []string{"nat", "filter", "mangle"} {
-		b, err := exec.Command("iptables-save", "-t", table).Output()
-		if err != nil {
-			if _, lerr := exec.LookPath("iptables-save"); lerr != nil {
-				return nil
-			}
-			t.Fatalf("iptables-save -t %s: %v", table, err)
+	for _, save := range []string{"iptables-save", "ip6tables-save"} {
+		if _, err := exec.LookPath(save); err != nil {
+			continue
 		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if !strings.Contains(line, "CNI") || staticCNIRule.MatchString(line) {
-				continue
+		for _, table := range []string{"nat", "filter", "mangle"} {
+			b, err := exec.Command(save, "-t", table).Output()
+			if err != nil {
+				if save == "ip6tables-save" {
+					continue // no IPv6 netfilter in this kernel
+				}
+				t.Fatalf("%s -t %s: %v", save, table, err)
 			}
-			if strings.HasPrefix(line, ":") { // chain declaration: drop packet counters
-				line = strings.Fields(line)[0]
+			for _, line := range strings.Split(string(b), "\n") {
+				if !strings.Contains(line, "CNI") || staticCNIRule.MatchString(line) {
+					continue
+				}
+				if strings.HasPrefix(line, ":") { // chain declaration: drop packet counters
+					line = strings.Fields(line)[0]
+				}
+				out = append(out, save+" "+table+" "+line)
 			}
-			out = append(out, table+" "+line)
 		}
 	}
 	sort.Strings(out)

@@ -1,0 +1,101 @@
+package hostports
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/vishvananda/netns"
+)
+
+// TestForwardRules programs an attachment's FORWARD rules in a fresh namespace standing in for the host and
+// checks the exact chain (normal and internal, IPv4 and IPv6), that a repeated apply changes nothing, and
+// that removal leaves no chain or jump behind, also when repeated.
+func TestForwardRules(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := exec.LookPath("iptables-nft"); err != nil {
+		t.Skip("skipping: iptables-nft not installed")
+	}
+	for _, tc := range []struct {
+		name     string
+		internal bool
+		want4    []string
+		want6    []string
+	}{
+		{"normal", false, []string{
+			"-A CNIPLUG-NET-0123456789ab -s 10.99.0.2/32 -j ACCEPT",
+			"-A CNIPLUG-NET-0123456789ab -d 10.99.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+			"-A CNIPLUG-NET-0123456789ab -s 10.99.0.0/24 -d 10.99.0.2/32 -j ACCEPT",
+		}, []string{
+			"-A CNIPLUG-NET-0123456789ab -s fd00:99::2/128 -j ACCEPT",
+			"-A CNIPLUG-NET-0123456789ab -d fd00:99::2/128 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+			"-A CNIPLUG-NET-0123456789ab -s fd00:99::/64 -d fd00:99::2/128 -j ACCEPT",
+		}},
+		{"internal", true, []string{
+			"-A CNIPLUG-NET-0123456789ab -s 10.99.0.2/32 ! -d 10.99.0.0/24 -j DROP",
+			"-A CNIPLUG-NET-0123456789ab ! -s 10.99.0.0/24 -d 10.99.0.2/32 -j DROP",
+			"-A CNIPLUG-NET-0123456789ab -s 10.99.0.2/32 -d 10.99.0.0/24 -j ACCEPT",
+			"-A CNIPLUG-NET-0123456789ab -s 10.99.0.0/24 -d 10.99.0.2/32 -j ACCEPT",
+		}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host := nsName("hpf")
+			testutil.Run(t, "ip", "netns", "add", host)
+			t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", host).Run() })
+			hostNS, err := netns.GetFromName(host)
+			testutil.Must(t, err)
+			defer hostNS.Close()
+			chain := func(save string) []string {
+				var out []string
+				for _, l := range strings.Split(testutil.Run(t, "ip", "netns", "exec", host, save, "-t", "filter"), "\n") {
+					if strings.Contains(l, "CNIPLUG") {
+						out = append(out, strings.TrimSpace(l))
+					}
+				}
+				return out
+			}
+			p, err := New("iptables-nft", "ip6tables-nft")
+			testutil.Must(t, err)
+			f := Forward{ID: "0123456789abcdef", Addresses: []string{"10.99.0.2/24", "fd00:99::2/64"}, Internal: tc.internal}
+			if tc.internal {
+				f.Addresses = f.Addresses[:1]
+			}
+			testutil.InNetNS(t, hostNS, func() {
+				err = p.ApplyForward(f)
+				if err == nil {
+					err = p.ApplyForward(f) // idempotent
+				}
+			})
+			testutil.Must(t, err)
+			for save, want := range map[string][]string{"iptables-nft-save": tc.want4, "ip6tables-nft-save": tc.want6} {
+				got := chain(save)
+				var rules []string
+				jumps := 0
+				for _, l := range got {
+					if strings.HasPrefix(l, "-A CNIPLUG-NET-") {
+						rules = append(rules, l)
+					}
+					if strings.HasPrefix(l, "-A CNIPLUG-FORWARD ") && strings.HasSuffix(l, "-j CNIPLUG-NET-0123456789ab") {
+						jumps++
+					}
+				}
+				if strings.Join(rules, "\n") != strings.Join(want, "\n") {
+					t.Errorf("%s: chain is\n%s\nwant\n%s", save, strings.Join(rules, "\n"), strings.Join(want, "\n"))
+				}
+				if wantJumps := map[bool]int{true: 1, false: 0}[len(want) > 0]; jumps != wantJumps {
+					t.Errorf("%s: %d jumps to the chain, want %d:\n%s", save, jumps, wantJumps, strings.Join(got, "\n"))
+				}
+			}
+			for i := 0; i < 2; i++ {
+				testutil.InNetNS(t, hostNS, func() { err = p.RemoveForward(f) })
+				testutil.Must(t, err)
+			}
+			for _, save := range []string{"iptables-nft-save", "ip6tables-nft-save"} {
+				if left := chain(save); len(left) > 0 {
+					t.Errorf("%s after removal:\n%s", save, strings.Join(left, "\n"))
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,142 @@
+package tests
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/cniplug/cniplug/internal/testutil"
+)
+
+// dockerIPTables reports whether dockerd programs its firewall through iptables (DOCKER-USER exists), as
+// opposed to its nftables backend (--firewall-backend=nftables), which has no DOCKER-USER and no FORWARD DROP.
+func dockerIPTables() bool {
+	return exec.Command("iptables", "-S", "DOCKER-USER").Run() == nil
+}
+
+// forwardDrop gives FORWARD the DROP policy Docker's iptables backend sets on a host where it had to enable
+// IP forwarding itself (a fresh host); on these machines forwarding is already on, so dockerd leaves ACCEPT.
+// The old policy comes back when the test ends.
+func forwardDrop(t *testing.T) {
+	t.Helper()
+	if !dockerIPTables() {
+		return
+	}
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		out, err := exec.Command(ipt, "-S", "FORWARD").Output()
+		if err != nil {
+			continue
+		}
+		first := strings.SplitN(string(out), "\n", 2)[0] // "-P FORWARD ACCEPT"
+		policy := strings.TrimPrefix(first, "-P FORWARD ")
+		testutil.Run(t, ipt, "-P", "FORWARD", "DROP")
+		t.Cleanup(func() { _ = exec.Command(ipt, "-P", "FORWARD", policy).Run() })
+	}
+}
+
+func pingFails(t *testing.T, container, ip string) {
+	t.Helper()
+	if out, err := dockerErr("exec", container, "ping", "-c", "1", "-W", "1", ip); err == nil {
+		t.Errorf("%s reaches %s, which it must not:\n%s", container, ip, out)
+	}
+}
+
+// plainNet is what a new user writes: bridge or ptp with host-local and ipMasq, no firewall plugin.
+func plainNet(t *testing.T, kind string) cniNet {
+	t.Helper()
+	if kind == "ptp" {
+		return writeConflistWith(t, "ptp", false, func(ipam string) string {
+			return fmt.Sprintf(`{"type":"ptp","ipMasq":true,"ipam":%s}`, ipam)
+		})
+	}
+	br := testutil.UniqueName("e2ebr")
+	n := writeConflistWith(t, "br", false, func(ipam string) string {
+		return fmt.Sprintf(`{"type":"bridge","bridge":"%s","isGateway":true,"ipMasq":true,"ipam":%s}`, br, ipam)
+	})
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
+	return n
+}
+
+// TestDockerFirewall: a cniplug network behaves like a Docker network under Docker's firewall, whatever
+// conflist the user brings: its containers reach each other and the outside past a FORWARD DROP policy,
+// DOCKER-USER rules still apply first, --internal networks have no way out, and --opt host-firewall=false
+// leaves the firewall to the CNI network.
+func TestDockerFirewall(t *testing.T) {
+	requireSuite(t)
+	forwardDrop(t)
+	remote := newRemoteHost(t)
+
+	for _, tc := range []struct {
+		name string
+		net  func(t *testing.T) cniNet
+		mode addressing
+	}{
+		{"bridge without firewall plugin", func(t *testing.T) cniNet { return plainNet(t, "bridge") }, cniIPAM},
+		{"ptp without firewall plugin", func(t *testing.T) cniNet { return plainNet(t, "ptp") }, nullIPAM},
+		{"bridge with firewall plugin", func(t *testing.T) cniNet { return bridgeNet(t) }, dockerIPAM},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := tc.net(t)
+			net := createNetwork(t, n, tc.mode)
+			a, b := runContainer(t, net), runContainer(t, net)
+			ping(t, a, inspectEndpoint(t, b, net).IPAddress)
+			ping(t, a, remote.IP)
+			if len(iptablesMentions(t, "CNIPLUG-NET-")) == 0 {
+				t.Errorf("no CNIPLUG-NET-* FORWARD rules for the containers")
+			}
+		})
+	}
+
+	t.Run("DOCKER-USER applies first", func(t *testing.T) {
+		if !dockerIPTables() {
+			t.Skip("skipping: dockerd uses its nftables backend, which has no DOCKER-USER chain")
+		}
+		net := createNetwork(t, plainNet(t, "bridge"), cniIPAM)
+		a := runContainer(t, net)
+		ip := inspectEndpoint(t, a, net).IPAddress
+		rule := []string{"DOCKER-USER", "-s", ip, "-d", remote.IP, "-j", "DROP"}
+		testutil.Run(t, "iptables", append([]string{"-I"}, rule...)...)
+		pingFails(t, a, remote.IP)
+		testutil.Run(t, "iptables", append([]string{"-D"}, rule...)...)
+		ping(t, a, remote.IP)
+	})
+
+	t.Run("internal", func(t *testing.T) {
+		for _, kind := range []string{"bridge", "ptp"} {
+			n := plainNet(t, kind)
+			net := createNetwork(t, n, cniIPAM, "--internal")
+			a, b := runContainer(t, net), runContainer(t, net)
+			ping(t, a, inspectEndpoint(t, b, net).IPAddress)
+			if out := docker(t, "exec", a, "ip", "route"); strings.Contains(out, "default") {
+				t.Errorf("%s: container on an internal network has a default route:\n%s", kind, out)
+			}
+			if gw := inspectEndpoint(t, a, net).Gateway; gw != "" {
+				t.Errorf("%s: docker inspect shows gateway %s on an internal network", kind, gw)
+			}
+			pingFails(t, a, remote.IP)
+			// Even a route the container adds itself (with NET_ADMIN) leads nowhere: FORWARD drops it.
+			c := runContainer(t, net, "--cap-add", "NET_ADMIN")
+			docker(t, "exec", c, "ip", "route", "add", "default", "via", n.Gateway)
+			pingFails(t, c, remote.IP)
+		}
+	})
+
+	t.Run("host-firewall=false", func(t *testing.T) {
+		n := plainNet(t, "bridge")
+		net := createNetwork(t, n, cniIPAM, "--opt", "host-firewall=false")
+		a := runContainer(t, net)
+		ip := inspectEndpoint(t, a, net).IPAddress
+		if m := iptablesMentions(t, "CNIPLUG-NET-"); len(m) > 0 {
+			t.Errorf("cniplug programmed rules for %s although host-firewall=false:\n%s", ip, strings.Join(m, "\n"))
+		}
+		if dockerIPTables() {
+			pingFails(t, a, remote.IP) // nothing lets it past the DROP policy: the CNI network's job now
+		}
+		out, err := dockerErr("network", "create", "-d", driverName, "--opt", "cni="+n.Name, "--opt", "host-firewall=false",
+			"--internal", testutil.UniqueName("dn"))
+		if err == nil || !strings.Contains(out, "--internal needs cniplug's FORWARD rules") {
+			t.Errorf("--internal with host-firewall=false: want a refusal, got %v: %s", err, out)
+		}
+	})
+}
