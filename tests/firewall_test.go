@@ -9,10 +9,12 @@ import (
 	"github.com/cniplug/cniplug/internal/testutil"
 )
 
-// dockerIPTables reports whether dockerd programs its firewall through iptables (DOCKER-USER exists), as
-// opposed to its nftables backend (--firewall-backend=nftables), which has no DOCKER-USER and no FORWARD DROP.
+// dockerIPTables reports whether dockerd programs its firewall through iptables, as opposed to its nftables
+// backend (--firewall-backend=nftables, Docker 29), which has no DOCKER-USER and no FORWARD DROP. A
+// DOCKER-USER chain left by an earlier iptables-backend dockerd proves nothing, so dockerd is asked.
 func dockerIPTables() bool {
-	return exec.Command("iptables", "-S", "DOCKER-USER").Run() == nil
+	out, err := exec.Command("docker", "info", "--format", "{{if .FirewallBackend}}{{.FirewallBackend.Driver}}{{end}}").Output()
+	return err == nil && strings.TrimSpace(string(out)) != "nftables"
 }
 
 // forwardDrop gives FORWARD the DROP policy Docker's iptables backend sets on a host where it had to enable
