@@ -13,23 +13,23 @@ const iptablesLinkDir = "/run/cniplug/iptables"
 
 // prepareHost makes the environment cniplug runs in fit for CNI plugins. On a host it changes nothing by
 // default; in the managed plugin (a container) /proc/sys is read-only and iptables must match the host's
-// backend. It logs what it did.
-func prepareHost(ctx context.Context, c *config, log *slog.Logger) error {
+// backend. It returns the iptables selection for the CNI runner and the port publisher, and logs what it did.
+func prepareHost(ctx context.Context, c *config, log *slog.Logger) (hostfw.Selection, error) {
 	changed, err := procsys.EnsureWritable()
 	if err != nil {
-		return err
+		return hostfw.Selection{}, err
 	}
 	if changed {
 		log.Info("remounted /proc/sys read-write: CNI plugins set sysctls")
 	}
-	backend, why, err := hostfw.Setup(ctx, c.iptablesBackend, iptablesLinkDir)
+	sel, err := hostfw.Setup(ctx, c.iptablesBackend, iptablesLinkDir)
 	if err != nil {
-		return err
+		return hostfw.Selection{}, err
 	}
-	if backend == "" {
+	if sel.Backend == "" {
 		log.Info("iptables backend: the iptables in PATH", "setting", c.iptablesBackend)
 	} else {
-		log.Info("iptables backend selected", "backend", backend, "reason", why, "setting", c.iptablesBackend)
+		log.Info("iptables backend selected", "backend", sel.Backend, "reason", sel.Reason, "setting", c.iptablesBackend)
 	}
-	return nil
+	return sel, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cli"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/driver"
 	"github.com/cniplug/cniplug/ipam"
@@ -121,7 +122,8 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 		return err
 	}
 	defer os.Remove(c.socket)
-	if err := prepareHost(ctx, c, log); err != nil {
+	iptables, err := prepareHost(ctx, c, log)
+	if err != nil {
 		return err
 	}
 	m := newMetrics(store)
@@ -134,19 +136,20 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 		Logger:   log,
 
 		ExecObserver: m,
+		PluginPATH:   iptables.PATH(os.Getenv("PATH")),
 	})
 	if err != nil {
 		return err
 	}
 	defer runner.Close()
-	mgr := attach.NewManager(store, runner, log)
+	v4, v6 := iptables.IPTables()
+	mgr := attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6})
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)
 	svc := newAdmin(c, name, mgr)
-	drv, ipd := driver.New(name, c.confDir, mgr, log), ipam.New(name, c.confDir, mgr, log)
-	drv.SetDefaultNetwork(c.defaultNetwork)
-	ipd.SetDefaultNetwork(c.defaultNetwork)
+	chooser := cniconf.Chooser{ConfDirs: c.confDir, DefaultNetwork: c.defaultNetwork, Validator: runner}
+	drv, ipd := driver.New(name, chooser, mgr, log), ipam.New(name, chooser, mgr, log)
 	h := plugin.NewHandler(drv, ipd, log,
 		plugin.WithAdmin(svc), plugin.WithObserver(m, svc))
 	if err := serveMetrics(ctx, c, m, store, log); err != nil {

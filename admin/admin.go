@@ -106,7 +106,7 @@ type GCReport struct {
 // Config configures a Service.
 type Config struct {
 	Driver  string // the driver name Docker knows the plugin by
-	ConfDir string
+	ConfDir string // colon-separated conf dirs, searched in order as the drivers do
 	Manager *attach.Manager
 	// Docker is asked for live endpoints and names; nil when cniplug runs without the Docker API.
 	Docker *dockerapi.Client

@@ -18,6 +18,7 @@ import (
 	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/internal/teststack"
 	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/state"
 )
 
@@ -62,10 +63,6 @@ func gcCalls(t *testing.T, dir string) [][]string {
 	return out
 }
 
-func randomID() string {
-	return fmt.Sprintf("%016x%016x%016x%016x", mrand.Uint64(), mrand.Uint64(), mrand.Uint64(), mrand.Uint64())
-}
-
 // TestReconcileCollectsGarbage: reconciliation tears down this instance's attachments that only libcni's
 // cache still knows (lost state) through the one teardown path, then runs CNI GC on spec 1.1 networks naming
 // every attachment anyone holds (its own records and other runtimes' cache entries), and never runs GC with
@@ -91,15 +88,15 @@ func TestReconcileCollectsGarbage(t *testing.T) {
 	ctx := context.Background()
 
 	// A live attachment, recorded.
-	live, err := s.Manager.Add(ctx, cnibridge.AddRequest{ContainerID: randomID(), Network: nw},
+	live, err := s.Manager.Add(ctx, cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw},
 		state.Attachment{Phase: state.PhaseJoined, NetworkID: "net1", EndpointID: "ep1"})
 	testutil.Must(t, err)
 	// An attachment of this instance that only the cache knows: ADD ran, the record is gone.
-	orphan, err := s.Manager.Runner().Plan(cnibridge.AddRequest{ContainerID: randomID(), Network: nw})
+	orphan, err := s.Manager.Runner().Plan(cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw})
 	testutil.Must(t, err)
 	testutil.Must(t, s.Manager.Runner().Add(ctx, orphan))
 	// Another runtime's attachment on the same CNI network, sharing the cache.
-	foreign := randomID()
+	foreign := naming.RandomID()
 	foreignCache := testutil.WriteFile(t, filepath.Join(s.CacheDir, "results"), name+"-"+foreign+"-eth0",
 		fmt.Sprintf(`{"kind":"cniCacheV1","containerId":%q,"ifName":"eth0","networkName":%q,"netns":"/run/netns/other-runtime"}`, foreign, name))
 

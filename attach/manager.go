@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/cnibridge"
-	"github.com/cniplug/cniplug/hostports"
 	"github.com/cniplug/cniplug/state"
 )
 
@@ -28,13 +27,24 @@ type Manager struct {
 
 	removals sync.WaitGroup // background removals (RemoveLater)
 
-	ports     portsState            // host port publishing (ports.go)
-	hostPorts *hostports.Programmer // set by tests; nil = iptables from PATH
+	ports     portsState // host port publishing (ports.go)
+	iptables  string     // the commands that publish ports; "" looks them up in PATH
+	ip6tables string
+}
+
+// Config configures a Manager.
+type Config struct {
+	Store  *state.Store
+	Runner *cnibridge.Runner
+	Logger *slog.Logger
+	// IPTables and IP6Tables are the commands that publish ports ("" looks them up in PATH), those of the
+	// selected iptables backend (hostfw.Selection.IPTables).
+	IPTables, IP6Tables string
 }
 
 // NewManager returns a Manager over the store and runner.
-func NewManager(store *state.Store, cni *cnibridge.Runner, log *slog.Logger) *Manager {
-	return &Manager{store: store, cni: cni, log: log}
+func NewManager(cfg Config) *Manager {
+	return &Manager{store: cfg.Store, cni: cfg.Runner, log: cfg.Logger, iptables: cfg.IPTables, ip6tables: cfg.IP6Tables}
 }
 
 // Store returns the state store the manager records into.

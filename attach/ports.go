@@ -20,11 +20,7 @@ type portsState struct {
 
 func (m *Manager) programmer() (*hostports.Programmer, error) {
 	m.ports.once.Do(func() {
-		if m.hostPorts != nil {
-			m.ports.prog = m.hostPorts
-			return
-		}
-		m.ports.prog, m.ports.err = hostports.New()
+		m.ports.prog, m.ports.err = hostports.New(m.iptables, m.ip6tables)
 	})
 	return m.ports.prog, m.ports.err
 }
@@ -63,11 +59,11 @@ func (m *Manager) ResolvePorts(bs []hostports.Binding) ([]hostports.Mapping, err
 	return hostports.Resolve(bs, taken)
 }
 
-// PublishPorts records the attachment's published ports and then programs them. dnat says whether cniplug
+// publishPorts records the attachment's published ports and then programs them. dnat says whether cniplug
 // programs the DNAT itself (false when the CNI chain's portmap plugin did, through the portMappings
-// capability). On failure no rule is left programmed; the record stays, and the caller removes the
-// attachment through Remove, which also forgets the ports.
-func (m *Manager) PublishPorts(a *state.Attachment, ms []hostports.Mapping, dnat bool) error {
+// capability). On failure no rule is left programmed; the record stays, and Attach removes the attachment
+// through Remove, which also forgets the ports.
+func (m *Manager) publishPorts(a *state.Attachment, ms []hostports.Mapping, dnat bool) error {
 	if len(ms) == 0 {
 		return nil
 	}
@@ -119,6 +115,3 @@ func (m *Manager) unpublish(_ context.Context, a *state.Attachment) error {
 	}
 	return nil
 }
-
-// SetHostPorts makes the manager program host ports with p instead of the iptables found in PATH (tests).
-func (m *Manager) SetHostPorts(p *hostports.Programmer) { m.hostPorts = p }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/admin"
+	"github.com/cniplug/cniplug/naming"
 )
 
 // DefaultSocket is the plugin's default socket.
@@ -157,7 +158,7 @@ func printStatus(w io.Writer, st *admin.Status, now time.Time) {
 		case "missing":
 			file = "(no file defines it now; recorded copy in use)"
 		}
-		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", short(n.ID), orDash(n.Name), n.CNIName, n.Mode, file, n.Attachments, age(n.Created, now))
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", naming.ShortID(n.ID), orDash(n.Name), n.CNIName, n.Mode, file, n.Attachments, age(n.Created, now))
 	}
 	t.Flush()
 }
@@ -198,14 +199,14 @@ func printAttachments(w io.Writer, atts *admin.Attachments, now time.Time) {
 	for _, a := range atts.Attachments {
 		container := a.ContainerName
 		if container == "" {
-			container = short(a.ContainerID)
+			container = naming.ShortID(a.ContainerID)
 		}
 		nw := a.NetworkName
 		if nw == "" {
-			nw = short(a.NetworkID)
+			nw = naming.ShortID(a.NetworkID)
 		}
 		addrs := strings.Trim(a.Address+","+a.AddressIPv6, ",")
-		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", short(a.ID), orDash(container), orDash(short(a.EndpointID)),
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", naming.ShortID(a.ID), orDash(container), orDash(naming.ShortID(a.EndpointID)),
 			orDash(nw), a.CNINetwork, orDash(addrs), orDash(a.MAC), a.StagingNetNS, a.Phase, age(a.Created, now))
 	}
 	t.Flush()
@@ -229,8 +230,8 @@ func printGC(w io.Writer, rep *admin.GCReport) {
 		t := newTable(w)
 		fmt.Fprintln(t, "ATTACHMENT\tNETWORK\tCNI NETWORK\tENDPOINT\tADDRESS\tREASON\tERROR")
 		for _, a := range rep.Attachments {
-			fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", short(a.Attachment), orDash(short(a.NetworkID)), a.Network,
-				orDash(short(a.Endpoint)), orDash(a.Address), a.Reason, orDash(a.Error))
+			fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", naming.ShortID(a.Attachment), orDash(naming.ShortID(a.NetworkID)), a.Network,
+				orDash(naming.ShortID(a.Endpoint)), orDash(a.Address), a.Reason, orDash(a.Error))
 		}
 		t.Flush()
 	}
@@ -259,13 +260,6 @@ func printGC(w io.Writer, rep *admin.GCReport) {
 	if rep.Error != "" {
 		fmt.Fprintf(w, "errors: %s\n", rep.Error)
 	}
-}
-
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }
 
 func orDash(s string) string {

@@ -26,21 +26,21 @@ const (
 	bandwidthPrefix = Prefix + "bandwidth."
 )
 
-// ArgKeys are the CNI_ARGS keys a Docker user may set.
-var ArgKeys = []string{"K8S_POD_NAME", "K8S_POD_NAMESPACE", "K8S_POD_UID", "K8S_POD_INFRA_CONTAINER_ID"}
+// argKeys are the CNI_ARGS keys a Docker user may set.
+var argKeys = []string{"K8S_POD_NAME", "K8S_POD_NAMESPACE", "K8S_POD_UID", "K8S_POD_INFRA_CONTAINER_ID"}
 
-// BandwidthKeys are the bandwidth capability fields a Docker user may set.
-var BandwidthKeys = []string{"ingressRate", "ingressBurst", "egressRate", "egressBurst"}
+// bandwidthKeys are the bandwidth capability fields a Docker user may set.
+var bandwidthKeys = []string{"ingressRate", "ingressBurst", "egressRate", "egressBurst"}
 
 var argValue = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._\-]{0,252}$`)
 
 // Allowed lists every accepted option name, for error messages.
 func Allowed() []string {
 	var out []string
-	for _, k := range ArgKeys {
+	for _, k := range argKeys {
 		out = append(out, argsPrefix+k)
 	}
-	for _, k := range BandwidthKeys {
+	for _, k := range bandwidthKeys {
 		out = append(out, bandwidthPrefix+k)
 	}
 	return out
@@ -74,8 +74,8 @@ func Parse(opts map[string]string) (Extra, error) {
 		v := opts[k]
 		// The docker CLI lowercases driver-opt keys, so names are matched without regard to case.
 		lk := strings.ToLower(k)
-		argKey := canonical(ArgKeys, strings.TrimPrefix(lk, argsPrefix))
-		bwKey := canonical(BandwidthKeys, strings.TrimPrefix(lk, bandwidthPrefix))
+		argKey := canonical(argKeys, strings.TrimPrefix(lk, argsPrefix))
+		bwKey := canonical(bandwidthKeys, strings.TrimPrefix(lk, bandwidthPrefix))
 		switch {
 		case strings.HasPrefix(lk, argsPrefix) && argKey != "":
 			if !argValue.MatchString(v) {

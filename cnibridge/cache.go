@@ -11,6 +11,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/cniplug/cniplug/naming"
 )
 
 // CachedAttachment is an attachment as libcni's cache records it: every attachment whose ADD succeeded and
@@ -36,9 +38,9 @@ func (r *Runner) CachedAttachments() ([]CachedAttachment, error) {
 			ContainerID: c.ContainerID, IfName: c.IfName, NetNS: c.NetNS, Network: c.Network,
 			Conflist: c.Config, Args: c.CniArgs, CapabilityArgs: c.CapabilityArgs,
 		}}
-		if r.ownNetNS(c.NetNS) && len(c.ContainerID) >= 12 {
+		if r.ownNetNS(c.NetNS) && len(c.ContainerID) >= naming.ShortIDLen {
 			ca.Own = true
-			ca.HostIfName = "cnp" + c.ContainerID[:12]
+			ca.HostIfName = hostIfName(c.ContainerID)
 			ca.Interface = r.cachedAddresses(&ca.Attachment)
 		}
 		out = append(out, ca)

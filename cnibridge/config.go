@@ -75,13 +75,31 @@ func ParseNetwork(data []byte) (*Network, error) {
 	return &Network{Name: list.Name, Bytes: list.Bytes, List: list}, nil
 }
 
-// ResolveNetwork finds the CNI network called name (the "name" inside the file, not the file name) in confDir.
-// Files are read in lexical order and the first match wins, as libcni does. The error lists the names that
-// exist and any files that could not be parsed, so the operator can see what went wrong.
-func ResolveNetwork(confDir, name string) (*Network, error) {
+// ResolveNetwork finds the CNI network called name (the "name" inside the file, not the file name) in
+// confDirs, a colon-separated list of conf dirs searched in order (the first dir holding the name wins; the
+// managed plugin searches the host's dir, then its bundled one). Within a dir files are read in lexical order
+// and the first match wins, as libcni does. The error lists, per dir, the names that exist and any files that
+// could not be parsed, so the operator can see what went wrong.
+func ResolveNetwork(confDirs, name string) (*Network, error) {
 	if !validName.MatchString(name) {
 		return nil, fmt.Errorf("invalid CNI network name %q: it must match %s", name, validName)
 	}
+	var msgs []string
+	for _, dir := range filepath.SplitList(confDirs) {
+		nw, err := resolveInDir(dir, name)
+		if err == nil {
+			return nw, nil
+		}
+		msgs = append(msgs, err.Error())
+	}
+	if len(msgs) == 0 {
+		return nil, fmt.Errorf("no CNI network named %q: no CNI conf dir is configured", name)
+	}
+	return nil, errors.New(strings.Join(msgs, "; "))
+}
+
+// resolveInDir is ResolveNetwork for one conf dir.
+func resolveInDir(confDir, name string) (*Network, error) {
 	files, err := libcni.ConfFiles(confDir, []string{".conflist", ".conf", ".json"})
 	if err != nil {
 		return nil, fmt.Errorf("reading CNI conf dir %s: %w", confDir, err)

@@ -363,3 +363,40 @@ func FuzzParseNetwork(f *testing.F) {
 		}
 	})
 }
+
+const dirListDefault = `{"cniVersion":"1.0.0","name":"cniplug","plugins":[
+ {"type":"bridge","ipam":{"type":"host-local","ranges":[[{"subnet":"10.217.0.0/16"}]]}}]}`
+
+func dirListConf(name, subnet string) string {
+	return `{"cniVersion":"1.0.0","name":"` + name + `","plugins":[{"type":"bridge","ipam":{"type":"host-local","subnet":"` + subnet + `"}}]}`
+}
+
+func TestResolveDirList(t *testing.T) {
+	host, bundled := t.TempDir(), t.TempDir()
+	testutil.WriteFile(t, host, "10-a.conflist", dirListConf("a", "10.1.0.0/24"))
+	testutil.WriteFile(t, host, "20-shared.conflist", dirListConf("shared", "10.2.0.0/24"))
+	testutil.WriteFile(t, bundled, "10-shared.conflist", dirListConf("shared", "10.3.0.0/24"))
+	testutil.WriteFile(t, bundled, "20-cniplug.conflist", dirListDefault)
+	dirs := host + string(os.PathListSeparator) + bundled
+
+	for name, want := range map[string]string{"a": "10.1.0.0/24", "shared": "10.2.0.0/24", "cniplug": "10.217.0.0/16"} {
+		nw, err := ResolveNetwork(dirs, name)
+		if err != nil {
+			t.Fatalf("ResolveNetwork(%s): %v", name, err)
+		}
+		if got := nw.FirstRange(false).Subnet.String(); got != want {
+			t.Errorf("ResolveNetwork(%s) found range %s, want %s (the first dir listing the name wins)", name, got, want)
+		}
+	}
+	_, err := ResolveNetwork(dirs, "nope")
+	if err == nil || !strings.Contains(err.Error(), host) || !strings.Contains(err.Error(), bundled) ||
+		!strings.Contains(err.Error(), "cniplug") || !strings.Contains(err.Error(), `no CNI network named "nope"`) {
+		t.Errorf("miss: the error should name both dirs and what they hold: %v", err)
+	}
+	if _, err := ResolveNetwork(dirs, "../etc"); err == nil || strings.Count(err.Error(), "invalid CNI network name") != 1 {
+		t.Errorf("invalid name: want one invalid-name message, got %v", err)
+	}
+	if _, err := ResolveNetwork("", "a"); err == nil || !strings.Contains(err.Error(), "no CNI conf dir") {
+		t.Errorf("empty list: %v", err)
+	}
+}

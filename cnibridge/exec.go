@@ -24,6 +24,7 @@ import (
 // the observer, if any.
 type boundedExec struct {
 	observer ExecObserver
+	path     string // the plugins' PATH; "" for cniplug's own
 }
 
 func (e *boundedExec) Decode(jsonBytes []byte) (version.PluginInfo, error) {
@@ -36,9 +37,12 @@ func (e *boundedExec) FindInPath(plugin string, paths []string) (string, error) 
 
 func (e *boundedExec) ExecPlugin(ctx context.Context, pluginPath string, stdinData []byte, environ []string) ([]byte, error) {
 	env := make([]string, 0, 8)
+	if e.path != "" {
+		env = append(env, "PATH="+e.path)
+	}
 	command := ""
 	for _, kv := range environ {
-		if strings.HasPrefix(kv, "CNI_") || strings.HasPrefix(kv, "PATH=") {
+		if strings.HasPrefix(kv, "CNI_") || (e.path == "" && strings.HasPrefix(kv, "PATH=")) {
 			env = append(env, kv)
 		}
 		if c, ok := strings.CutPrefix(kv, "CNI_COMMAND="); ok {

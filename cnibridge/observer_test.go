@@ -80,6 +80,7 @@ func newObservedRunner(t testing.TB, obs cnibridge.ExecObserver) *cnibridge.Runn
 // the observer with the plugin type and CNI command. IPAM plugins are exec'd by the main plugin itself
 // (delegation), so their time is part of the main plugin's exec.
 func TestExecObserverSeesEveryPluginExec(t *testing.T) {
+	testutil.NewNS(t) // before the runner: its host netns is the fresh one
 	rec := &execRecorder{}
 	r := newObservedRunner(t, rec)
 	name := testutil.UniqueName("obs")
@@ -94,7 +95,6 @@ func TestExecObserverSeesEveryPluginExec(t *testing.T) {
 		t.Errorf("no VERSION exec of bridge observed: %+v", rec.execs)
 	}
 
-	testutil.RequireRoot(t)
 	before := testutil.TakeSnapshot(t)
 	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
 	bridge := testutil.UniqueName("obsbr")

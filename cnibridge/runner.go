@@ -17,6 +17,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/cniplug/cniplug/naming"
 )
 
 // StagingIfName is CNI_IFNAME for every attachment: each attachment has a staging netns of its own, and Docker
@@ -37,6 +39,9 @@ type Config struct {
 	// ExecObserver, when set, is told the duration of every CNI plugin exec (metrics; cnibridge stays free of
 	// any metrics library).
 	ExecObserver ExecObserver
+	// PluginPATH is the PATH CNI plugins run with (plugins such as portmap exec iptables); "" passes on
+	// cniplug's own.
+	PluginPATH string
 }
 
 // ExecObserver is told about each CNI plugin exec: the plugin's type (its binary's name), the CNI command
@@ -80,7 +85,7 @@ func NewRunner(cfg Config) (*Runner, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Runner{
-		cni:      libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, &boundedExec{observer: cfg.ExecObserver}),
+		cni:      libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, &boundedExec{observer: cfg.ExecObserver, path: cfg.PluginPATH}),
 		binDirs:  cfg.BinDirs,
 		netnsDir: cfg.NetNSDir,
 		cacheDir: cfg.CacheDir,
@@ -147,18 +152,21 @@ type AddRequest struct {
 	CapabilityArgs map[string]any
 }
 
+// hostIfName is the name of the attachment's link while it waits in the host netns for Docker (15 characters,
+// the interface name limit). Plan names new links with it and the cache reader finds leftovers by it.
+func hostIfName(containerID string) string { return "cnp" + naming.ShortID(containerID) }
+
 // Plan names everything an attachment will create (staging netns, host link name) without creating it, so
 // the caller can record the attachment before applying it.
 func (r *Runner) Plan(req AddRequest) (*Attachment, error) {
-	if len(req.ContainerID) < 12 || !validName.MatchString(req.ContainerID) {
+	if len(req.ContainerID) < naming.ShortIDLen || !validName.MatchString(req.ContainerID) {
 		return nil, fmt.Errorf("invalid attachment id %q", req.ContainerID)
 	}
-	short := req.ContainerID[:12]
 	return &Attachment{
 		ContainerID:    req.ContainerID,
 		IfName:         StagingIfName,
-		NetNS:          filepath.Join(r.netnsDir, r.owner+"-"+short),
-		HostIfName:     "cnp" + short,
+		NetNS:          filepath.Join(r.netnsDir, r.owner+"-"+naming.ShortID(req.ContainerID)),
+		HostIfName:     hostIfName(req.ContainerID),
 		Network:        req.Network.Name,
 		Conflist:       req.Network.Bytes,
 		Args:           req.Args,

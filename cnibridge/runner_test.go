@@ -32,9 +32,12 @@ import (
 // ---------------------------------------------------------------------------------------------------------
 // helpers
 
-// startLeakCheck snapshots the host and registers the leak check that ends the test.
+// startLeakCheck moves the test into a fresh network namespace, so that neither the host's links, routes and
+// iptables rules nor the test's own can meet, then snapshots it and registers the leak check that ends the
+// test. Runners must be built after it: their host netns is the one they are built in.
 func startLeakCheck(t *testing.T) {
 	t.Helper()
+	testutil.NewNS(t)
 	before := testutil.TakeSnapshot(t)
 	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
 }
@@ -138,7 +141,15 @@ func pickSubnet6() *net.IPNet {
 }
 
 func conflist(name string, plugins ...string) string {
-	return fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[%s]}`, name, strings.Join(plugins, ","))
+	return conflistAt("1.0.0", name, plugins...)
+}
+
+// specVersions are the CNI spec versions the runner treats differently (prevResult on DEL from 0.4.0, STATUS
+// and GC from 1.1.0).
+var specVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
+
+func conflistAt(version, name string, plugins ...string) string {
+	return fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[%s]}`, version, name, strings.Join(plugins, ","))
 }
 
 // writeScriptPlugin writes an executable shell-script CNI plugin into dir.
@@ -327,6 +338,12 @@ type attached struct {
 // best-effort Teardown that only runs when the test failed (so it cannot hide a leak of a passing test).
 func attach(t *testing.T, kind netKind, request func(nw *Network, subnet *net.IPNet) ([][2]string, map[string]any)) *attached {
 	t.Helper()
+	return attachAt(t, kind, "1.0.0", request)
+}
+
+// attachAt is attach with a conflist of the given CNI spec version.
+func attachAt(t *testing.T, kind netKind, version string, request func(nw *Network, subnet *net.IPNet) ([][2]string, map[string]any)) *attached {
+	t.Helper()
 	subnet := pickSubnet(t)
 	ipam := hostLocal(subnet)
 	var subnet6 *net.IPNet
@@ -340,7 +357,7 @@ func attach(t *testing.T, kind netKind, request func(nw *Network, subnet *net.IP
 	r := newTestRunner(t, 0)
 
 	confDir := t.TempDir()
-	testutil.WriteFile(t, confDir, "10-test.conflist", conflist(netName, plugin))
+	testutil.WriteFile(t, confDir, "10-test.conflist", conflistAt(version, netName, plugin))
 	nw, err := ResolveNetwork(confDir, netName)
 	testutil.Must(t, err)
 	testutil.Must(t, r.Validate(context.Background(), nw))
@@ -608,21 +625,24 @@ func (a *attached) checkGone(t *testing.T) {
 // ---------------------------------------------------------------------------------------------------------
 // tests
 
-// TestLifecycle: Plan -> Add -> Interface matches the netns -> MoveToHost -> Docker Join/Leave -> Teardown.
+// TestLifecycle: Plan -> Add -> Interface matches the netns -> MoveToHost -> Docker Join/Leave -> Teardown,
+// for every main plugin and every CNI spec version the runner branches on.
 func TestLifecycle(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.CNIBinDir(t)
-	for _, kind := range netKinds {
-		t.Run(kind.name, func(t *testing.T) {
-			startLeakCheck(t)
-			a := attach(t, kind, nil)
-			a.checkInterface(t, kind)
-			a.checkAttachedState(t, kind)
-			a.moveToHost(t)
-			a.dockerJoinLeave(t)
-			testutil.Must(t, a.r.Teardown(context.Background(), a.att))
-			a.checkGone(t)
-		})
+	for _, version := range specVersions {
+		for _, kind := range netKinds {
+			t.Run(version+"/"+kind.name, func(t *testing.T) {
+				startLeakCheck(t)
+				a := attachAt(t, kind, version, nil)
+				a.checkInterface(t, kind)
+				a.checkAttachedState(t, kind)
+				a.moveToHost(t)
+				a.dockerJoinLeave(t)
+				testutil.Must(t, a.r.Teardown(context.Background(), a.att))
+				a.checkGone(t)
+			})
+		}
 	}
 }
 

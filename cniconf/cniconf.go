@@ -1,6 +1,7 @@
-// Package cniconf chooses the conflist a Docker network gets: it searches a list of conf dirs (the host's,
-// then the managed plugin's bundled one), and instantiates conflists that opt in to taking Docker's IPAM pool
-// (the bundled default network), so that `docker network create -d cniplug NAME` works with no flags.
+// Package cniconf chooses the conflist a Docker network gets: it reads the options of a create call, resolves
+// the CNI network they name in the conf dirs (Chooser), and instantiates conflists that opt in to taking
+// Docker's IPAM pool (the managed plugin's bundled default network), so that `docker network create -d
+// cniplug NAME` works with no flags.
 package cniconf
 
 import (
@@ -8,32 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
-	"strings"
 
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/vishvananda/netlink"
 )
-
-// Resolve finds the CNI network called name in dirs, a colon-separated list of conf dirs searched in order
-// (the first dir holding the name wins). With one dir it is cnibridge.ResolveNetwork.
-func Resolve(dirs, name string) (*cnibridge.Network, error) {
-	list := filepath.SplitList(dirs)
-	if len(list) <= 1 {
-		return cnibridge.ResolveNetwork(dirs, name)
-	}
-	var msgs []string
-	for _, d := range list {
-		nw, err := cnibridge.ResolveNetwork(d, name)
-		if err == nil {
-			return nw, nil
-		}
-		if msg := err.Error(); len(msgs) == 0 || msgs[len(msgs)-1] != msg {
-			msgs = append(msgs, msg)
-		}
-	}
-	return nil, errors.New(strings.Join(msgs, "; "))
-}
 
 // Marker is the top-level conflist key through which a CNI network opts in to cniplug-specific behaviour.
 const Marker = "cniplug"

@@ -2,7 +2,6 @@ package cniconf
 
 import (
 	"encoding/json"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -21,39 +20,6 @@ const defaultConflist = `{"cniVersion":"1.0.0","name":"cniplug","cniplug":{"adop
 
 func conf(name, subnet string) string {
 	return `{"cniVersion":"1.0.0","name":"` + name + `","plugins":[{"type":"bridge","ipam":{"type":"host-local","subnet":"` + subnet + `"}}]}`
-}
-
-func TestResolveDirList(t *testing.T) {
-	host, bundled := t.TempDir(), t.TempDir()
-	testutil.WriteFile(t, host, "10-a.conflist", conf("a", "10.1.0.0/24"))
-	testutil.WriteFile(t, host, "20-shared.conflist", conf("shared", "10.2.0.0/24"))
-	testutil.WriteFile(t, bundled, "10-shared.conflist", conf("shared", "10.3.0.0/24"))
-	testutil.WriteFile(t, bundled, "20-cniplug.conflist", defaultConflist)
-	dirs := host + string(os.PathListSeparator) + bundled
-
-	for name, want := range map[string]string{"a": "10.1.0.0/24", "shared": "10.2.0.0/24", "cniplug": "10.217.0.0/16"} {
-		nw, err := Resolve(dirs, name)
-		if err != nil {
-			t.Fatalf("Resolve(%s): %v", name, err)
-		}
-		if got := nw.FirstRange(false).Subnet.String(); got != want {
-			t.Errorf("Resolve(%s) found range %s, want %s (the first dir listing the name wins)", name, got, want)
-		}
-	}
-	_, err := Resolve(dirs, "nope")
-	if err == nil || !strings.Contains(err.Error(), host) || !strings.Contains(err.Error(), bundled) ||
-		!strings.Contains(err.Error(), "cniplug") || !strings.Contains(err.Error(), `no CNI network named "nope"`) {
-		t.Errorf("miss: the error should name both dirs and what they hold: %v", err)
-	}
-	if _, err := Resolve(dirs, "../etc"); err == nil || strings.Count(err.Error(), "invalid CNI network name") != 1 {
-		t.Errorf("invalid name: want one invalid-name message, got %v", err)
-	}
-	// One dir behaves exactly as cnibridge.ResolveNetwork.
-	_, err1 := Resolve(host, "nope")
-	_, err2 := cnibridge.ResolveNetwork(host, "nope")
-	if err1 == nil || err1.Error() != err2.Error() {
-		t.Errorf("single dir: %v, want %v", err1, err2)
-	}
 }
 
 func parse(t *testing.T, s string) *cnibridge.Network {

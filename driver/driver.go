@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -18,14 +17,13 @@ import (
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/hostports"
-	"github.com/cniplug/cniplug/ipam"
+	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/network"
 )
 
-// Option keys understood in `docker network create --opt`.
+// Option keys understood in `docker network create --opt`, besides cniconf.OptCNI and the cni.* arguments.
 const (
-	OptCNI = "cni"
 	// OptAsyncDelete=true: DeleteEndpoint returns once the removal is recorded; CNI DEL runs in the background.
 	OptAsyncDelete = "async-delete"
 	// OptHostFirewall=false: cniplug adds no FORWARD rules; the CNI network manages its own firewall.
@@ -37,37 +35,22 @@ const (
 	enableIPv4Option = "com.docker.network.enable_ipv4" // Docker 28+
 )
 
-var knownOptions = []string{OptCNI, OptAsyncDelete, OptHostFirewall}
-
 // Driver implements the NetworkDriver side of cniplug.
 type Driver struct {
-	name    string // the driver name Docker knows us by, for messages
-	confDir string // colon-separated conf dirs, searched in order
+	name    string          // the driver name Docker knows the plugin by, for messages
+	chooser cniconf.Chooser // shared with the IPAM driver: the conf dirs and the default network
 	mgr     *attach.Manager
 	store   *state.Store
 	log     *slog.Logger
-
-	// defaultNet is the CNI network of Docker networks created without --opt cni ("" requires the option).
-	defaultNet string
 }
 
-// New returns a Driver.
-func New(name, confDir string, mgr *attach.Manager, log *slog.Logger) *Driver {
-	return &Driver{name: name, confDir: confDir, mgr: mgr, store: mgr.Store(), log: log}
+// New returns a Driver that binds Docker networks to the CNI networks chooser picks.
+func New(name string, chooser cniconf.Chooser, mgr *attach.Manager, log *slog.Logger) *Driver {
+	return &Driver{name: name, chooser: chooser, mgr: mgr, store: mgr.Store(), log: log}
 }
-
-// SetDefaultNetwork sets the CNI network used when `docker network create` has no --opt cni.
-func (d *Driver) SetDefaultNetwork(name string) { d.defaultNet = name }
 
 func (d *Driver) errorf(netID, format string, args ...any) error {
-	return fmt.Errorf("%s: network %s: %w", d.name, short(netID), fmt.Errorf(format, args...))
-}
-
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
+	return fmt.Errorf("%s: network %s: %w", d.name, naming.ShortID(netID), fmt.Errorf(format, args...))
 }
 
 // GetCapabilities reports a local-scope driver.
@@ -75,103 +58,22 @@ func (d *Driver) GetCapabilities(context.Context, *struct{}) (*network.Capabilit
 	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
 }
 
-// CreateNetwork binds the Docker network to the CNI network named by --opt cni, after checking that the CNI
-// network exists, its plugins are present, and the addressing Docker chose can work with it. The conflist
-// bytes are recorded so later edits of the file cannot break DEL of existing attachments.
+// CreateNetwork binds the Docker network to the CNI network named by --opt cni: it reads the options, checks
+// that the addressing Docker chose can work with the CNI network, validates the combination and records it.
+// The conflist bytes are recorded so later edits of the file cannot break DEL of existing attachments.
 func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRequest) (*struct{}, error) {
 	if _, err := d.store.Network(req.NetworkID); err == nil {
 		return nil, nil // Docker may replay CreateNetwork for a network it already created
 	}
-	opts, err := stringOptions(req.Options[genericOptions])
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "%v", err)
+	rec, nw, err := d.parseNetwork(ctx, req)
+	if err == nil {
+		nw, err = d.checkAddressing(rec, nw, req)
 	}
-	var unknown []string
-	for k := range opts {
-		if !contains(knownOptions, k) && !cniargs.IsOption(k) {
-			unknown = append(unknown, k)
-		}
+	if err == nil {
+		err = d.validateNetwork(rec)
 	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return nil, d.errorf(req.NetworkID, "unknown option(s) %s: %s understands --opt %s",
-			strings.Join(unknown, ", "), d.name, strings.Join(append(append([]string{}, knownOptions...), cniargs.Allowed()...), ", "))
-	}
-	extra, err := cniargs.Parse(opts)
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	asyncDelete, err := boolOption(opts, OptAsyncDelete, false)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	hostFirewall, err := boolOption(opts, OptHostFirewall, true)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	internal, err := dockerFlags(req.Options)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	if internal && !hostFirewall {
-		return nil, d.errorf(req.NetworkID, "--internal needs cniplug's FORWARD rules to keep traffic inside the network: drop --opt %s=false", OptHostFirewall)
-	}
-	cniName := opts[OptCNI]
-	if cniName == "" {
-		cniName = d.defaultNet
-	}
-	if cniName == "" {
-		return nil, d.errorf(req.NetworkID, "missing --opt cni=<name>: say which CNI network (the \"name\" in a conflist in %s) this Docker network uses", d.confDir)
-	}
-	nw, err := cniconf.Resolve(d.confDir, cniName)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	if err := d.mgr.Runner().Validate(ctx, nw); err != nil {
-		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	if err := extra.Check(nw.Name, nw.Capabilities()); err != nil {
-		return nil, d.errorf(req.NetworkID, "%w", err)
-	}
-	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra, AsyncDelete: asyncDelete,
-		Internal: internal, NoHostFirewall: !hostFirewall}
-	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
-		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
-		rec.Mode = modeOf(v4.AddressSpace)
-	} else {
-		rec.Mode = state.ModeNull
-	}
-	if v6 := firstIPAM(req.IPv6Data); v6 != nil {
-		rec.IPv6Pool = v6.Pool
-	}
-	switch rec.Mode {
-	case state.ModeDocker:
-		// A conflist that opts in (the bundled default network) takes Docker's pool as its range.
-		if nw, err = cniconf.AdoptDockerPool(nw, req.NetworkID, rec.IPv4Pool, rec.IPv4Gateway); err != nil {
-			return nil, d.errorf(req.NetworkID, "%w", err)
-		}
-		rec.Conflist = nw.Bytes
-		if err := checkDockerPool(nw, firstIPAM(req.IPv4Data), false); err != nil {
-			return nil, d.errorf(req.NetworkID, "%w", err)
-		}
-		if v6 := firstIPAM(req.IPv6Data); v6 != nil {
-			if err := checkDockerPool(nw, v6, true); err != nil {
-				return nil, d.errorf(req.NetworkID, "%w", err)
-			}
-		}
-	case state.ModeCNIIPAM:
-		if err := d.checkCNIPool(nw, rec.IPv4Pool); err != nil {
-			return nil, d.errorf(req.NetworkID, "%w", err)
-		}
-		if !extra.Empty() {
-			return nil, d.errorf(req.NetworkID, "with %s IPAM the CNI ADD runs when Docker allocates an address, which only sees the IPAM options: pass the cni.* options with --ipam-opt instead of --opt", d.name)
-		}
-	}
-	if rec.AsyncDelete && rec.Mode == state.ModeDocker {
-		// Docker's IPAM may hand the address to the next container before a background DEL has released it in
-		// the CNI IPAM, whose ADD would then fail.
-		return nil, d.errorf(req.NetworkID, "--opt %s=true needs addresses from CNI (--ipam-driver %s) or none (--ipam-driver null): with Docker's IPAM an address could be reused before its CNI DEL ran",
-			OptAsyncDelete, d.name)
 	}
 	if err := d.store.PutNetwork(rec); err != nil {
 		return nil, d.errorf(req.NetworkID, "recording network: %w", err)
@@ -180,15 +82,85 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	return nil, nil
 }
 
-func modeOf(addressSpace string) state.AddressMode {
-	switch addressSpace {
-	case ipam.LocalAddressSpace, ipam.GlobalAddressSpace:
-		return state.ModeCNIIPAM
-	case "null":
-		return state.ModeNull
-	default:
-		return state.ModeDocker
+// parseNetwork turns the request into the network's record: its CNI network and arguments, its options, and
+// the addressing Docker chose.
+func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkRequest) (*state.Network, *cnibridge.Network, error) {
+	opts, err := stringOptions(req.Options[genericOptions])
+	if err != nil {
+		return nil, nil, err
 	}
+	nw, extra, err := d.chooser.Choose(ctx, cniconf.Options{Flag: "--opt", Values: opts, Known: []string{OptAsyncDelete, OptHostFirewall},
+		Purpose: "this Docker network uses"})
+	if err != nil {
+		return nil, nil, err
+	}
+	asyncDelete, err := boolOption(opts, OptAsyncDelete, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	hostFirewall, err := boolOption(opts, OptHostFirewall, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	internal, err := dockerFlags(req.Options)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra,
+		AsyncDelete: asyncDelete, Internal: internal, NoHostFirewall: !hostFirewall, Mode: state.ModeNull}
+	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
+		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
+		rec.Mode = state.ModeOf(v4.AddressSpace)
+	}
+	if v6 := firstIPAM(req.IPv6Data); v6 != nil {
+		rec.IPv6Pool = v6.Pool
+	}
+	return rec, nw, nil
+}
+
+// checkAddressing checks that the CNI network can assign the addresses the network's IPAM chooses. With
+// Docker's IPAM, a conflist that opts in (the bundled default network) first takes Docker's pool as its range;
+// the conflist to use is returned.
+func (d *Driver) checkAddressing(rec *state.Network, nw *cnibridge.Network, req *network.CreateNetworkRequest) (*cnibridge.Network, error) {
+	switch rec.Mode {
+	case state.ModeDocker:
+		nw, err := cniconf.AdoptDockerPool(nw, req.NetworkID, rec.IPv4Pool, rec.IPv4Gateway)
+		if err != nil {
+			return nil, err
+		}
+		rec.Conflist = nw.Bytes
+		if err := checkDockerPool(nw, firstIPAM(req.IPv4Data), false); err != nil {
+			return nil, err
+		}
+		if v6 := firstIPAM(req.IPv6Data); v6 != nil {
+			if err := checkDockerPool(nw, v6, true); err != nil {
+				return nil, err
+			}
+		}
+		return nw, nil
+	case state.ModeCNIIPAM:
+		if err := d.checkCNIPool(nw, rec.IPv4Pool); err != nil {
+			return nil, err
+		}
+		if !rec.Extra.Empty() {
+			return nil, fmt.Errorf("with %s IPAM the CNI ADD runs when Docker allocates an address, which only sees the IPAM options: pass the cni.* options with --ipam-opt instead of --opt", d.name)
+		}
+	}
+	return nw, nil
+}
+
+// validateNetwork refuses option combinations that cannot work.
+func (d *Driver) validateNetwork(rec *state.Network) error {
+	if rec.Internal && rec.NoHostFirewall {
+		return fmt.Errorf("--internal needs cniplug's FORWARD rules to keep traffic inside the network: drop --opt %s=false", OptHostFirewall)
+	}
+	if rec.AsyncDelete && rec.Mode == state.ModeDocker {
+		// Docker's IPAM may hand the address to the next container before a background DEL has released it in
+		// the CNI IPAM, whose ADD would then fail.
+		return fmt.Errorf("--opt %s=true needs addresses from CNI (--ipam-driver %s) or none (--ipam-driver null): with Docker's IPAM an address could be reused before its CNI DEL ran",
+			OptAsyncDelete, d.name)
+	}
+	return nil
 }
 
 // checkDockerPool verifies that addresses from Docker's IPAM pool can be requested from the CNI network: the
@@ -252,20 +224,8 @@ func (d *Driver) checkCNIPool(nw *cnibridge.Network, pool string) error {
 
 // DeleteNetwork forgets the network, tearing down any attachment Docker did not delete first.
 func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRequest) (*struct{}, error) {
-	atts, err := d.store.Attachments()
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "reading state: %w", err)
-	}
-	var errs []error
-	for _, a := range atts {
-		if a.NetworkID == req.NetworkID {
-			if err := d.mgr.Remove(ctx, a); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	if len(errs) > 0 {
-		return nil, d.errorf(req.NetworkID, "removing leftover attachments: %w", errors.Join(errs...))
+	if err := d.mgr.RemoveNetwork(ctx, req.NetworkID); err != nil {
+		return nil, d.errorf(req.NetworkID, "removing leftover attachments: %w", err)
 	}
 	rec, _ := d.store.Network(req.NetworkID)
 	if err := d.store.DeleteNetwork(req.NetworkID); err != nil {
@@ -281,7 +241,8 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 }
 
 // CreateEndpoint creates (or, with cniplug IPAM, claims) the endpoint's CNI attachment in a staging netns and
-// tells Docker the address and MAC it got, for whichever fields Docker's IPAM left empty.
+// tells Docker the address and MAC it got, for whichever fields Docker's IPAM left empty. The request becomes
+// a plan, which attach applies, checks and, on failure, rolls back.
 func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
 	nw, err := d.store.Network(req.NetworkID)
 	if err != nil {
@@ -291,84 +252,13 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	if req.Interface != nil {
 		want = *req.Interface
 	}
-	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
-	if err == nil {
+	if a, err := d.store.AttachmentByEndpoint(req.EndpointID); err == nil {
 		return endpointResponse(want, a), nil // a retried CreateEndpoint
 	}
-	cniNet, err := cnibridge.ParseNetwork(nw.Conflist)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "recorded conflist: %w", err)
-	}
-	bindings, err := hostports.ParseDockerPortmap(req.Options[hostports.OptionPortMap])
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
-	}
-	epExtra, err := endpointExtra(req.Options)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "CNI network %q: driver-opt: %w", nw.CNIName, err)
-	}
-	if nw.Mode == state.ModeCNIIPAM && !epExtra.Empty() {
-		return nil, d.errorf(req.NetworkID, "CNI network %q: driver-opt cni.* cannot be applied on a network with %s IPAM: the CNI ADD already ran when Docker allocated the address; set them per network with --ipam-opt, or use --ipam-driver null or Docker IPAM", nw.CNIName, d.name)
-	}
-	extra := nw.Extra.Merge(epExtra)
-	if err := extra.Check(nw.CNIName, cniNet.Capabilities()); err != nil {
-		return nil, d.errorf(req.NetworkID, "CNI network %q: driver-opt: %w", nw.CNIName, err)
-	}
-	if len(bindings) > 0 && nw.Internal {
-		return nil, d.errorf(req.NetworkID, "CNI network %q: ports cannot be published from an internal network (it has no way in or out); connect the container to another network to publish them", nw.CNIName)
-	}
-	var ports []hostports.Mapping
-	if len(bindings) > 0 {
-		if ports, err = d.mgr.ResolvePorts(bindings); err != nil {
-			return nil, d.errorf(req.NetworkID, "CNI network %q: cannot publish ports: %w", nw.CNIName, err)
-		}
-	}
-	if nw.Mode == state.ModeCNIIPAM {
-		ip := ipOf(want.Address)
-		a, err = d.store.ClaimPending(nw.CNIName, ip, req.NetworkID, req.EndpointID)
-		if err != nil {
-			return nil, d.errorf(req.NetworkID, "no address %s allocated by %s IPAM is waiting on CNI network %q: %w", ip, d.name, nw.CNIName, err)
-		}
-		// The CNI ADD ran at RequestAddress, before Docker said which ports to publish: cniplug programs them.
-		if err := d.publish(ctx, a, ports, true); err != nil {
-			return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
-		}
-		return endpointResponse(want, a), nil
-	}
-	// With portmap in the chain, the CNI network publishes the ports itself (portMappings capability).
-	viaPortmap := len(ports) > 0 && cniNet.Capabilities()["portMappings"]
-	var requested []string
-	for _, addr := range []string{want.Address, want.AddressIPv6} {
-		if addr != "" {
-			requested = append(requested, addr)
-		}
-	}
-	if len(requested) > 1 && !cniNet.Capabilities()["ips"] {
-		// Dual stack from Docker's IPAM: CNI_ARGS IP= carries one address, args.cni.ips carries both.
-		if cniNet, err = cniNet.WithArgs(map[string]any{"ips": requested}); err != nil {
-			return nil, d.errorf(req.NetworkID, "CNI network %q: requesting %v: %w", nw.CNIName, requested, err)
-		}
-	}
-	addReq := cnibridge.AddRequest{
-		ContainerID: req.EndpointID,
-		Network:     cniNet,
-	}
-	addReq.Args, addReq.CapabilityArgs = extra.Apply(cnibridge.RequestArgs(cniNet, requested, want.MacAddress))
-	if viaPortmap {
-		if addReq.CapabilityArgs == nil {
-			addReq.CapabilityArgs = map[string]any{}
-		}
-		addReq.CapabilityArgs["portMappings"] = portMappings(ports)
-	}
-	a, err = d.mgr.Add(ctx, addReq, state.Attachment{Phase: state.PhaseEndpoint, NetworkID: req.NetworkID, EndpointID: req.EndpointID})
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
-	}
-	err = mismatch(want, a)
+	plan, err := d.planEndpoint(nw, req, want)
+	var a *state.Attachment
 	if err == nil {
-		err = d.publish(ctx, a, ports, !viaPortmap)
-	} else if rerr := d.mgr.Remove(context.WithoutCancel(ctx), a); rerr != nil {
-		err = fmt.Errorf("%w; removing it also failed: %v", err, rerr)
+		a, err = d.mgr.Attach(ctx, plan)
 	}
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)
@@ -376,26 +266,100 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	return endpointResponse(want, a), nil
 }
 
-// publish programs the endpoint's published ports; on failure the whole attachment is removed (through the
-// one teardown path, which also removes any rule already recorded), so a failed `docker run -p` leaks nothing.
-func (d *Driver) publish(ctx context.Context, a *state.Attachment, ports []hostports.Mapping, dnat bool) error {
-	if len(ports) == 0 {
-		return nil
+// planEndpoint translates Docker's request into the attachment to make: the CNI args and capability args
+// (the network's and the endpoint's cni.* options), the addresses and MAC Docker chose, and the ports to
+// publish. With cniplug IPAM the attachment already exists, pending under the address Docker was given.
+func (d *Driver) planEndpoint(nw *state.Network, req *network.CreateEndpointRequest, want network.EndpointInterface) (attach.Plan, error) {
+	owner := state.Attachment{Phase: state.PhaseEndpoint, NetworkID: req.NetworkID, EndpointID: req.EndpointID}
+	cniNet, err := cnibridge.ParseNetwork(nw.Conflist)
+	if err != nil {
+		return attach.Plan{}, fmt.Errorf("recorded conflist: %w", err)
 	}
-	err := d.mgr.PublishPorts(a, ports, dnat)
-	if err == nil {
-		return nil
+	extra, err := d.endpointExtra(nw, cniNet, req.Options)
+	if err != nil {
+		return attach.Plan{}, err
 	}
-	err = fmt.Errorf("cannot publish ports: %w", err)
-	if rerr := d.mgr.Remove(context.WithoutCancel(ctx), a); rerr != nil {
-		err = fmt.Errorf("%w; removing the attachment also failed: %v", err, rerr)
+	ports, err := d.endpointPorts(nw, req.Options)
+	if err != nil {
+		return attach.Plan{}, err
 	}
-	return err
+	if nw.Mode == state.ModeCNIIPAM {
+		// The CNI ADD ran at RequestAddress, before Docker said which ports to publish: cniplug programs them.
+		return attach.Plan{Owner: owner, Claim: attach.Claim{CNINetwork: nw.CNIName, Address: naming.Address(want.Address)}, Ports: ports}, nil
+	}
+	plan := attach.Plan{
+		Owner: owner, Ports: ports,
+		Want: attach.Want{Address: want.Address, AddressIPv6: want.AddressIPv6, MAC: want.MacAddress},
+		// With portmap in the chain, the CNI network publishes the ports itself (portMappings capability).
+		PortsByPlugin: len(ports) > 0 && cniNet.Capabilities()["portMappings"],
+	}
+	plan.Add, err = addRequest(req.EndpointID, cniNet, extra, plan)
+	return plan, err
 }
 
-// endpointExtra reads the cni.* options of `docker run --network name=N,driver-opt=cni.<...>=<value>`, which
-// Docker passes as top-level CreateEndpoint options. Keys Docker itself sets (com.docker.*) are not ours.
-func endpointExtra(options map[string]any) (cniargs.Extra, error) {
+// endpointExtra merges the network's cni.* options with the endpoint's (`docker run --network
+// name=N,driver-opt=cni.<...>=<value>`) and checks that the CNI network's chain can take them.
+func (d *Driver) endpointExtra(nw *state.Network, cniNet *cnibridge.Network, options map[string]any) (cniargs.Extra, error) {
+	epExtra, err := parseEndpointOptions(options)
+	if err != nil {
+		return cniargs.Extra{}, fmt.Errorf("driver-opt: %w", err)
+	}
+	if nw.Mode == state.ModeCNIIPAM && !epExtra.Empty() {
+		return cniargs.Extra{}, fmt.Errorf("driver-opt cni.* cannot be applied on a network with %s IPAM: the CNI ADD already ran when Docker allocated the address; set them per network with --ipam-opt, or use --ipam-driver null or Docker IPAM", d.name)
+	}
+	extra := nw.Extra.Merge(epExtra)
+	if err := extra.Check(nw.CNIName, cniNet.Capabilities()); err != nil {
+		return cniargs.Extra{}, fmt.Errorf("driver-opt: %w", err)
+	}
+	return extra, nil
+}
+
+// endpointPorts chooses the host ports for the ports Docker asks to publish.
+func (d *Driver) endpointPorts(nw *state.Network, options map[string]any) ([]hostports.Mapping, error) {
+	bindings, err := hostports.ParseDockerPortmap(options[hostports.OptionPortMap])
+	if err != nil || len(bindings) == 0 {
+		return nil, err
+	}
+	if nw.Internal {
+		return nil, errors.New("ports cannot be published from an internal network (it has no way in or out); connect the container to another network to publish them")
+	}
+	ports, err := d.mgr.ResolvePorts(bindings)
+	if err != nil {
+		return nil, fmt.Errorf("cannot publish ports: %w", err)
+	}
+	return ports, nil
+}
+
+// addRequest is the CNI ADD for the plan: the addresses and MAC Docker chose as CNI_ARGS/capability args,
+// the cni.* arguments, and the port mappings when the chain's portmap plugin publishes them.
+func addRequest(containerID string, cniNet *cnibridge.Network, extra cniargs.Extra, plan attach.Plan) (cnibridge.AddRequest, error) {
+	var requested []string
+	for _, addr := range []string{plan.Want.Address, plan.Want.AddressIPv6} {
+		if addr != "" {
+			requested = append(requested, addr)
+		}
+	}
+	if len(requested) > 1 && !cniNet.Capabilities()["ips"] {
+		// Dual stack from Docker's IPAM: CNI_ARGS IP= carries one address, args.cni.ips carries both.
+		var err error
+		if cniNet, err = cniNet.WithArgs(map[string]any{"ips": requested}); err != nil {
+			return cnibridge.AddRequest{}, fmt.Errorf("requesting %v: %w", requested, err)
+		}
+	}
+	req := cnibridge.AddRequest{ContainerID: containerID, Network: cniNet}
+	req.Args, req.CapabilityArgs = extra.Apply(cnibridge.RequestArgs(cniNet, requested, plan.Want.MAC))
+	if plan.PortsByPlugin {
+		if req.CapabilityArgs == nil {
+			req.CapabilityArgs = map[string]any{}
+		}
+		req.CapabilityArgs["portMappings"] = portMappings(plan.Ports)
+	}
+	return req, nil
+}
+
+// parseEndpointOptions reads the cni.* options among CreateEndpoint's top-level options, where Docker passes
+// `driver-opt`. Keys Docker itself sets (com.docker.*) are not ours.
+func parseEndpointOptions(options map[string]any) (cniargs.Extra, error) {
 	opts := map[string]string{}
 	for k, v := range options {
 		if !cniargs.IsOption(k) {
@@ -423,21 +387,6 @@ func portMappings(ms []hostports.Mapping) []map[string]any {
 	return out
 }
 
-// mismatch reports a CNI result that differs from what Docker asked for.
-func mismatch(want network.EndpointInterface, a *state.Attachment) error {
-	got := a.Interface
-	if want.Address != "" && ipOf(want.Address) != ipOf(got.IPv4) {
-		return fmt.Errorf("Docker's IPAM chose %s but CNI assigned %s (does the CNI IPAM honour IP=/ips requests?)", want.Address, orNone(got.IPv4))
-	}
-	if want.AddressIPv6 != "" && ipOf(want.AddressIPv6) != ipOf(got.IPv6) {
-		return fmt.Errorf("Docker's IPAM chose %s but CNI assigned %s", want.AddressIPv6, orNone(got.IPv6))
-	}
-	if want.MacAddress != "" && !strings.EqualFold(want.MacAddress, got.MAC) {
-		return fmt.Errorf("requested MAC %s but CNI set %s", want.MacAddress, got.MAC)
-	}
-	return nil
-}
-
 // endpointResponse fills in only what Docker left empty: libnetwork rejects a driver changing a field it set.
 func endpointResponse(want network.EndpointInterface, a *state.Attachment) *network.CreateEndpointResponse {
 	out := &network.EndpointInterface{}
@@ -457,14 +406,14 @@ func endpointResponse(want network.EndpointInterface, a *state.Attachment) *netw
 func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
 	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
 	if err != nil {
-		return nil, d.errorf(req.NetworkID, "endpoint %s has no CNI attachment: %w", short(req.EndpointID), err)
+		return nil, d.errorf(req.NetworkID, "endpoint %s has no CNI attachment: %w", naming.ShortID(req.EndpointID), err)
 	}
 	nw, err := d.store.Network(req.NetworkID)
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "unknown to %s (its state was lost?): %w", d.name, err)
 	}
 	if err := d.mgr.Join(a, attach.PolicyOf(nw)); err != nil {
-		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", short(req.EndpointID), err)
+		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
 	}
 	resp := &network.JoinResponse{
 		InterfaceName: network.InterfaceName{SrcName: a.HostIfName, DstPrefix: "eth"},
@@ -539,12 +488,12 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	// Published ports are unpublished synchronously: the next container may publish the same ones at once.
 	if nw, err := d.store.Network(req.NetworkID); err == nil && nw.AsyncDelete && a.HostPorts == nil {
 		if err := d.mgr.RemoveLater(a); err != nil {
-			return nil, d.errorf(req.NetworkID, "endpoint %s: %w", short(req.EndpointID), err)
+			return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
 		}
 		return nil, nil
 	}
 	if err := d.mgr.Remove(ctx, a); err != nil {
-		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", short(req.EndpointID), err)
+		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
 	}
 	return nil, nil
 }
@@ -656,22 +605,6 @@ func stringOptions(v any) (map[string]string, error) {
 		out[k] = s
 	}
 	return out, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-func ipOf(cidr string) string {
-	if i := strings.IndexByte(cidr, '/'); i >= 0 {
-		return cidr[:i]
-	}
-	return cidr
 }
 
 func orNone(s string) string {

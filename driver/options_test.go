@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/cniplug/cniplug/cnibridge"
-	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/network"
 )
 
@@ -44,26 +43,6 @@ func TestStringOptions(t *testing.T) {
 				t.Fatalf("stringOptions(%#v) = %#v, want %#v", tc.in, got, tc.want)
 			}
 		})
-	}
-}
-
-func TestModeOf(t *testing.T) {
-	tests := []struct {
-		space string
-		want  state.AddressMode
-	}{
-		{"CniplugLocal", state.ModeCNIIPAM},
-		{"CniplugGlobal", state.ModeCNIIPAM},
-		{"null", state.ModeNull},
-		{"LocalDefault", state.ModeDocker},
-		{"GlobalDefault", state.ModeDocker},
-		{"SomeOtherIPAMsSpace", state.ModeDocker},
-		{"", state.ModeDocker},
-	}
-	for _, tc := range tests {
-		if got := modeOf(tc.space); got != tc.want {
-			t.Errorf("modeOf(%q) = %q, want %q", tc.space, got, tc.want)
-		}
 	}
 }
 

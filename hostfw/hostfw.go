@@ -2,8 +2,8 @@
 // firewall) use the same iptables backend as the host. A managed plugin carries its own iptables binaries;
 // rules written through the other backend (legacy vs nf_tables) than the one Docker and the host use are
 // invisible to them and evaluated in an order nobody intended. Like kube-proxy's iptables-wrapper, the backend
-// is detected from where the host's rules are, and selected by putting a directory of symlinks first in PATH
-// (CNI plugins inherit cniplug's PATH).
+// is detected from where the host's rules are, and selected through a directory of symlinks that the CNI
+// plugins find first in the PATH they are run with. cniplug's own environment is left alone.
 package hostfw
 
 import (
@@ -29,14 +29,46 @@ const (
 
 // Setting values for --iptables-backend besides the backends themselves.
 const (
-	// System leaves PATH alone: whatever `iptables` resolves to is used (host mode's default).
+	// System uses whatever `iptables` resolves to in PATH (host mode's default).
 	System = "system"
 	// Auto detects the host's backend (the managed plugin's default).
 	Auto = "auto"
 )
 
-// Commands are the names linked into the selected directory.
-var Commands = []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"}
+// commands are the names linked into the selected directory.
+func commands() []string {
+	return []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"}
+}
+
+// Selection is the iptables backend cniplug and its CNI plugins use.
+type Selection struct {
+	Backend Backend // "" for System: whatever PATH holds
+	Reason  string  // why, for the log
+	Dir     string  // the links to the backend's commands; "" for System
+}
+
+// PATH returns path (a PATH value) with the selection's link dir first: the PATH to run CNI plugins with, so
+// that the iptables they exec is the selected backend's.
+func (s Selection) PATH(path string) string {
+	if s.Dir == "" {
+		return path
+	}
+	keep := []string{s.Dir}
+	for _, p := range filepath.SplitList(path) {
+		if p != s.Dir && p != "" {
+			keep = append(keep, p)
+		}
+	}
+	return strings.Join(keep, string(os.PathListSeparator))
+}
+
+// IPTables returns the iptables and ip6tables commands cniplug itself runs ("" to look them up in PATH).
+func (s Selection) IPTables() (v4, v6 string) {
+	if s.Dir == "" {
+		return "", ""
+	}
+	return filepath.Join(s.Dir, "iptables"), filepath.Join(s.Dir, "ip6tables")
+}
 
 // hintChains are chains whose presence says which backend the host's own firewall managers use.
 var hintChains = []string{"DOCKER", "KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"}
@@ -140,42 +172,42 @@ func Detect(ctx context.Context, run Runner, procNet string) (Backend, string) {
 	return Choose(legacy, nft)
 }
 
-// Select makes the Commands resolve to backend b: dir gets symlinks such as iptables-save -> iptables-<b>-save
-// (found in PATH) and is
-// put first in this process's PATH, which CNI plugins inherit. The xtables multi-binaries pick their mode
-// from argv[0]'s base name, so `iptables` linking to iptables-legacy runs legacy iptables.
-func Select(b Backend, dir string) error {
+// Select points the iptables commands in dir at backend b: dir gets symlinks such as iptables-save ->
+// iptables-<b>-save (found in PATH). The xtables multi-binaries pick their mode from argv[0]'s base name, so
+// `iptables` linking to iptables-legacy runs legacy iptables. Select changes no environment: see Selection.
+func Select(b Backend, dir string) (Selection, error) {
 	if b != Legacy && b != NFT {
-		return fmt.Errorf("unknown iptables backend %q: want %s or %s", b, Legacy, NFT)
+		return Selection{}, fmt.Errorf("unknown iptables backend %q: want %s or %s", b, Legacy, NFT)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Selection{}, fmt.Errorf("creating the iptables link dir: %w", err)
+	}
+	for _, c := range commands() {
+		if err := link(c, b, dir); err != nil {
+			return Selection{}, err
+		}
+	}
+	return Selection{Backend: b, Dir: dir}, nil
+}
+
+// link makes dir/c run command c of backend b.
+func link(c string, b Backend, dir string) error {
+	name := backendName(c, b)
+	target, err := exec.LookPath(name)
+	if err != nil {
+		return fmt.Errorf("iptables backend %s selected but %s is not installed: %w", b, name, err)
+	}
+	if target, err = filepath.Abs(target); err != nil {
 		return err
 	}
-	for _, c := range Commands {
-		name := backendName(c, b)
-		target, err := exec.LookPath(name)
-		if err != nil {
-			return fmt.Errorf("iptables backend %s selected but %s is not installed: %w", b, name, err)
-		}
-		if target, err = filepath.Abs(target); err != nil {
-			return err
-		}
-		link := filepath.Join(dir, c)
-		if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		if err := os.Symlink(target, link); err != nil {
-			return err
-		}
+	path := filepath.Join(dir, c)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("replacing %s: %w", path, err)
 	}
-	path := os.Getenv("PATH")
-	var keep []string
-	for _, p := range filepath.SplitList(path) {
-		if p != dir && p != "" {
-			keep = append(keep, p)
-		}
+	if err := os.Symlink(target, path); err != nil {
+		return fmt.Errorf("linking %s to %s: %w", path, target, err)
 	}
-	return os.Setenv("PATH", strings.Join(append([]string{dir}, keep...), string(os.PathListSeparator)))
+	return nil
 }
 
 // backendName is Debian's name for command c of backend b: iptables-save -> iptables-legacy-save.
@@ -187,18 +219,22 @@ func backendName(c string, b Backend) string {
 	return tool + "-" + string(b) + suffix
 }
 
-// Setup applies a --iptables-backend setting: System does nothing, Auto detects, Legacy/NFT force. It
-// returns the backend in use ("" for System) and why, for the log.
-func Setup(ctx context.Context, setting, dir string) (Backend, string, error) {
+// Setup applies a --iptables-backend setting: System selects nothing (PATH decides), Auto detects,
+// Legacy/NFT force. Links for a selected backend are made in dir.
+func Setup(ctx context.Context, setting, dir string) (Selection, error) {
+	var b Backend
+	var why string
 	switch setting {
 	case "", System:
-		return "", "using the iptables found in PATH", nil
+		return Selection{Reason: "using the iptables found in PATH"}, nil
 	case Auto:
-		b, why := Detect(ctx, nil, "/proc/net")
-		return b, why, Select(b, dir)
+		b, why = Detect(ctx, nil, "/proc/net")
 	case string(Legacy), string(NFT):
-		return Backend(setting), "set by --iptables-backend", Select(Backend(setting), dir)
+		b, why = Backend(setting), "set by --iptables-backend"
 	default:
-		return "", "", fmt.Errorf("invalid --iptables-backend %q: want %s, %s, %s or %s", setting, Auto, Legacy, NFT, System)
+		return Selection{}, fmt.Errorf("invalid --iptables-backend %q: want %s, %s, %s or %s", setting, Auto, Legacy, NFT, System)
 	}
+	sel, err := Select(b, dir)
+	sel.Reason = why
+	return sel, err
 }

@@ -83,10 +83,18 @@ func TestDetectSkipsUnloadedLegacy(t *testing.T) {
 	}
 }
 
-// TestSelect: after Select, `iptables` (and the save/restore tools) found in PATH run the chosen backend.
+// runWith runs command c through a shell whose PATH is path, as a CNI plugin execs iptables.
+func runWith(path, c string, args ...string) ([]byte, error) {
+	cmd := exec.Command("sh", append([]string{"-c", `exec "$@"`, "sh", c}, args...)...)
+	cmd.Env = []string{"PATH=" + path}
+	return cmd.CombinedOutput()
+}
+
+// TestSelect: with the selection's PATH, `iptables` (and the save/restore tools) run the chosen backend, and
+// cniplug's own environment is left alone.
 func TestSelect(t *testing.T) {
 	bins := t.TempDir()
-	for _, c := range Commands {
+	for _, c := range commands() {
 		for _, b := range []Backend{Legacy, NFT} {
 			script := "#!/bin/sh\necho " + backendName(c, b) + " as $(basename \"$0\")\n"
 			if err := os.WriteFile(filepath.Join(bins, backendName(c, b)), []byte(script), 0o755); err != nil {
@@ -95,42 +103,52 @@ func TestSelect(t *testing.T) {
 		}
 	}
 	t.Setenv("PATH", bins+string(os.PathListSeparator)+os.Getenv("PATH"))
+	before := os.Getenv("PATH")
 	dir := filepath.Join(t.TempDir(), "iptables")
 	for _, b := range []Backend{Legacy, NFT, Legacy} { // selecting again replaces the links
-		if err := Select(b, dir); err != nil {
+		sel, err := Select(b, dir)
+		if err != nil {
 			t.Fatal(err)
 		}
-		for _, c := range Commands {
-			out, err := exec.Command(c).Output()
+		path := sel.PATH(dir + string(os.PathListSeparator) + before)
+		if n := strings.Count(path, dir); n != 1 || !strings.HasPrefix(path, dir) {
+			t.Errorf("PATH holds %s %d times, want once and first: %s", dir, n, path)
+		}
+		for _, c := range commands() {
+			out, err := runWith(path, c)
 			if err != nil {
-				t.Fatalf("%s: %v", c, err)
+				t.Fatalf("%s: %v: %s", c, err, out)
 			}
 			if want := backendName(c, b) + " as " + c; strings.TrimSpace(string(out)) != want {
 				t.Errorf("backend %s: %s printed %q, want %q", b, c, out, want)
 			}
 		}
+		if v4, v6 := sel.IPTables(); v4 != filepath.Join(dir, "iptables") || v6 != filepath.Join(dir, "ip6tables") {
+			t.Errorf("IPTables() = %q, %q", v4, v6)
+		}
 	}
-	if n := strings.Count(os.Getenv("PATH"), dir); n != 1 {
-		t.Errorf("PATH holds %s %d times: %s", dir, n, os.Getenv("PATH"))
+	if after := os.Getenv("PATH"); after != before {
+		t.Errorf("Select changed cniplug's PATH: %q, was %q", after, before)
 	}
-	if err := Select("ebpf", dir); err == nil {
+	if _, err := Select("ebpf", dir); err == nil {
 		t.Error("Select accepted an unknown backend")
 	}
 }
 
 func TestSelectMissingBinary(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
-	err := Select(Legacy, filepath.Join(t.TempDir(), "x"))
+	_, err := Select(Legacy, filepath.Join(t.TempDir(), "x"))
 	if err == nil || !strings.Contains(err.Error(), "iptables-legacy is not installed") {
 		t.Errorf("got %v, want a message naming the missing binary", err)
 	}
 }
 
 func TestSetupSettings(t *testing.T) {
-	if b, _, err := Setup(context.Background(), System, t.TempDir()); err != nil || b != "" {
-		t.Errorf("system: %s %v", b, err)
+	sel, err := Setup(context.Background(), System, t.TempDir())
+	if v4, v6 := sel.IPTables(); err != nil || sel.Backend != "" || sel.PATH("/a:/b") != "/a:/b" || v4 != "" || v6 != "" {
+		t.Errorf("system: %+v %v", sel, err)
 	}
-	if _, _, err := Setup(context.Background(), "bogus", t.TempDir()); err == nil {
+	if _, err := Setup(context.Background(), "bogus", t.TempDir()); err == nil {
 		t.Error("accepted a bogus setting")
 	}
 }
@@ -142,14 +160,16 @@ func TestSelectRealBinaries(t *testing.T) {
 			t.Skipf("skipping: iptables-%s is not installed", b)
 		}
 	}
-	t.Setenv("PATH", os.Getenv("PATH")+":/usr/sbin:/sbin")
+	path := os.Getenv("PATH") + ":/usr/sbin:/sbin"
+	t.Setenv("PATH", path)
 	dir := t.TempDir()
 	for b, want := range map[Backend]string{Legacy: "(legacy)", NFT: "(nf_tables)"} {
-		if err := Select(b, dir); err != nil {
+		sel, err := Select(b, dir)
+		if err != nil {
 			t.Fatal(err)
 		}
 		for _, c := range []string{"iptables", "ip6tables"} {
-			out, err := exec.Command(c, "--version").CombinedOutput()
+			out, err := runWith(sel.PATH(path), c, "--version")
 			if err != nil || !strings.Contains(string(out), want) {
 				t.Errorf("backend %s: %s --version = %q (%v), want %s", b, c, out, err, want)
 			}

@@ -55,13 +55,13 @@ func TestForwardRules(t *testing.T) {
 				}
 				return out
 			}
-			p, err := NewWithPaths("iptables-nft", "ip6tables-nft")
+			p, err := New("iptables-nft", "ip6tables-nft")
 			testutil.Must(t, err)
 			f := Forward{ID: "0123456789abcdef", Addresses: []string{"10.99.0.2/24", "fd00:99::2/64"}, Internal: tc.internal}
 			if tc.internal {
 				f.Addresses = f.Addresses[:1]
 			}
-			inNetNS(t, hostNS, func() {
+			testutil.InNetNS(t, hostNS, func() {
 				err = p.ApplyForward(f)
 				if err == nil {
 					err = p.ApplyForward(f) // idempotent
@@ -88,7 +88,7 @@ func TestForwardRules(t *testing.T) {
 				}
 			}
 			for i := 0; i < 2; i++ {
-				inNetNS(t, hostNS, func() { err = p.RemoveForward(f) })
+				testutil.InNetNS(t, hostNS, func() { err = p.RemoveForward(f) })
 				testutil.Must(t, err)
 			}
 			for _, save := range []string{"iptables-nft-save", "ip6tables-nft-save"} {

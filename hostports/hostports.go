@@ -22,6 +22,8 @@ import (
 
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
+
+	"github.com/cniplug/cniplug/naming"
 )
 
 // Mapping is one published port of one attachment.
@@ -62,16 +64,8 @@ const (
 	tableFilt  = "filter"
 )
 
-func (r Record) suffix() string {
-	id := r.ID
-	if len(id) > 12 {
-		id = id[:12]
-	}
-	return id
-}
-
 func (r Record) chains() (dn, sn, fw string) {
-	s := r.suffix()
+	s := naming.ShortID(r.ID)
 	return "CNIPLUG-DN-" + s, "CNIPLUG-SN-" + s, "CNIPLUG-FW-" + s
 }
 
@@ -84,14 +78,10 @@ type Programmer struct {
 	procSys string
 }
 
-// New returns a Programmer using `iptables`/`ip6tables` from PATH. IPv6 is optional: without ip6tables only
-// IPv4 mappings can be programmed.
-func New() (*Programmer, error) {
-	return NewWithPaths("", "")
-}
-
-// NewWithPaths uses the given iptables and ip6tables binaries ("" = look up in PATH), e.g. iptables-legacy.
-func NewWithPaths(v4Path, v6Path string) (*Programmer, error) {
+// New returns a Programmer running the given iptables and ip6tables binaries ("" looks `iptables` or
+// `ip6tables` up in PATH), e.g. iptables-legacy. IPv6 is optional: without ip6tables only IPv4 mappings can
+// be programmed.
+func New(v4Path, v6Path string) (*Programmer, error) {
 	newIPT := func(proto iptables.Protocol, path string) (*iptables.IPTables, error) {
 		if path != "" {
 			return iptables.New(iptables.IPFamily(proto), iptables.Timeout(10), iptables.Path(path))

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -108,7 +107,7 @@ func TestOverlap(t *testing.T) {
 }
 
 func TestResolve(t *testing.T) {
-	testutil.RequireRoot(t)
+	testutil.NewNS(t) // the ports and addresses in use are the fresh namespace's, not the host's
 	held, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -136,31 +135,6 @@ func TestResolve(t *testing.T) {
 		!strings.Contains(err.Error(), "not an address of this host") {
 		t.Errorf("foreign host IP: %v", err)
 	}
-}
-
-// inNetNS runs fn on a thread in ns.
-func inNetNS(t *testing.T, ns netns.NsHandle, fn func()) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			t.Error(err)
-			return
-		}
-		fn()
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-	}()
-	<-done
 }
 
 // TestApplyRemove programs real rules with both iptables backends in a pair of namespaces standing in for
@@ -202,7 +176,7 @@ func TestApplyRemove(t *testing.T) {
 
 			// The "container" serves its name.
 			var l net.Listener
-			inNetNS(t, ctrNS, func() { l, err = net.Listen("tcp", "10.99.0.2:80") })
+			testutil.InNetNS(t, ctrNS, func() { l, err = net.Listen("tcp", "10.99.0.2:80") })
 			testutil.Must(t, err)
 			defer l.Close()
 			go func() {
@@ -216,11 +190,11 @@ func TestApplyRemove(t *testing.T) {
 				}
 			}()
 
-			p, err := NewWithPaths(v4, v6)
+			p, err := New(v4, v6)
 			testutil.Must(t, err)
 			rec := Record{ID: "0123456789abcdef", ContainerIPv4: "10.99.0.2/24", DNAT: true,
 				Mappings: []Mapping{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}, {Proto: "udp", HostIP: "10.98.0.1", HostPort: 5353, ContainerPort: 53}}}
-			inNetNS(t, hostNS, func() {
+			testutil.InNetNS(t, hostNS, func() {
 				p.procSys = "/proc/sys"
 				err = p.Apply(rec)
 				if err == nil {
@@ -228,6 +202,8 @@ func TestApplyRemove(t *testing.T) {
 				}
 			})
 			testutil.Must(t, err)
+			// Both backends must print the one layout the golden file shows.
+			testutil.Golden(t, "testdata/published-ports.golden", ruleLayout(sh, host, v4))
 			rules := sh(host, v4+"-save")
 			for _, want := range []string{"-j DNAT --to-destination 10.99.0.2:80", "-A CNIPLUG-FORWARD", "-A FORWARD -m comment --comment \"cniplug host ports\" -j CNIPLUG-FORWARD", "MASQUERADE"} {
 				if !strings.Contains(rules, want) {
@@ -240,7 +216,7 @@ func TestApplyRemove(t *testing.T) {
 			dial := func(ns netns.NsHandle, addr string) (string, error) {
 				var line string
 				var err error
-				inNetNS(t, ns, func() {
+				testutil.InNetNS(t, ns, func() {
 					var c net.Conn
 					c, err = net.DialTimeout("tcp", addr, 2*time.Second)
 					if err != nil {
@@ -265,7 +241,7 @@ func TestApplyRemove(t *testing.T) {
 				}
 			}
 
-			inNetNS(t, hostNS, func() {
+			testutil.InNetNS(t, hostNS, func() {
 				err = p.Remove(rec)
 				if err == nil {
 					err = p.Remove(rec)
@@ -283,3 +259,21 @@ func TestApplyRemove(t *testing.T) {
 }
 
 func nsName(prefix string) string { return testutil.UniqueName(prefix) }
+
+// ruleLayout is the nat and filter tables of the namespace as iptables-save prints them, without the comment
+// lines (versions, dates) and packet counters that change from run to run.
+func ruleLayout(sh func(ns, cmd string) string, ns, iptables string) string {
+	var out []string
+	for _, table := range []string{"nat", "filter"} {
+		for _, line := range strings.Split(sh(ns, iptables+"-save -t "+table), "\n") {
+			if strings.HasPrefix(line, "#") {
+				continue
+			}
+			if strings.HasPrefix(line, ":") {
+				line = strings.Fields(line)[0] + " " + strings.Fields(line)[1]
+			}
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n") + "\n"
+}

@@ -4,31 +4,21 @@ package ipam
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"sort"
-	"strings"
 
 	"github.com/cniplug/cniplug/attach"
-	"github.com/cniplug/cniplug/cniargs"
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/cniconf"
+	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/ipam"
 )
 
-// The address spaces cniplug reports; the network driver recognises its own pools by them.
+// libnetwork's keys.
 const (
-	LocalAddressSpace  = "CniplugLocal"
-	GlobalAddressSpace = "CniplugGlobal"
-
-	OptCNI = "cni"
-
-	// libnetwork's keys.
 	requestAddressType = "RequestAddressType"
 	gatewayType        = "com.docker.network.gateway"
 	poolGatewayKey     = "com.docker.network.gateway"
@@ -37,23 +27,17 @@ const (
 
 // Ipam implements the IpamDriver side of cniplug.
 type Ipam struct {
-	name    string
-	confDir string // colon-separated conf dirs, searched in order
+	name    string          // the driver name Docker knows the plugin by, for messages
+	chooser cniconf.Chooser // shared with the network driver: the conf dirs and the default network
 	mgr     *attach.Manager
 	store   *state.Store
 	log     *slog.Logger
-
-	// defaultNet is the CNI network of pools requested without --ipam-opt cni ("" requires the option).
-	defaultNet string
 }
 
-// New returns an Ipam.
-func New(name, confDir string, mgr *attach.Manager, log *slog.Logger) *Ipam {
-	return &Ipam{name: name, confDir: confDir, mgr: mgr, store: mgr.Store(), log: log}
+// New returns an Ipam whose pools use the CNI networks chooser picks.
+func New(name string, chooser cniconf.Chooser, mgr *attach.Manager, log *slog.Logger) *Ipam {
+	return &Ipam{name: name, chooser: chooser, mgr: mgr, store: mgr.Store(), log: log}
 }
-
-// SetDefaultNetwork sets the CNI network used when `docker network create` has no --ipam-opt cni.
-func (p *Ipam) SetDefaultNetwork(name string) { p.defaultNet = name }
 
 func (p *Ipam) errorf(format string, args ...any) error {
 	return fmt.Errorf("%s IPAM: %w", p.name, fmt.Errorf(format, args...))
@@ -70,47 +54,21 @@ func (p *Ipam) GetCapabilities(context.Context, *struct{}) (*ipam.CapabilitiesRe
 
 // GetDefaultAddressSpaces returns cniplug's address spaces.
 func (p *Ipam) GetDefaultAddressSpaces(context.Context, *struct{}) (*ipam.AddressSpacesResponse, error) {
-	return &ipam.AddressSpacesResponse{LocalDefaultAddressSpace: LocalAddressSpace, GlobalDefaultAddressSpace: GlobalAddressSpace}, nil
+	return &ipam.AddressSpacesResponse{LocalDefaultAddressSpace: state.LocalAddressSpace, GlobalDefaultAddressSpace: state.GlobalAddressSpace}, nil
 }
 
 // RequestPool binds a pool to the CNI network named by --ipam-opt cni. The pool is the CNI network's declared
 // range (0.0.0.0/0 when its IPAM declares none, e.g. Calico or DHCP), and the gateway is given in the pool
 // data so that Docker does not allocate one: the CNI network owns every address.
 func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*ipam.RequestPoolResponse, error) {
-	var unknown []string
-	for k := range req.Options {
-		if k != OptCNI && !cniargs.IsOption(k) {
-			unknown = append(unknown, k)
-		}
-	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return nil, p.errorf("unknown --ipam-opt %s: %s IPAM understands --ipam-opt %s=<CNI network> and %s", strings.Join(unknown, ", "), p.name, OptCNI, strings.Join(cniargs.Allowed(), ", "))
-	}
-	extra, err := cniargs.Parse(req.Options)
-	if err != nil {
-		return nil, p.errorf("--ipam-opt: %w", err)
-	}
-	name := req.Options[OptCNI]
-	if name == "" {
-		name = p.defaultNet
-	}
-	if name == "" {
-		return nil, p.errorf("missing --ipam-opt cni=<name>: say which CNI network (the \"name\" in a conflist in %s) allocates the addresses", p.confDir)
-	}
 	if req.SubPool != "" {
-		return nil, p.errorf("--ip-range is not supported: CNI network %q chooses addresses from its own ranges", name)
+		return nil, p.errorf("--ip-range is not supported: the CNI network chooses addresses from its own ranges")
 	}
-	nw, err := cniconf.Resolve(p.confDir, name)
+	nw, extra, err := p.chooser.Choose(ctx, cniconf.Options{Flag: "--ipam-opt", Values: req.Options, Purpose: "allocates the addresses"})
 	if err != nil {
 		return nil, p.errorf("%w", err)
 	}
-	if err := p.mgr.Runner().Validate(ctx, nw); err != nil {
-		return nil, p.errorf("%w", err)
-	}
-	if err := extra.Check(nw.Name, nw.Capabilities()); err != nil {
-		return nil, p.errorf("--ipam-opt: %w", err)
-	}
+	name := nw.Name
 	cidr, gateway := "0.0.0.0/0", "0.0.0.0/0"
 	if req.V6 {
 		cidr, gateway = "::/0", "::/0"
@@ -138,7 +96,7 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 		// check; the CNI IPAM still owns every address. With --subnet Docker skips the check.
 		cidr, gateway = "0.0.0.0/0", "0.0.0.0/0"
 	}
-	pool := &state.Pool{ID: "cniplug-" + randomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr, V6: req.V6, Extra: extra}
+	pool := &state.Pool{ID: "cniplug-" + naming.RandomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr, V6: req.V6, Extra: extra}
 	if err := p.store.PutPool(pool); err != nil {
 		return nil, p.errorf("recording pool: %w", err)
 	}
@@ -146,25 +104,27 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 	return &ipam.RequestPoolResponse{PoolID: pool.ID, Pool: cidr, Data: map[string]string{poolGatewayKey: gateway}}, nil
 }
 
-// ReleasePool forgets the pool and tears down addresses allocated from it that no endpoint claimed.
-func (p *Ipam) ReleasePool(ctx context.Context, req *ipam.ReleasePoolRequest) (*struct{}, error) {
-	pool, err := p.store.Pool(req.PoolID)
+// releasedPool looks up the pool a release names. A pool cniplug does not know is already released (Docker
+// retries releases and must not get stuck): then it returns nil and no error.
+func (p *Ipam) releasedPool(id string) (*state.Pool, error) {
+	pool, err := p.store.Pool(id)
 	if errors.Is(err, state.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, p.errorf("reading state: %w", err)
 	}
-	atts, err := p.store.Attachments()
-	if err != nil {
-		return nil, p.errorf("reading state: %w", err)
+	return pool, nil
+}
+
+// ReleasePool forgets the pool and tears down addresses allocated from it that no endpoint claimed.
+func (p *Ipam) ReleasePool(ctx context.Context, req *ipam.ReleasePoolRequest) (*struct{}, error) {
+	pool, err := p.releasedPool(req.PoolID)
+	if pool == nil {
+		return nil, err
 	}
-	for _, a := range atts {
-		if a.PoolID == pool.ID && a.Phase == state.PhasePending {
-			if err := p.mgr.Remove(ctx, a); err != nil {
-				return nil, p.errorf("pool %s: %w", pool.ID, err)
-			}
-		}
+	if err := p.mgr.RemovePending(ctx, pool.ID); err != nil {
+		return nil, p.errorf("pool %s: %w", pool.ID, err)
 	}
 	if err := p.store.DeletePool(pool.ID); err != nil {
 		return nil, p.errorf("forgetting pool: %w", err)
@@ -184,9 +144,7 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 		if req.Address == "" {
 			return nil, p.errorf("CNI network %q: no gateway to allocate", pool.CNIName)
 		}
-		_, poolNet, _ := net.ParseCIDR(pool.CIDR)
-		ones, _ := poolNet.Mask.Size()
-		return &ipam.RequestAddressResponse{Address: fmt.Sprintf("%s/%d", req.Address, ones)}, nil
+		return &ipam.RequestAddressResponse{Address: inPool(req.Address, pool)}, nil
 	}
 	mac := req.Options[macAddressOption]
 	if pool.V6 {
@@ -198,32 +156,26 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 	}
 	var requested []string
 	if req.Address != "" {
-		_, poolNet, _ := net.ParseCIDR(pool.CIDR)
-		ones, _ := poolNet.Mask.Size()
-		requested = []string{fmt.Sprintf("%s/%d", req.Address, ones)}
+		requested = []string{inPool(req.Address, pool)}
 	}
-	addReq := cnibridge.AddRequest{ContainerID: randomID(), Network: nw}
+	addReq := cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw}
 	addReq.Args, addReq.CapabilityArgs = pool.Extra.Apply(cnibridge.RequestArgs(nw, requested, mac))
-	a, err := p.mgr.Add(ctx, addReq, state.Attachment{Phase: state.PhasePending, PoolID: pool.ID, RequestMAC: mac})
+	a, err := p.mgr.Attach(ctx, attach.Plan{
+		Add:   addReq,
+		Owner: state.Attachment{Phase: state.PhasePending, PoolID: pool.ID, RequestMAC: mac},
+		Want:  attach.Want{Address: req.Address, NeedIPv4: true},
+	})
 	if err != nil {
 		return nil, p.errorf("CNI network %q: %w", pool.CNIName, err)
 	}
-	got := a.Interface.IPv4
-	var problem string
-	switch {
-	case got == "":
-		problem = "assigned no IPv4 address"
-	case req.Address != "" && ipOf(got) != req.Address:
-		problem = fmt.Sprintf("assigned %s instead of the requested %s (does its IPAM honour IP=/ips requests?)", got, req.Address)
-	}
-	if problem != "" {
-		err := p.errorf("CNI network %q %s", pool.CNIName, problem)
-		if rerr := p.mgr.Remove(context.WithoutCancel(ctx), a); rerr != nil {
-			err = fmt.Errorf("%w; removing it also failed: %v", err, rerr)
-		}
-		return nil, err
-	}
-	return &ipam.RequestAddressResponse{Address: got}, nil
+	return &ipam.RequestAddressResponse{Address: a.Interface.IPv4}, nil
+}
+
+// inPool writes address as a CIDR with the pool's prefix length.
+func inPool(address string, pool *state.Pool) string {
+	_, poolNet, _ := net.ParseCIDR(pool.CIDR)
+	ones, _ := poolNet.Mask.Size()
+	return fmt.Sprintf("%s/%d", address, ones)
 }
 
 // requestV6 answers Docker's IPv6 RequestAddress, which follows the endpoint's IPv4 one: the IPv4 request ran
@@ -244,7 +196,7 @@ func (p *Ipam) requestV6(pool *state.Pool, address, mac string) (*ipam.RequestAd
 	switch {
 	case got == "":
 		return nil, p.errorf("CNI network %q assigned no IPv6 address, but the Docker network has --ipv6: add an IPv6 range to the CNI network, or create the Docker network without --ipv6", pool.CNIName)
-	case address != "" && ipOf(got) != address:
+	case address != "" && naming.Address(got) != address:
 		return nil, p.errorf("CNI network %q assigned %s, not the requested --ip6 %s: with %s IPAM the CNI ADD runs when the IPv4 address is allocated, before Docker asks for IPv6, so --ip6 can only be honoured when it is what CNI assigns; use Docker IPAM (--subnet and --gateway for both families) to choose IPv6 addresses",
 			pool.CNIName, got, address, p.name)
 	}
@@ -254,17 +206,14 @@ func (p *Ipam) requestV6(pool *state.Pool, address, mac string) (*ipam.RequestAd
 // ReleaseAddress tears down a pending attachment nobody claimed; the release Docker sends after deleting an
 // endpoint finds nothing pending (DeleteEndpoint already tore that attachment down).
 func (p *Ipam) ReleaseAddress(ctx context.Context, req *ipam.ReleaseAddressRequest) (*struct{}, error) {
-	pool, err := p.store.Pool(req.PoolID)
-	if errors.Is(err, state.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, p.errorf("reading state: %w", err)
+	pool, err := p.releasedPool(req.PoolID)
+	if pool == nil {
+		return nil, err
 	}
 	if pool.V6 {
 		return nil, nil // the attachment is released with its IPv4 address (or by DeleteEndpoint)
 	}
-	pending, err := p.store.TakeRelease(pool.CNIName, ipOf(req.Address))
+	pending, err := p.store.TakeRelease(pool.CNIName, naming.Address(req.Address))
 	if errors.Is(err, state.ErrNotFound) {
 		return nil, nil
 	}
@@ -278,21 +227,6 @@ func (p *Ipam) ReleaseAddress(ctx context.Context, req *ipam.ReleaseAddressReque
 		return nil, p.errorf("releasing %s on CNI network %q: %w", req.Address, pool.CNIName, err)
 	}
 	return nil, nil
-}
-
-func randomID() string {
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		panic(err) // crypto/rand never fails on Linux
-	}
-	return hex.EncodeToString(b)
-}
-
-func ipOf(cidr string) string {
-	if i := strings.IndexByte(cidr, '/'); i >= 0 {
-		return cidr[:i]
-	}
-	return cidr
 }
 
 func sameCIDR(a, b string) bool {

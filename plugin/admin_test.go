@@ -106,6 +106,52 @@ func TestAdminStatusAttachmentsAndMetrics(t *testing.T) {
 	}
 }
 
+// With a conf dir list (the managed plugin's default is /etc/cni/net.d:/opt/cniplug/cni/net.d), status finds
+// the conflist where the drivers do: the first dir that defines the CNI network.
+func TestAdminStatusSearchesConfDirList(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := testutil.CNIBinDir(t)
+	s := teststack.New(t, teststack.Options{BinDirs: []string{bin}, HostConfDir: true})
+	s.Serve(t)
+	cni := s.BridgeNetwork(t)
+	netID := s.Network(t, cni)
+	bundled := filepath.Join(s.ConfDir, cni+".conflist")
+	host := filepath.Join(s.HostConfDir, cni+".conflist")
+	conf, err := os.ReadFile(bundled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		name      string
+		change    func()
+		wantFile  string
+		wantState string
+	}{
+		{"defined in the second dir", func() {}, bundled, "same"},
+		{"an edited copy in the first dir wins", func() {
+			testutil.WriteFile(t, s.HostConfDir, cni+".conflist", strings.Replace(string(conf), `"ipMasq":true`, `"ipMasq":false`, 1))
+		}, host, "edited"},
+		{"an identical copy in the first dir", func() { testutil.WriteFile(t, s.HostConfDir, cni+".conflist", string(conf)) }, host, "same"},
+		{"no dir defines it", func() {
+			for _, f := range []string{host, bundled} {
+				if err := os.Remove(f); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}, "", "missing"},
+	} {
+		step.change()
+		var st admin.Status
+		s.Call(t, "/Cniplug.Status", struct{}{}, &st)
+		if len(st.Networks) != 1 || st.Networks[0].ID != netID {
+			t.Fatalf("%s: status: %+v", step.name, st)
+		}
+		if n := st.Networks[0]; n.File != step.wantFile || n.FileState != step.wantState {
+			t.Errorf("%s: file %q (%s), want %q (%s)", step.name, n.File, n.FileState, step.wantFile, step.wantState)
+		}
+	}
+}
+
 // GC finds and (unless a dry run) removes crash leftovers: a staging netns no attachment owns.
 func TestAdminGC(t *testing.T) {
 	s := teststack.New(t, teststack.Options{})

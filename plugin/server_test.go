@@ -3,8 +3,6 @@ package plugin_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,11 +19,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/attach"
-	"github.com/cniplug/cniplug/cnibridge"
-	"github.com/cniplug/cniplug/driver"
+	"github.com/cniplug/cniplug/internal/teststack"
 	"github.com/cniplug/cniplug/internal/testutil"
-	"github.com/cniplug/cniplug/ipam"
+	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/plugin"
 	"github.com/cniplug/cniplug/state"
 	dipam "github.com/docker/go-plugins-helpers/ipam"
@@ -36,12 +32,11 @@ import (
 // ---------------------------------------------------------------------------------------------------------
 // The real stack: store, CNI runner, attachment manager, both drivers and the handler.
 
-type stack struct {
-	store    *state.Store
-	mgr      *attach.Manager
-	handler  http.Handler
-	confDir  string
-	netnsDir string
+// newStack builds the real cniplug stack (without the admin service) over confDir and binDir. log may be nil
+// (discard).
+func newStack(t testing.TB, confDir, binDir string, log *slog.Logger) *teststack.Stack {
+	t.Helper()
+	return teststack.New(t, teststack.Options{ConfDir: confDir, BinDirs: []string{binDir}, Logger: log, NoAdmin: true})
 }
 
 // tlogWriter sends the plugin's log lines to the test log, so a failure shows what the plugin said.
@@ -50,48 +45,6 @@ type tlogWriter struct{ t testing.TB }
 func (w tlogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
-}
-
-// newStack builds the real cniplug stack over confDir and binDir, as main.run does. log may be nil (discard).
-func newStack(t testing.TB, confDir, binDir string, log *slog.Logger) *stack {
-	t.Helper()
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	store, err := state.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
-	netnsDir := t.TempDir()
-	runner, err := cnibridge.NewRunner(cnibridge.Config{
-		BinDirs:  []string{binDir},
-		CacheDir: t.TempDir(),
-		NetNSDir: netnsDir,
-		Timeout:  20 * time.Second,
-		Logger:   log,
-	})
-	if err != nil {
-		t.Skipf("skipping: cannot build the CNI runner: %v", err)
-	}
-	t.Cleanup(func() { _ = runner.Close() })
-	mgr := attach.NewManager(store, runner, log)
-	// Safety net: whatever a failed test left attached is torn down through cniplug's own teardown path.
-	// Tests assert an empty store themselves before this runs, so it cannot hide a leak.
-	t.Cleanup(func() {
-		atts, err := store.Attachments()
-		if err != nil {
-			t.Errorf("cleanup: listing attachments: %v", err)
-			return
-		}
-		for _, a := range atts {
-			if err := mgr.Remove(context.Background(), a); err != nil {
-				t.Errorf("cleanup: removing leftover attachment %s: %v", a.ID(), err)
-			}
-		}
-	})
-	h := plugin.NewHandler(driver.New("cniplug", confDir, mgr, log), ipam.New("cniplug", confDir, mgr, log), log)
-	return &stack{store: store, mgr: mgr, handler: h, confDir: confDir, netnsDir: netnsDir}
 }
 
 // client talks to a plugin served on a real unix socket.
@@ -212,12 +165,6 @@ func wantContains(t testing.TB, what, got string, wants ...string) {
 	}
 }
 
-func dockerID() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
 func genericOpts(kv map[string]any) map[string]any {
 	return map[string]any{"com.docker.network.generic": kv, "com.docker.network.enable_ipv6": false}
 }
@@ -227,13 +174,13 @@ func genericOpts(kv map[string]any) map[string]any {
 
 // errorStack is a stack whose conf dir holds the given conflists and whose bin dir is empty: every request
 // fails or succeeds before a CNI plugin would run.
-func errorStack(t *testing.T, conflists map[string]string) (*stack, *client) {
+func errorStack(t *testing.T, conflists map[string]string) (*teststack.Stack, *client) {
 	confDir := t.TempDir()
 	for file, content := range conflists {
 		testutil.WriteFile(t, confDir, file, content)
 	}
 	s := newStack(t, confDir, t.TempDir(), slog.New(slog.NewTextHandler(tlogWriter{t}, nil)))
-	return s, serve(t, s.handler)
+	return s, serve(t, s.Handler)
 }
 
 func TestActivate(t *testing.T) {
@@ -324,22 +271,22 @@ func TestIPAMErrors(t *testing.T) {
 		req   any
 		wants []string
 	}{
-		{"RequestPool without cni", "IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace},
-			[]string{"missing --ipam-opt cni=<name>", s.confDir}},
+		{"RequestPool without cni", "IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace},
+			[]string{"missing --ipam-opt cni=<name>", s.ConfDir}},
 		{"RequestPool unknown option", "IpamDriver.RequestPool",
-			dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace, Options: map[string]string{"cni": "alpha", "zzz": "1", "aaa": "2"}},
-			[]string{"unknown --ipam-opt aaa, zzz", "--ipam-opt cni=<CNI network>"}},
+			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "alpha", "zzz": "1", "aaa": "2"}},
+			[]string{"unknown option(s) aaa, zzz", "--ipam-opt accepts cni=<CNI network>, cni.args."}},
 		{"RequestPool unknown CNI network", "IpamDriver.RequestPool",
-			dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace, Options: map[string]string{"cni": "gamma"}},
+			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "gamma"}},
 			[]string{`no CNI network named "gamma"`, "networks found: alpha, beta"}},
 		{"RequestPool path-like name", "IpamDriver.RequestPool",
-			dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace, Options: map[string]string{"cni": "../alpha"}},
+			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "../alpha"}},
 			[]string{`invalid CNI network name "../alpha"`}},
 		{"RequestPool with --ip-range", "IpamDriver.RequestPool",
-			dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace, SubPool: "10.251.0.128/25", Options: map[string]string{"cni": "alpha"}},
+			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, SubPool: "10.251.0.128/25", Options: map[string]string{"cni": "alpha"}},
 			[]string{"--ip-range is not supported"}},
 		{"RequestPool plugin binaries missing", "IpamDriver.RequestPool",
-			dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace, Options: map[string]string{"cni": "alpha"}},
+			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "alpha"}},
 			[]string{`CNI plugin "bridge" not found`}},
 		{"RequestAddress unknown pool", "IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: "cniplug-nope"},
 			[]string{`unknown pool "cniplug-nope"`}},
@@ -352,7 +299,7 @@ func TestIPAMErrors(t *testing.T) {
 	// Releases of what cniplug does not know succeed: Docker retries them and must not get stuck.
 	c.call("IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: "cniplug-nope"}, nil)
 	c.call("IpamDriver.ReleaseAddress", dipam.ReleaseAddressRequest{PoolID: "cniplug-nope", Address: "10.0.0.2"}, nil)
-	if pools, _ := s.store.Pools(); len(pools) != 0 {
+	if pools, _ := s.Store.Pools(); len(pools) != 0 {
 		t.Fatalf("failed requests recorded pools: %+v", pools)
 	}
 }
@@ -363,7 +310,7 @@ func TestNetworkDriverErrors(t *testing.T) {
 		"20-beta.conflist":  fmt.Sprintf(minimalConflist, "beta"),
 		"30-broken.conf":    `{"name": "broken", "plugins": [`,
 	})
-	nid := dockerID()
+	nid := naming.RandomID()
 	v4 := []*network.IPAMData{{AddressSpace: "LocalDefault", Pool: "10.251.0.0/24", Gateway: "10.251.0.1/24"}}
 	cases := []struct {
 		name  string
@@ -373,13 +320,13 @@ func TestNetworkDriverErrors(t *testing.T) {
 	}{
 		{"CreateNetwork without cni", "NetworkDriver.CreateNetwork",
 			network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{}), IPv4Data: v4},
-			[]string{"missing --opt cni=<name>", s.confDir, nid[:12]}},
+			[]string{"missing --opt cni=<name>", s.ConfDir, nid[:12]}},
 		{"CreateNetwork without any options", "NetworkDriver.CreateNetwork",
 			network.CreateNetworkRequest{NetworkID: nid, IPv4Data: v4},
 			[]string{"missing --opt cni=<name>"}},
 		{"CreateNetwork unknown option", "NetworkDriver.CreateNetwork",
 			network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": "alpha", "mtu": "1400"}), IPv4Data: v4},
-			[]string{"unknown option(s) mtu", "understands --opt cni"}},
+			[]string{"unknown option(s) mtu", "--opt accepts cni=<CNI network>, async-delete, host-firewall, cni.args."}},
 		{"CreateNetwork non-string option", "NetworkDriver.CreateNetwork",
 			network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": 7}), IPv4Data: v4},
 			[]string{`option "cni" must be a string`}},
@@ -390,10 +337,10 @@ func TestNetworkDriverErrors(t *testing.T) {
 			network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": "alpha"}), IPv4Data: v4},
 			[]string{`CNI plugin "bridge" not found`}},
 		{"CreateEndpoint on an unknown network", "NetworkDriver.CreateEndpoint",
-			network.CreateEndpointRequest{NetworkID: nid, EndpointID: dockerID(), Interface: &network.EndpointInterface{}},
+			network.CreateEndpointRequest{NetworkID: nid, EndpointID: naming.RandomID(), Interface: &network.EndpointInterface{}},
 			[]string{"unknown to cniplug"}},
 		{"Join of an unknown endpoint", "NetworkDriver.Join",
-			network.JoinRequest{NetworkID: nid, EndpointID: dockerID(), SandboxKey: "/var/run/docker/netns/x"},
+			network.JoinRequest{NetworkID: nid, EndpointID: naming.RandomID(), SandboxKey: "/var/run/docker/netns/x"},
 			[]string{"has no CNI attachment"}},
 	}
 	for _, tc := range cases {
@@ -401,11 +348,11 @@ func TestNetworkDriverErrors(t *testing.T) {
 			wantContains(t, "Err", c.callErr(tc.path, tc.req), tc.wants...)
 		})
 	}
-	if _, err := s.store.Network(nid); !errors.Is(err, state.ErrNotFound) {
+	if _, err := s.Store.Network(nid); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("a failed CreateNetwork was recorded: %v", err)
 	}
 	// Deleting what cniplug does not know succeeds (Docker retries, and gets stuck on errors).
-	c.call("NetworkDriver.DeleteEndpoint", network.DeleteEndpointRequest{NetworkID: nid, EndpointID: dockerID()}, nil)
+	c.call("NetworkDriver.DeleteEndpoint", network.DeleteEndpointRequest{NetworkID: nid, EndpointID: naming.RandomID()}, nil)
 	c.call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil)
 }
 
@@ -413,7 +360,7 @@ func TestNetworkDriverErrors(t *testing.T) {
 // Flows through the socket with real CNI plugins (bridge + host-local, ipMasq).
 
 type cniEnv struct {
-	*stack
+	*teststack.Stack
 	c       *client
 	name    string // CNI network name
 	bridge  string
@@ -474,8 +421,8 @@ func newCNIEnv(t *testing.T) *cniEnv {
 		}
 		_ = os.RemoveAll(filepath.Join(testutil.CNIDataDir, "networks", e.name))
 	})
-	e.stack = newStack(t, confDir, binDir, slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	e.c = serve(t, e.handler)
+	e.Stack = newStack(t, confDir, binDir, slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	e.c = serve(t, e.Handler)
 	return e
 }
 
@@ -484,7 +431,7 @@ func newCNIEnv(t *testing.T) *cniEnv {
 // the env's CNI network and returns its ID.
 func (e *cniEnv) createNullNetwork(t *testing.T) string {
 	t.Helper()
-	nid := dockerID()
+	nid := naming.RandomID()
 	e.c.call("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": e.name}),
 		IPv4Data: []*network.IPAMData{{AddressSpace: "null", Pool: "0.0.0.0/0"}}}, nil)
 	return nid
@@ -492,16 +439,16 @@ func (e *cniEnv) createNullNetwork(t *testing.T) string {
 
 func (e *cniEnv) finish(t *testing.T) {
 	t.Helper()
-	if atts, err := e.store.Attachments(); err != nil || len(atts) != 0 {
+	if atts, err := e.Store.Attachments(); err != nil || len(atts) != 0 {
 		t.Errorf("attachments left in the store: %d (%v)", len(atts), err)
 		for _, a := range atts {
 			t.Errorf("  %s phase %s address %s endpoint %s", a.ID(), a.Phase, a.Interface.IPv4, a.EndpointID)
 		}
 	}
-	if pools, err := e.store.Pools(); err != nil || len(pools) != 0 {
+	if pools, err := e.Store.Pools(); err != nil || len(pools) != 0 {
 		t.Errorf("pools left in the store: %+v (%v)", pools, err)
 	}
-	if ents, err := os.ReadDir(e.netnsDir); err != nil || len(ents) != 0 {
+	if ents, err := os.ReadDir(e.NetNSDir); err != nil || len(ents) != 0 {
 		t.Errorf("staging netns dir not empty: %v (%v)", ents, err)
 	}
 	if l, err := netlink.LinkByName(e.bridge); err == nil {
@@ -579,16 +526,16 @@ func (e *cniEnv) deleteEndpoint(t *testing.T, nid, eid, srcName string) {
 	if _, err := netlink.LinkByName(srcName); err == nil {
 		t.Errorf("link %s still in the host netns after DeleteEndpoint", srcName)
 	}
-	if _, err := e.store.AttachmentByEndpoint(eid); !errors.Is(err, state.ErrNotFound) {
+	if _, err := e.Store.AttachmentByEndpoint(eid); !errors.Is(err, state.ErrNotFound) {
 		t.Errorf("endpoint still recorded after DeleteEndpoint: %v", err)
 	}
 	// A retried DeleteEndpoint succeeds.
 	e.c.call("NetworkDriver.DeleteEndpoint", network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}, nil)
 }
 
-func srcNameOf(t *testing.T, s *stack, eid string) string {
+func srcNameOf(t *testing.T, s *teststack.Stack, eid string) string {
 	t.Helper()
-	a, err := s.store.AttachmentByEndpoint(eid)
+	a, err := s.Store.AttachmentByEndpoint(eid)
 	if err != nil {
 		t.Fatalf("endpoint %s has no attachment: %v", eid[:12], err)
 	}
@@ -603,7 +550,7 @@ func TestCNIIPAMFlow(t *testing.T) {
 
 	var spaces dipam.AddressSpacesResponse
 	c.call("IpamDriver.GetDefaultAddressSpaces", struct{}{}, &spaces)
-	if spaces.LocalDefaultAddressSpace != ipam.LocalAddressSpace || spaces.GlobalDefaultAddressSpace != ipam.GlobalAddressSpace {
+	if spaces.LocalDefaultAddressSpace != state.LocalAddressSpace || spaces.GlobalDefaultAddressSpace != state.GlobalAddressSpace {
 		t.Fatalf("address spaces = %+v", spaces)
 	}
 	var caps dipam.CapabilitiesResponse
@@ -636,12 +583,12 @@ func TestCNIIPAMFlow(t *testing.T) {
 		t.Fatal("RequestPool returned no PoolID")
 	}
 
-	nid := dockerID()
+	nid := naming.RandomID()
 	create := network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": e.name}),
-		IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalAddressSpace, Pool: pool.Pool, Gateway: pool.Data["com.docker.network.gateway"]}}}
+		IPv4Data: []*network.IPAMData{{AddressSpace: state.LocalAddressSpace, Pool: pool.Pool, Gateway: pool.Data["com.docker.network.gateway"]}}}
 	c.call("NetworkDriver.CreateNetwork", create, nil)
 	c.call("NetworkDriver.CreateNetwork", create, nil) // a replayed CreateNetwork is idempotent
-	if rec, err := e.store.Network(nid); err != nil || rec.Mode != state.ModeCNIIPAM || rec.CNIName != e.name {
+	if rec, err := e.Store.Network(nid); err != nil || rec.Mode != state.ModeCNIIPAM || rec.CNIName != e.name {
 		t.Fatalf("recorded network = %+v, %v", rec, err)
 	}
 
@@ -652,7 +599,7 @@ func TestCNIIPAMFlow(t *testing.T) {
 		t.Fatalf("RequestAddress handed out the gateway %s", addr.Address)
 	}
 
-	eid := dockerID()
+	eid := naming.RandomID()
 	var ep network.CreateEndpointResponse
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
 		Interface: &network.EndpointInterface{Address: addr.Address}, Options: map[string]any{}}, &ep)
@@ -662,10 +609,10 @@ func TestCNIIPAMFlow(t *testing.T) {
 	if ep.Interface.Address != "" {
 		t.Fatalf("CreateEndpoint returned Address %q which Docker's IPAM already set (libnetwork rejects that)", ep.Interface.Address)
 	}
-	if a, err := e.store.AttachmentByEndpoint(eid); err != nil || a.Interface.IPv4 != addr.Address || a.Phase != state.PhaseEndpoint {
+	if a, err := e.Store.AttachmentByEndpoint(eid); err != nil || a.Interface.IPv4 != addr.Address || a.Phase != state.PhaseEndpoint {
 		t.Fatalf("endpoint's attachment = %+v, %v; want the one holding %s", a, err, addr.Address)
 	}
-	src := srcNameOf(t, e.stack, eid)
+	src := srcNameOf(t, e.Stack, eid)
 
 	e.joinAndLeave(t, nid, eid, ep.Interface.MacAddress)
 	e.deleteEndpoint(t, nid, eid, src)
@@ -675,7 +622,7 @@ func TestCNIIPAMFlow(t *testing.T) {
 	// The pool is gone: an address request against it is an IPAM error, answered non-200.
 	wantContains(t, "RequestAddress after ReleasePool",
 		c.callErr("IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: pool.PoolID}), "unknown pool")
-	if _, err := e.store.Network(nid); !errors.Is(err, state.ErrNotFound) {
+	if _, err := e.Store.Network(nid); !errors.Is(err, state.ErrNotFound) {
 		t.Errorf("network still recorded after DeleteNetwork: %v", err)
 	}
 	e.finish(t)
@@ -688,24 +635,24 @@ func TestCNIIPAMUnclaimedRelease(t *testing.T) {
 	e := newCNIEnv(t)
 	c := e.c
 	var pool dipam.RequestPoolResponse
-	c.call("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: ipam.LocalAddressSpace,
+	c.call("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace,
 		Options: map[string]string{"cni": e.name}}, &pool)
 
 	var addr dipam.RequestAddressResponse
 	c.call("IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: pool.PoolID}, &addr)
 	ip := e.inSubnet(t, addr.Address)
-	atts, _ := e.store.Attachments()
+	atts, _ := e.Store.Attachments()
 	if len(atts) != 1 || atts[0].Phase != state.PhasePending || atts[0].Interface.IPv4 != addr.Address {
 		t.Fatalf("after RequestAddress the store holds %+v; want one pending attachment of %s", atts, addr.Address)
 	}
-	if ents, _ := os.ReadDir(e.netnsDir); len(ents) != 1 {
+	if ents, _ := os.ReadDir(e.NetNSDir); len(ents) != 1 {
 		t.Fatalf("staging netns dir holds %d entries, want 1", len(ents))
 	}
 	c.call("IpamDriver.ReleaseAddress", dipam.ReleaseAddressRequest{PoolID: pool.PoolID, Address: ip.String()}, nil)
-	if atts, _ := e.store.Attachments(); len(atts) != 0 {
+	if atts, _ := e.Store.Attachments(); len(atts) != 0 {
 		t.Fatalf("ReleaseAddress of an unclaimed address left %d attachments", len(atts))
 	}
-	if ents, _ := os.ReadDir(e.netnsDir); len(ents) != 0 {
+	if ents, _ := os.ReadDir(e.NetNSDir); len(ents) != 0 {
 		t.Fatalf("ReleaseAddress left the staging netns: %v", ents)
 	}
 
@@ -716,7 +663,7 @@ func TestCNIIPAMUnclaimedRelease(t *testing.T) {
 		t.Fatalf("RequestAddress of %s gave %s", e.ip(77), want.Address)
 	}
 	c.call("IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: pool.PoolID}, nil)
-	if atts, _ := e.store.Attachments(); len(atts) != 2 {
+	if atts, _ := e.Store.Attachments(); len(atts) != 2 {
 		t.Fatalf("store holds %d attachments, want 2 pending", len(atts))
 	}
 	c.call("IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: pool.PoolID}, nil)
@@ -729,10 +676,10 @@ func TestNullIPAMFlow(t *testing.T) {
 	e := newCNIEnv(t)
 	c := e.c
 	nid := e.createNullNetwork(t)
-	if rec, err := e.store.Network(nid); err != nil || rec.Mode != state.ModeNull {
+	if rec, err := e.Store.Network(nid); err != nil || rec.Mode != state.ModeNull {
 		t.Fatalf("recorded network = %+v, %v; want mode %s", rec, err, state.ModeNull)
 	}
-	eid := dockerID()
+	eid := naming.RandomID()
 	var ep network.CreateEndpointResponse
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
 		Interface: &network.EndpointInterface{}, Options: map[string]any{}}, &ep)
@@ -750,13 +697,13 @@ func TestNullIPAMFlow(t *testing.T) {
 	if again.Interface == nil || again.Interface.Address != ep.Interface.Address {
 		t.Fatalf("retried CreateEndpoint = %+v, first %+v", again.Interface, ep.Interface)
 	}
-	if atts, _ := e.store.Attachments(); len(atts) != 1 {
+	if atts, _ := e.Store.Attachments(); len(atts) != 1 {
 		t.Fatalf("retried CreateEndpoint made %d attachments", len(atts))
 	}
 	if _, err := os.Stat(filepath.Join(testutil.CNIDataDir, "networks", e.name, ip.String())); err != nil {
 		t.Errorf("no host-local reservation for %s: %v", ip, err)
 	}
-	src := srcNameOf(t, e.stack, eid)
+	src := srcNameOf(t, e.Stack, eid)
 	e.joinAndLeave(t, nid, eid, ep.Interface.MacAddress)
 	e.deleteEndpoint(t, nid, eid, src)
 	c.call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil)
@@ -768,24 +715,24 @@ func TestNullIPAMFlow(t *testing.T) {
 func TestDockerIPAMFlow(t *testing.T) {
 	e := newCNIEnv(t)
 	c := e.c
-	nid := dockerID()
+	nid := naming.RandomID()
 	opts := genericOpts(map[string]any{"cni": e.name})
 
 	msg := c.callErr("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{NetworkID: nid, Options: opts,
 		IPv4Data: []*network.IPAMData{{AddressSpace: "LocalDefault", Pool: "172.31.250.0/24", Gateway: "172.31.250.1/24"}}})
 	wantContains(t, "CreateNetwork with Docker's default pool", msg,
 		fmt.Sprintf("--subnet %s --gateway %s", e.subnet, e.gateway), "--ipam-driver cniplug --ipam-opt cni="+e.name)
-	if _, err := e.store.Network(nid); !errors.Is(err, state.ErrNotFound) {
+	if _, err := e.Store.Network(nid); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("refused network was recorded: %v", err)
 	}
 
 	c.call("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{NetworkID: nid, Options: opts,
 		IPv4Data: []*network.IPAMData{{AddressSpace: "LocalDefault", Pool: e.subnet, Gateway: e.gateway + "/24"}}}, nil)
-	if rec, err := e.store.Network(nid); err != nil || rec.Mode != state.ModeDocker || rec.IPv4Pool != e.subnet {
+	if rec, err := e.Store.Network(nid); err != nil || rec.Mode != state.ModeDocker || rec.IPv4Pool != e.subnet {
 		t.Fatalf("recorded network = %+v, %v; want mode %s", rec, err, state.ModeDocker)
 	}
 
-	eid := dockerID()
+	eid := naming.RandomID()
 	want := e.ip(10) + "/24"
 	var ep network.CreateEndpointResponse
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
@@ -796,7 +743,7 @@ func TestDockerIPAMFlow(t *testing.T) {
 	if ep.Interface.Address != "" {
 		t.Fatalf("CreateEndpoint returned Address %q which Docker's IPAM already set", ep.Interface.Address)
 	}
-	a, err := e.store.AttachmentByEndpoint(eid)
+	a, err := e.Store.AttachmentByEndpoint(eid)
 	if err != nil || a.Interface.IPv4 != want {
 		t.Fatalf("CNI assigned %+v (%v), want exactly %s", a, err, want)
 	}
@@ -805,11 +752,11 @@ func TestDockerIPAMFlow(t *testing.T) {
 	}
 
 	// Docker's IPAM choosing an address host-local already gave out fails cleanly, leaving nothing behind.
-	eid2 := dockerID()
+	eid2 := naming.RandomID()
 	msg = c.callErr("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid2,
 		Interface: &network.EndpointInterface{Address: want}})
 	wantContains(t, "CreateEndpoint of a taken address", msg, e.name)
-	if _, err := e.store.AttachmentByEndpoint(eid2); !errors.Is(err, state.ErrNotFound) {
+	if _, err := e.Store.AttachmentByEndpoint(eid2); !errors.Is(err, state.ErrNotFound) {
 		t.Errorf("failed CreateEndpoint left an attachment: %v", err)
 	}
 
@@ -825,7 +772,7 @@ func TestDeleteNetworkRemovesLeftovers(t *testing.T) {
 	e := newCNIEnv(t)
 	c := e.c
 	nid := e.createNullNetwork(t)
-	joined, idle := dockerID(), dockerID()
+	joined, idle := naming.RandomID(), naming.RandomID()
 	var ep network.CreateEndpointResponse
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: joined, Interface: &network.EndpointInterface{}}, &ep)
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: idle, Interface: &network.EndpointInterface{}}, nil)
@@ -924,7 +871,7 @@ func FuzzHandler(f *testing.F) {
 		}
 	}
 	s := newStack(f, f.TempDir(), f.TempDir(), nil)
-	h := s.handler
+	h := s.Handler
 	f.Fuzz(func(t *testing.T, data []byte) {
 		path, body := fuzzPaths[0], []byte(nil)
 		if len(data) > 0 {

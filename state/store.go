@@ -13,6 +13,7 @@ import (
 	"github.com/cniplug/cniplug/cniargs"
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/hostports"
+	"github.com/cniplug/cniplug/naming"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -27,6 +28,24 @@ const (
 	// ModeDocker: Docker's default IPAM picks the address; CreateEndpoint asks CNI for exactly that one.
 	ModeDocker AddressMode = "docker-ipam"
 )
+
+// The address spaces cniplug's IPAM driver reports; the network driver recognises its own pools by them.
+const (
+	LocalAddressSpace  = "CniplugLocal"
+	GlobalAddressSpace = "CniplugGlobal"
+)
+
+// ModeOf is the address mode of a Docker network whose IPv4 pool is in addressSpace.
+func ModeOf(addressSpace string) AddressMode {
+	switch addressSpace {
+	case LocalAddressSpace, GlobalAddressSpace:
+		return ModeCNIIPAM
+	case "null":
+		return ModeNull
+	default:
+		return ModeDocker
+	}
+}
 
 // Network is a Docker network bound to a CNI network.
 type Network struct {
@@ -235,7 +254,7 @@ func putAttachment(tx *bolt.Tx, a *Attachment) error {
 		}
 	}
 	if a.Phase == PhasePending {
-		return tx.Bucket(bucketPending).Put([]byte(addressKey(a.Network, ipOf(a.Interface.IPv4))), []byte(a.ID()))
+		return tx.Bucket(bucketPending).Put([]byte(addressKey(a.Network, naming.Address(a.Interface.IPv4))), []byte(a.ID()))
 	}
 	return nil
 }
@@ -334,7 +353,7 @@ func (s *Store) DeleteAttachment(a *Attachment) error {
 				}
 			}
 		}
-		key := []byte(addressKey(a.Network, ipOf(a.Interface.IPv4)))
+		key := []byte(addressKey(a.Network, naming.Address(a.Interface.IPv4)))
 		if id := tx.Bucket(bucketPending).Get(key); string(id) == a.ID() {
 			if err := tx.Bucket(bucketPending).Delete(key); err != nil {
 				return err
@@ -342,14 +361,4 @@ func (s *Store) DeleteAttachment(a *Attachment) error {
 		}
 		return tx.Bucket(bucketAttachments).Delete([]byte(a.ID()))
 	})
-}
-
-// ipOf strips the prefix length from a CIDR string.
-func ipOf(cidr string) string {
-	for i := 0; i < len(cidr); i++ {
-		if cidr[i] == '/' {
-			return cidr[:i]
-		}
-	}
-	return cidr
 }

@@ -463,3 +463,23 @@ func TestOpenIsExclusive(t *testing.T) {
 		t.Fatalf("second Open took %s to fail", time.Since(start))
 	}
 }
+
+func TestModeOf(t *testing.T) {
+	tests := []struct {
+		space string
+		want  AddressMode
+	}{
+		{"CniplugLocal", ModeCNIIPAM},
+		{"CniplugGlobal", ModeCNIIPAM},
+		{"null", ModeNull},
+		{"LocalDefault", ModeDocker},
+		{"GlobalDefault", ModeDocker},
+		{"SomeOtherIPAMsSpace", ModeDocker},
+		{"", ModeDocker},
+	}
+	for _, tc := range tests {
+		if got := ModeOf(tc.space); got != tc.want {
+			t.Errorf("ModeOf(%q) = %q, want %q", tc.space, got, tc.want)
+		}
+	}
+}

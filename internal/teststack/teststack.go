@@ -6,8 +6,6 @@ package teststack
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,10 +21,12 @@ import (
 	"github.com/cniplug/cniplug/admin"
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/driver"
 	"github.com/cniplug/cniplug/internal/testutil"
 	"github.com/cniplug/cniplug/ipam"
 	"github.com/cniplug/cniplug/metrics"
+	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/plugin"
 	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/network"
@@ -34,35 +34,54 @@ import (
 
 // Stack is a running cniplug without Docker.
 type Stack struct {
-	Store    *state.Store
-	Manager  *attach.Manager
-	Admin    *admin.Service
-	Metrics  *metrics.Metrics
-	Handler  http.Handler
-	ConfDir  string
-	NetNSDir string
-	CacheDir string // libcni's cache dir
-	Socket   string // set by Serve
+	Store   *state.Store
+	Manager *attach.Manager
+	Admin   *admin.Service
+	Metrics *metrics.Metrics
+	Handler http.Handler
+	ConfDir string // where BridgeNetwork writes conflists
+	// ConfDirs is the conf dir list cniplug searches: ConfDir, or with Options.HostConfDir a host dir and then
+	// ConfDir, as the managed plugin's default /etc/cni/net.d:/opt/cniplug/cni/net.d.
+	ConfDirs    string
+	HostConfDir string // "" without Options.HostConfDir
+	NetNSDir    string
+	CacheDir    string // libcni's cache dir
+	Socket      string // set by Serve
 }
 
 // Options configures New.
 type Options struct {
-	BinDirs []string // CNI plugin dirs; may be empty for tests that run no CNI plugin
+	ConfDir string       // the conf dir to use; "" for a fresh temp dir
+	Logger  *slog.Logger // the stack's log; nil discards it
+	BinDirs []string     // CNI plugin dirs; may be empty for tests that run no CNI plugin
 	MinAge  time.Duration
 	NoAdmin bool // serve only the driver methods, as an older cniplug did
+	// HostConfDir puts an (empty) host conf dir before ConfDir in the list cniplug searches.
+	HostConfDir bool
 }
 
 // New builds the stack over fresh temp dirs. Whatever a test leaves attached is torn down at cleanup through
 // cniplug's own teardown path.
 func New(t testing.TB, o Options) *Stack {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	store, err := state.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = store.Close() })
-	s := &Stack{Store: store, ConfDir: t.TempDir(), NetNSDir: t.TempDir(), CacheDir: t.TempDir()}
+	s := &Stack{Store: store, ConfDir: o.ConfDir, NetNSDir: t.TempDir(), CacheDir: t.TempDir()}
+	if s.ConfDir == "" {
+		s.ConfDir = t.TempDir()
+	}
+	s.ConfDirs = s.ConfDir
+	if o.HostConfDir {
+		s.HostConfDir = t.TempDir()
+		s.ConfDirs = s.HostConfDir + string(filepath.ListSeparator) + s.ConfDir
+	}
 	s.Metrics = metrics.New(metrics.Options{})
 	runner, err := cnibridge.NewRunner(cnibridge.Config{
 		BinDirs: o.BinDirs, CacheDir: s.CacheDir, NetNSDir: s.NetNSDir, Timeout: 20 * time.Second, Logger: log,
@@ -72,22 +91,29 @@ func New(t testing.TB, o Options) *Stack {
 		t.Skipf("skipping: cannot build the CNI runner: %v", err)
 	}
 	t.Cleanup(func() { _ = runner.Close() })
-	s.Manager = attach.NewManager(store, runner, log)
+	s.Manager = attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log})
+	// Safety net: whatever a test left attached is torn down through cniplug's own teardown path. Tests that
+	// assert an empty store do so before this runs, so it cannot hide a leak.
 	t.Cleanup(func() {
-		atts, _ := store.Attachments()
+		atts, err := store.Attachments()
+		if err != nil {
+			t.Errorf("cleanup: listing attachments: %v", err)
+		}
 		for _, a := range atts {
 			if err := s.Manager.Remove(context.Background(), a); err != nil {
 				t.Errorf("cleanup: removing leftover attachment %s: %v", a.ID(), err)
 			}
 		}
 	})
-	s.Admin = admin.New(admin.Config{Driver: "cniplug", ConfDir: s.ConfDir, Manager: s.Manager, MinAge: o.MinAge})
+	s.Admin = admin.New(admin.Config{Driver: "cniplug", ConfDir: s.ConfDirs, Manager: s.Manager, MinAge: o.MinAge})
 	var opts []plugin.Option
 	if !o.NoAdmin {
 		opts = append(opts, plugin.WithAdmin(s.Admin))
 	}
 	opts = append(opts, plugin.WithObserver(s.Metrics, s.Admin))
-	s.Handler = plugin.NewHandler(driver.New("cniplug", s.ConfDir, s.Manager, log), ipam.New("cniplug", s.ConfDir, s.Manager, log), log, opts...)
+	chooser := cniconf.Chooser{ConfDirs: s.ConfDirs, Validator: runner}
+	drv, ipd := driver.New("cniplug", chooser, s.Manager, log), ipam.New("cniplug", chooser, s.Manager, log)
+	s.Handler = plugin.NewHandler(drv, ipd, log, opts...)
 	return s
 }
 
@@ -163,11 +189,10 @@ func (s *Stack) BridgeNetwork(t testing.TB) string {
 	return name
 }
 
-// Endpoint creates a Docker network (null IPAM) on CNI network cniName and an endpoint joined to it, as Docker
-// does for `docker run`; the endpoint and network are deleted again when the test ends.
-func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID string) {
+// Network creates a Docker network (null IPAM) on CNI network cniName, deleted again when the test ends.
+func (s *Stack) Network(t testing.TB, cniName string) (networkID string) {
 	t.Helper()
-	networkID, endpointID = randomID(), randomID()
+	networkID = naming.RandomID()
 	s.Call(t, "/NetworkDriver.CreateNetwork", network.CreateNetworkRequest{
 		NetworkID: networkID,
 		Options:   map[string]any{"com.docker.network.generic": map[string]any{"cni": cniName}},
@@ -176,6 +201,14 @@ func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID st
 	t.Cleanup(func() {
 		s.Call(t, "/NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: networkID}, nil)
 	})
+	return networkID
+}
+
+// Endpoint creates a Docker network (null IPAM) on CNI network cniName and an endpoint joined to it, as Docker
+// does for `docker run`; the endpoint and network are deleted again when the test ends.
+func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID string) {
+	t.Helper()
+	networkID, endpointID = s.Network(t, cniName), naming.RandomID()
 	s.Call(t, "/NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: networkID, EndpointID: endpointID,
 		Interface: &network.EndpointInterface{}}, nil)
 	t.Cleanup(func() {
@@ -186,10 +219,4 @@ func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID st
 		s.Call(t, "/NetworkDriver.Leave", network.LeaveRequest{NetworkID: networkID, EndpointID: endpointID}, nil)
 	})
 	return networkID, endpointID
-}
-
-func randomID() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }

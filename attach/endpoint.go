@@ -1,0 +1,117 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/hostports"
+	"github.com/cniplug/cniplug/naming"
+	"github.com/cniplug/cniplug/state"
+)
+
+// Plan is one attachment a driver asks for, translated from Docker's request: the CNI ADD to run (or the
+// pending attachment to claim), what Docker chose that the result must match, and the host ports to publish.
+type Plan struct {
+	Add   cnibridge.AddRequest
+	Owner state.Attachment // the phase and owners recorded with the attachment
+	// Claim, when Address is set, takes the pending attachment cniplug's IPAM driver created for that address
+	// on the CNI network (its ADD ran when Docker allocated the address) instead of running an ADD.
+	Claim Claim
+	Want  Want
+	Ports []hostports.Mapping
+	// PortsByPlugin: the chain's portmap plugin does the DNAT (portMappings capability); cniplug adds only the
+	// FORWARD accepts.
+	PortsByPlugin bool
+}
+
+// Claim names a pending attachment by its address on a CNI network.
+type Claim struct {
+	CNINetwork, Address string
+}
+
+// Want is what Docker chose for the interface; "" leaves a field to CNI.
+type Want struct {
+	Address, AddressIPv6 string // addresses or CIDRs
+	MAC                  string
+	NeedIPv4             bool // the result must carry an IPv4 address (Docker is answered with it)
+}
+
+// check reports a CNI result that differs from what Docker chose.
+func (w Want) check(got cnibridge.Interface) error {
+	switch {
+	case w.NeedIPv4 && got.IPv4 == "":
+		return errors.New("CNI assigned no IPv4 address")
+	case w.Address != "" && naming.Address(w.Address) != naming.Address(got.IPv4):
+		return fmt.Errorf("Docker asked for %s but CNI assigned %s (does the CNI IPAM honour IP=/ips requests?)", w.Address, orNone(got.IPv4))
+	case w.AddressIPv6 != "" && naming.Address(w.AddressIPv6) != naming.Address(got.IPv6):
+		return fmt.Errorf("Docker asked for %s but CNI assigned %s", w.AddressIPv6, orNone(got.IPv6))
+	case w.MAC != "" && !strings.EqualFold(w.MAC, got.MAC):
+		return fmt.Errorf("Docker asked for MAC %s but CNI set %s", w.MAC, orNone(got.MAC))
+	}
+	return nil
+}
+
+// Attach applies the plan: it adds (or claims) the attachment, checks the result against what Docker chose
+// and publishes the ports. Whatever fails after the attachment exists removes it again through Remove, so a
+// failed request leaves nothing behind.
+func (m *Manager) Attach(ctx context.Context, p Plan) (*state.Attachment, error) {
+	var a *state.Attachment
+	var err error
+	if p.Claim.Address != "" {
+		a, err = m.store.ClaimPending(p.Claim.CNINetwork, p.Claim.Address, p.Owner.NetworkID, p.Owner.EndpointID)
+		if err != nil {
+			return nil, fmt.Errorf("no address %s allocated by the IPAM driver is pending: %w", p.Claim.Address, err)
+		}
+	} else if a, err = m.Add(ctx, p.Add, p.Owner); err != nil {
+		return nil, err
+	}
+	err = p.Want.check(a.Interface)
+	if err == nil {
+		if err = m.publishPorts(a, p.Ports, !p.PortsByPlugin); err != nil {
+			err = fmt.Errorf("cannot publish ports: %w", err)
+		}
+	}
+	if err == nil {
+		return a, nil
+	}
+	if rerr := m.Remove(context.WithoutCancel(ctx), a); rerr != nil {
+		err = fmt.Errorf("%w; removing the attachment also failed: %v", err, rerr)
+	}
+	return nil, err
+}
+
+// RemoveNetwork removes every attachment of a Docker network (those Docker did not delete first).
+func (m *Manager) RemoveNetwork(ctx context.Context, networkID string) error {
+	return m.removeAll(ctx, func(a *state.Attachment) bool { return a.NetworkID == networkID })
+}
+
+// RemovePending removes the attachments cniplug's IPAM allocated from a pool that no endpoint claimed.
+func (m *Manager) RemovePending(ctx context.Context, poolID string) error {
+	return m.removeAll(ctx, func(a *state.Attachment) bool { return a.PoolID == poolID && a.Phase == state.PhasePending })
+}
+
+func (m *Manager) removeAll(ctx context.Context, match func(*state.Attachment) bool) error {
+	atts, err := m.store.Attachments()
+	if err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	var errs []error
+	for _, a := range atts {
+		if match(a) {
+			if err := m.Remove(ctx, a); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

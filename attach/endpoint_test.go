@@ -1,0 +1,87 @@
+package attach_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/cniplug/cniplug/attach"
+	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/internal/teststack"
+	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/naming"
+	"github.com/cniplug/cniplug/state"
+)
+
+// Attach checks the CNI result against what Docker chose; a result that differs is removed again through the
+// one teardown path, leaving no record, staging netns or address behind. A result that matches is kept.
+func TestAttachChecksResult(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := testutil.CNIBinDir(t)
+	before := testutil.TakeSnapshot(t)
+	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
+	s := teststack.New(t, teststack.Options{BinDirs: []string{bin}})
+	nw, err := cnibridge.ResolveNetwork(s.ConfDir, s.BridgeNetwork(t))
+	testutil.Must(t, err)
+	subnet := nw.FirstRange(false).Subnet
+	other := subnet.IP.To4()
+	other = []byte{other[0], other[1], other[2], 200}
+
+	for _, tc := range []struct {
+		name    string
+		want    attach.Want
+		wantErr string
+	}{
+		{"nothing chosen", attach.Want{}, ""},
+		{"IPv4 required and assigned", attach.Want{NeedIPv4: true}, ""},
+		{"another address", attach.Want{Address: other.String() + "/24"}, "Docker asked for " + other.String() + "/24 but CNI assigned"},
+		{"another MAC", attach.Want{MAC: "02:42:ac:11:00:99"}, "Docker asked for MAC 02:42:ac:11:00:99 but CNI set"},
+		{"an IPv6 address CNI does not assign", attach.Want{AddressIPv6: "fd00::2/64"}, "but CNI assigned none"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := s.Manager.Attach(context.Background(), attach.Plan{
+				Add:   cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw},
+				Owner: state.Attachment{Phase: state.PhaseEndpoint, NetworkID: "net", EndpointID: naming.RandomID()},
+				Want:  tc.want,
+			})
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				testutil.Must(t, s.Manager.Remove(context.Background(), a))
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.wantErr)
+			}
+			if atts, _ := s.Store.Attachments(); len(atts) != 0 {
+				t.Errorf("a rejected result stays recorded: %+v", atts)
+			}
+			if ents, _ := os.ReadDir(s.NetNSDir); len(ents) != 0 {
+				t.Errorf("a rejected result leaves staging netns %v", ents)
+			}
+		})
+	}
+}
+
+// RemoveNetwork removes every attachment of one Docker network and no other's.
+func TestRemoveNetwork(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := testutil.CNIBinDir(t)
+	s := teststack.New(t, teststack.Options{BinDirs: []string{bin}})
+	nw, err := cnibridge.ResolveNetwork(s.ConfDir, s.BridgeNetwork(t))
+	testutil.Must(t, err)
+	ctx := context.Background()
+	for _, netID := range []string{"gone", "gone", "kept"} {
+		_, err := s.Manager.Add(ctx, cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw},
+			state.Attachment{Phase: state.PhaseEndpoint, NetworkID: netID, EndpointID: naming.RandomID()})
+		testutil.Must(t, err)
+	}
+	testutil.Must(t, s.Manager.RemoveNetwork(ctx, "gone"))
+	atts, err := s.Store.Attachments()
+	testutil.Must(t, err)
+	if len(atts) != 1 || atts[0].NetworkID != "kept" {
+		t.Errorf("left %d attachments, want only the one of network kept: %+v", len(atts), atts)
+	}
+}
