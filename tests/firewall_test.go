@@ -136,7 +136,7 @@ func TestDockerFirewall(t *testing.T) {
 			pingFails(t, a, remote.IP) // nothing lets it past the DROP policy: the CNI network's job now
 		}
 		out, err := dockerErr("network", "create", "-d", driverName, "--opt", "cni="+n.Name, "--opt", "host-firewall=false",
-			"--internal", testutil.UniqueName("dn"))
+			"--ipam-driver", "null", "--internal", testutil.UniqueName("dn"))
 		if err == nil || !strings.Contains(out, "--internal needs cniplug's FORWARD rules") {
 			t.Errorf("--internal with host-firewall=false: want a refusal, got %v: %s", err, out)
 		}
