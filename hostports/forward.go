@@ -1,9 +1,13 @@
 package hostports
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"os/exec"
+	"strings"
+	"time"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -64,8 +68,7 @@ func (p *Programmer) ApplyForward(f Forward) error {
 	return p.applyOrUndo(func() error { return p.applyForward(f) }, func() error { return p.removeForward(f) })
 }
 
-// RemoveForward deletes the record's chain and the jump to it, and the top-level chains once nothing uses
-// them. Removing what is not there succeeds.
+// RemoveForward deletes the record's chain and the jump to it. Removing what is not there succeeds.
 func (p *Programmer) RemoveForward(f Forward) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -73,48 +76,65 @@ func (p *Programmer) RemoveForward(f Forward) error {
 }
 
 func (p *Programmer) applyForward(f Forward) error {
-	byFamily := map[*iptables.IPTables][][]string{}
+	type family struct {
+		ipt     *iptables.IPTables
+		restore string
+		rules   [][]string
+	}
+	fams := map[bool]*family{false: {ipt: p.v4, restore: p.v4Restore}, true: {ipt: p.v6, restore: p.v6Restore}}
 	for _, a := range f.Addresses {
 		ip, subnet, err := net.ParseCIDR(a)
 		if err != nil {
 			return fmt.Errorf("network rules: invalid container address %q (want CIDR)", a)
 		}
-		ipt := p.v4
-		if ip.To4() == nil {
-			ipt = p.v6
-		}
-		if ipt == nil {
+		fam := fams[ip.To4() == nil]
+		fam.rules = append(fam.rules, forwardRules(ip, subnet, f.Internal)...)
+	}
+	for v6, fam := range fams {
+		if fam.ipt == nil || len(fam.rules) == 0 {
 			continue // no ip6tables: nothing of Docker's filters IPv6 either
 		}
-		byFamily[ipt] = append(byFamily[ipt], forwardRules(ip, subnet, f.Internal)...)
-	}
-	for ipt, rules := range byFamily {
-		if err := p.ensureTop(ipt, ipt == p.v6); err != nil {
+		if err := p.ensureTop(fam.ipt, v6); err != nil {
 			return err
 		}
-		// Rebuilt from scratch so that ApplyForward is idempotent.
-		if err := ipt.ClearChain(tableFilt, f.chain()); err != nil {
-			return fmt.Errorf("creating chain %s: %w", f.chain(), err)
-		}
-		for _, r := range rules {
-			if err := ipt.Append(tableFilt, f.chain(), r...); err != nil {
-				return fmt.Errorf("adding FORWARD rule %v: %w", r, err)
+		// A repeated apply rebuilds the chain; its old jump goes first so that there is one.
+		if ok, err := fam.ipt.ChainExists(tableFilt, f.chain()); err != nil {
+			return fmt.Errorf("reading chain %s: %w", f.chain(), err)
+		} else if ok {
+			if err := fam.ipt.DeleteIfExists(tableFilt, topForward, f.jump()...); err != nil {
+				return fmt.Errorf("removing jump to %s: %w", f.chain(), err)
 			}
 		}
-		if err := ipt.AppendUnique(tableFilt, topForward, f.jump()...); err != nil {
-			return fmt.Errorf("jumping to %s: %w", f.chain(), err)
+		// One iptables-restore per family: a dozen separate iptables execs cost about 100 ms per container.
+		var b strings.Builder
+		fmt.Fprintf(&b, "*%s\n:%s - [0:0]\n", tableFilt, f.chain())
+		for _, r := range fam.rules {
+			fmt.Fprintf(&b, "-A %s %s\n", f.chain(), restoreArgs(r))
+		}
+		fmt.Fprintf(&b, "-A %s %s\nCOMMIT\n", topForward, restoreArgs(f.jump()))
+		if err := restore(fam.restore, b.String()); err != nil {
+			return fmt.Errorf("adding FORWARD rules for %s: %w", strings.Join(f.Addresses, ", "), err)
 		}
 	}
 	return nil
 }
 
+// removeForward deletes the chain and the jump to it in one iptables-restore per family; when that fails (the
+// jump or chain is already gone, a partial apply) it removes them step by step, each only if present.
 func (p *Programmer) removeForward(f Forward) error {
 	var errs []error
-	for _, ipt := range []*iptables.IPTables{p.v4, p.v6} {
-		if ipt == nil {
+	for _, fam := range []struct {
+		ipt     *iptables.IPTables
+		restore string
+	}{{p.v4, p.v4Restore}, {p.v6, p.v6Restore}} {
+		if fam.ipt == nil {
 			continue
 		}
-		ok, err := ipt.ChainExists(tableFilt, f.chain())
+		batch := fmt.Sprintf("*%s\n-D %s %s\n-F %s\n-X %s\nCOMMIT\n", tableFilt, topForward, restoreArgs(f.jump()), f.chain(), f.chain())
+		if restore(fam.restore, batch) == nil {
+			continue
+		}
+		ok, err := fam.ipt.ChainExists(tableFilt, f.chain())
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -122,16 +142,39 @@ func (p *Programmer) removeForward(f Forward) error {
 		if !ok {
 			continue
 		}
-		if top, _ := ipt.ChainExists(tableFilt, topForward); top {
-			if err := ipt.DeleteIfExists(tableFilt, topForward, f.jump()...); err != nil {
+		if top, _ := fam.ipt.ChainExists(tableFilt, topForward); top {
+			if err := fam.ipt.DeleteIfExists(tableFilt, topForward, f.jump()...); err != nil {
 				errs = append(errs, fmt.Errorf("removing jump to %s: %w", f.chain(), err))
 				continue
 			}
 		}
-		if err := ipt.ClearAndDeleteChain(tableFilt, f.chain()); err != nil {
+		if err := fam.ipt.ClearAndDeleteChain(tableFilt, f.chain()); err != nil {
 			errs = append(errs, fmt.Errorf("removing chain %s: %w", f.chain(), err))
 		}
-		errs = append(errs, p.removeTopIfUnused(ipt))
 	}
 	return errors.Join(errs...)
+}
+
+// restoreArgs writes a rule's arguments for iptables-restore, quoting those with spaces (comments).
+func restoreArgs(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if strings.ContainsAny(a, " \t") {
+			a = `"` + a + `"`
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
+}
+
+// restore feeds a batch to iptables-restore without flushing the tables' other rules, all or nothing.
+func restore(binary, batch string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, "--noflush", "--wait")
+	cmd.Stdin = strings.NewReader(batch)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w: %s", binary, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }

@@ -8,7 +8,9 @@
 // Layout: top-level chains CNIPLUG-HOSTPORTS (nat, from PREROUTING and OUTPUT for local destinations),
 // CNIPLUG-POSTROUTING (nat) and CNIPLUG-FORWARD (filter) each jump to per-attachment chains
 // CNIPLUG-DN-<id>, CNIPLUG-SN-<id> and CNIPLUG-FW-<id>. Removing an attachment deletes its chains and the
-// jumps to them; the top-level chains are removed with their last attachment, so nothing is left behind.
+// jumps to them. The top-level chains and their jumps are created on first use and then kept (empty when no
+// container uses them), as the CNI plugins keep CNI-FORWARD and CNI-HOSTPORT-*: removing and re-creating them
+// around every container cost two dozen iptables execs per lifecycle.
 package hostports
 
 import (
@@ -74,6 +76,10 @@ type Programmer struct {
 	mu sync.Mutex // top-level chains are shared by every attachment
 	v4 *iptables.IPTables
 	v6 *iptables.IPTables
+	// v4Restore, v6Restore are the iptables-restore binaries of the same backend, for batched changes.
+	v4Restore, v6Restore string
+	// topReady: the top-level chains and jumps of a family were made by this Programmer (guarded by mu).
+	topReady map[*iptables.IPTables]bool
 	// procSys is where route_localnet is set ("/proc/sys"; tests may point elsewhere).
 	procSys string
 }
@@ -93,7 +99,17 @@ func New(v4Path, v6Path string) (*Programmer, error) {
 		return nil, fmt.Errorf("iptables is needed to publish ports: %w", err)
 	}
 	v6, _ := newIPT(iptables.ProtocolIPv6, v6Path)
-	return &Programmer{v4: v4, v6: v6, procSys: "/proc/sys"}, nil
+	return &Programmer{v4: v4, v6: v6, v4Restore: restorePath(v4Path, "iptables"), v6Restore: restorePath(v6Path, "ip6tables"),
+		procSys: "/proc/sys", topReady: map[*iptables.IPTables]bool{}}, nil
+}
+
+// restorePath names the restore binary that goes with an iptables binary (iptables-nft ->
+// iptables-nft-restore, /usr/sbin/iptables -> /usr/sbin/iptables-restore).
+func restorePath(path, def string) string {
+	if path == "" {
+		path = def
+	}
+	return path + "-restore"
 }
 
 // Apply programs the record's rules. It is idempotent, and on failure removes whatever it added.
@@ -114,6 +130,8 @@ func (p *Programmer) applyOrUndo(apply, undo func() error) error {
 	defer p.mu.Unlock()
 	err := apply()
 	if err != nil {
+		// The top-level chains may have gone behind our back (a flushed table): check them next time.
+		p.topReady = map[*iptables.IPTables]bool{}
 		if rerr := undo(); rerr != nil {
 			err = fmt.Errorf("%w; removing the partial rules also failed: %v", err, rerr)
 		}
@@ -121,7 +139,7 @@ func (p *Programmer) applyOrUndo(apply, undo func() error) error {
 	return err
 }
 
-// Remove deletes the record's rules and chains, and the top-level chains once no attachment uses them. It is
+// Remove deletes the record's rules and chains (the top-level chains stay). It is
 // idempotent: removing what is not there succeeds.
 func (p *Programmer) Remove(r Record) error {
 	if len(r.Mappings) == 0 {
@@ -286,8 +304,22 @@ func (p *Programmer) apply(r Record) error {
 	return nil
 }
 
-// ensureTop creates the top-level chains and their jumps from the built-in chains.
+// ensureTop creates the top-level chains and their jumps from the built-in chains, once per Programmer and
+// family (forgetTop makes the next call check again, e.g. after someone flushed the tables).
 func (p *Programmer) ensureTop(ipt *iptables.IPTables, v6 bool) error {
+	if p.topReady[ipt] {
+		return nil
+	}
+	if err := p.makeTop(ipt); err != nil {
+		return err
+	}
+	p.topReady[ipt] = true
+	return nil
+}
+
+func (p *Programmer) forgetTop(ipt *iptables.IPTables) { delete(p.topReady, ipt) }
+
+func (p *Programmer) makeTop(ipt *iptables.IPTables) error {
 	for _, c := range []struct{ table, chain string }{{tableFilt, topForward}, {tableNAT, topNAT}, {tableNAT, topSNAT}} {
 		ok, err := ipt.ChainExists(c.table, c.chain)
 		if err != nil {
@@ -348,36 +380,6 @@ func (p *Programmer) remove(r Record) error {
 			if err := ipt.ClearAndDeleteChain(c.table, c.chain); err != nil {
 				errs = append(errs, fmt.Errorf("removing chain %s: %w", c.chain, err))
 			}
-		}
-		errs = append(errs, p.removeTopIfUnused(ipt))
-	}
-	return errors.Join(errs...)
-}
-
-// removeTopIfUnused removes the top-level chains when no attachment jumps from them any more.
-func (p *Programmer) removeTopIfUnused(ipt *iptables.IPTables) error {
-	for _, c := range []struct{ table, chain string }{{tableNAT, topNAT}, {tableNAT, topSNAT}, {tableFilt, topForward}} {
-		ok, err := ipt.ChainExists(c.table, c.chain)
-		if err != nil || !ok {
-			continue
-		}
-		rules, err := ipt.List(c.table, c.chain)
-		if err != nil {
-			return err
-		}
-		if len(rules) > 1 { // the first line is the chain's declaration
-			return nil
-		}
-	}
-	var errs []error
-	for _, j := range topJumps() {
-		if ok, _ := ipt.ChainExists(j.table, j.rule[len(j.rule)-1]); ok {
-			errs = append(errs, ipt.DeleteIfExists(j.table, j.from, j.rule...))
-		}
-	}
-	for _, c := range []struct{ table, chain string }{{tableNAT, topNAT}, {tableNAT, topSNAT}, {tableFilt, topForward}} {
-		if ok, _ := ipt.ChainExists(c.table, c.chain); ok {
-			errs = append(errs, ipt.DeleteChain(c.table, c.chain))
 		}
 	}
 	return errors.Join(errs...)

@@ -170,8 +170,8 @@ func reservations(t testing.TB) []string {
 }
 
 // staticCNIRule matches rules that CNI plugins create once per host and keep by design (the firewall
-// plugin's CNI-FORWARD/CNI-ADMIN, portmap's top-level hostport chains).
-var staticCNIRule = regexp.MustCompile(`^(:CNI-(FORWARD|ADMIN|HOSTPORT-[A-Z]+) |-A (FORWARD|CNI-FORWARD|PREROUTING|OUTPUT|POSTROUTING|CNI-HOSTPORT-[A-Z]+) .*-j CNI-(FORWARD|ADMIN|HOSTPORT-[A-Z]+)$|-A CNI-HOSTPORT-[A-Z]+ .*-j (MASQUERADE|MARK)|-A CNI-HOSTPORT-SETMARK)`)
+// plugin's CNI-FORWARD/CNI-ADMIN, portmap's top-level hostport chains, cniplug's top-level CNIPLUG chains).
+var staticCNIRule = regexp.MustCompile(`^(:CNIPLUG-(HOSTPORTS|POSTROUTING|FORWARD) |-A (PREROUTING|OUTPUT|POSTROUTING|FORWARD) .*-j CNIPLUG-(HOSTPORTS|POSTROUTING|FORWARD)$|:CNI-(FORWARD|ADMIN|HOSTPORT-[A-Z]+) |-A (FORWARD|CNI-FORWARD|PREROUTING|OUTPUT|POSTROUTING|CNI-HOSTPORT-[A-Z]+) .*-j CNI-(FORWARD|ADMIN|HOSTPORT-[A-Z]+)$|-A CNI-HOSTPORT-[A-Z]+ .*-j (MASQUERADE|MARK)|-A CNI-HOSTPORT-SETMARK)`)
 
 // cniRules lists iptables rules and chains mentioning CNI in the nat and filter tables.
 func cniRules(t testing.TB) []string {
