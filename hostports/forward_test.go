@@ -105,3 +105,38 @@ func TestForwardRules(t *testing.T) {
 		})
 	}
 }
+
+// TestForwardRulesAfterFlush: the top-level chains are made once per Programmer; when something removes them
+// behind its back (a flushed table, a firewalld reload), the next apply makes them again instead of failing.
+func TestForwardRulesAfterFlush(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := exec.LookPath("iptables-nft"); err != nil {
+		t.Skip("skipping: iptables-nft not installed")
+	}
+	host := nsName("hpf")
+	testutil.Run(t, "ip", "netns", "add", host)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", host).Run() })
+	hostNS, err := netns.GetFromName(host)
+	testutil.Must(t, err)
+	defer hostNS.Close()
+	p, err := New("iptables-nft", "ip6tables-nft")
+	testutil.Must(t, err)
+	first := Forward{ID: "aaaaaaaaaaaaaaaa", Addresses: []string{"10.99.0.2/24"}}
+	second := Forward{ID: "bbbbbbbbbbbbbbbb", Addresses: []string{"10.99.0.3/24"}}
+	testutil.InNetNS(t, hostNS, func() { err = p.ApplyForward(first) })
+	testutil.Must(t, err)
+	// Someone flushes the filter table and deletes cniplug's chains.
+	testutil.Run(t, "ip", "netns", "exec", host, "sh", "-c", "iptables-nft -F && iptables-nft -X")
+	testutil.InNetNS(t, hostNS, func() { err = p.ApplyForward(second) })
+	if err != nil {
+		t.Fatalf("apply after the chains were flushed: %v", err)
+	}
+	rules := testutil.Run(t, "ip", "netns", "exec", host, "iptables-nft-save", "-t", "filter")
+	for _, want := range []string{"-A FORWARD -m comment --comment \"cniplug host ports\" -j CNIPLUG-FORWARD",
+		"-A CNIPLUG-FORWARD -m comment --comment \"cniplug net bbbbbbbbbbbbbbbb\" -j CNIPLUG-NET-bbbbbbbbbbbb",
+		"-A CNIPLUG-NET-bbbbbbbbbbbb -s 10.99.0.3/32 -j ACCEPT"} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("rules lack %q:\n%s", want, rules)
+		}
+	}
+}

@@ -129,9 +129,13 @@ func (p *Programmer) applyOrUndo(apply, undo func() error) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	err := apply()
-	if err != nil {
-		// The top-level chains may have gone behind our back (a flushed table): check them next time.
+	if err != nil && len(p.topReady) > 0 {
+		// The top-level chains may have gone behind our back (a flushed table, a firewalld reload): make them
+		// again and try once more; apply is idempotent.
 		p.topReady = map[*iptables.IPTables]bool{}
+		err = apply()
+	}
+	if err != nil {
 		if rerr := undo(); rerr != nil {
 			err = fmt.Errorf("%w; removing the partial rules also failed: %v", err, rerr)
 		}
