@@ -65,8 +65,13 @@ func (m *Manager) Attach(ctx context.Context, p Plan) (*state.Attachment, error)
 		if err != nil {
 			return nil, fmt.Errorf("no address %s allocated by the IPAM driver is pending: %w", p.Claim.Address, err)
 		}
-	} else if a, err = m.Add(ctx, p.Add, p.Owner); err != nil {
-		return nil, err
+	} else {
+		if err := m.finishRemovalsHolding(ctx, p.Add.Network.Name, p.Want.Address, p.Want.AddressIPv6); err != nil {
+			return nil, err
+		}
+		if a, err = m.Add(ctx, p.Add, p.Owner); err != nil {
+			return nil, err
+		}
 	}
 	err = p.Want.check(a.Interface)
 	if err == nil {
@@ -81,6 +86,40 @@ func (m *Manager) Attach(ctx context.Context, p Plan) (*state.Attachment, error)
 		err = fmt.Errorf("%w; removing the attachment also failed: %v", err, rerr)
 	}
 	return nil, err
+}
+
+// finishRemovalsHolding completes the background removals of attachments on the CNI network that still hold
+// one of the requested addresses, before the ADD asks CNI for them: a container re-created with the same --ip
+// right after `docker rm` must not fail because the old container's DEL has not run yet.
+func (m *Manager) finishRemovalsHolding(ctx context.Context, cniNetwork string, addresses ...string) error {
+	wanted := map[string]bool{}
+	for _, a := range addresses {
+		if a != "" {
+			wanted[naming.Address(a)] = true
+		}
+	}
+	if len(wanted) == 0 {
+		return nil
+	}
+	atts, err := m.store.Attachments()
+	if err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	for _, a := range atts {
+		if a.Phase != state.PhaseDeleting || a.Network != cniNetwork {
+			continue
+		}
+		for _, held := range a.Interface.Addresses() {
+			if !wanted[naming.Address(held)] {
+				continue
+			}
+			if err := m.Remove(ctx, a); err != nil {
+				return fmt.Errorf("address %s is still held by a removed container whose CNI DEL failed: %w", naming.Address(held), err)
+			}
+			break
+		}
+	}
+	return nil
 }
 
 // RemoveNetwork removes every attachment of a Docker network (those Docker did not delete first).

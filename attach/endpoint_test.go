@@ -85,3 +85,40 @@ func TestRemoveNetwork(t *testing.T) {
 		t.Errorf("left %d attachments, want only the one of network kept: %+v", len(atts), atts)
 	}
 }
+
+// An ADD that asks for an address a background removal still holds (a container re-created with its --ip
+// right after `docker rm` on an async-delete network) first finishes that removal, instead of failing in the
+// CNI IPAM with "already allocated".
+func TestAttachFinishesRemovalHoldingRequestedAddress(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := testutil.CNIBinDir(t)
+	before := testutil.TakeSnapshot(t)
+	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
+	s := teststack.New(t, teststack.Options{BinDirs: []string{bin}})
+	nw, err := cnibridge.ResolveNetwork(s.ConfDir, s.BridgeNetwork(t))
+	testutil.Must(t, err)
+	ctx := context.Background()
+
+	old, err := s.Manager.Add(ctx, cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw},
+		state.Attachment{Phase: state.PhaseEndpoint, NetworkID: "net", EndpointID: naming.RandomID()})
+	testutil.Must(t, err)
+	// Recorded as deleting, its DEL not yet run: what DeleteEndpoint leaves for the background removal.
+	old.Phase = state.PhaseDeleting
+	testutil.Must(t, s.Store.PutAttachment(old))
+
+	addr := old.Interface.IPv4
+	req := cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw}
+	req.Args, req.CapabilityArgs = cnibridge.RequestArgs(nw, []string{addr}, "")
+	a, err := s.Manager.Attach(ctx, attach.Plan{
+		Add:   req,
+		Owner: state.Attachment{Phase: state.PhaseEndpoint, NetworkID: "net", EndpointID: naming.RandomID()},
+		Want:  attach.Want{Address: addr, NeedIPv4: true},
+	})
+	if err != nil {
+		t.Fatalf("re-requesting %s held by a deleting attachment: %v", addr, err)
+	}
+	if _, err := s.Store.Attachment(old.ID()); err == nil {
+		t.Errorf("the deleting attachment that held %s is still recorded", addr)
+	}
+	testutil.Must(t, s.Manager.Remove(ctx, a))
+}

@@ -24,7 +24,8 @@ import (
 
 // Option keys understood in `docker network create --opt`, besides cniconf.OptCNI and the cni.* arguments.
 const (
-	// OptAsyncDelete=true: DeleteEndpoint returns once the removal is recorded; CNI DEL runs in the background.
+	// OptAsyncDelete: DeleteEndpoint returns once the removal is recorded and CNI DEL runs in the background.
+	// On by default with CNI or null IPAM; refused with Docker's IPAM.
 	OptAsyncDelete = "async-delete"
 	// OptHostFirewall=false: cniplug adds no FORWARD rules; the CNI network manages its own firewall.
 	OptHostFirewall = "host-firewall"
@@ -94,10 +95,6 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 	if err != nil {
 		return nil, nil, err
 	}
-	asyncDelete, err := boolOption(opts, OptAsyncDelete, false)
-	if err != nil {
-		return nil, nil, err
-	}
 	hostFirewall, err := boolOption(opts, OptHostFirewall, true)
 	if err != nil {
 		return nil, nil, err
@@ -107,13 +104,18 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 		return nil, nil, err
 	}
 	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra,
-		AsyncDelete: asyncDelete, Internal: internal, NoHostFirewall: !hostFirewall, Mode: state.ModeNull}
+		Internal: internal, NoHostFirewall: !hostFirewall, Mode: state.ModeNull}
 	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
 		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
 		rec.Mode = state.ModeOf(v4.AddressSpace)
 	}
 	if v6 := firstIPAM(req.IPv6Data); v6 != nil {
 		rec.IPv6Pool = v6.Pool
+	}
+	// DEL runs in the background by default wherever the addresses come from CNI: the CNI IPAM keeps the
+	// address reserved until DEL releases it, so nothing can reuse it early. With Docker's IPAM it could.
+	if rec.AsyncDelete, err = boolOption(opts, OptAsyncDelete, rec.Mode != state.ModeDocker); err != nil {
+		return nil, nil, err
 	}
 	return rec, nw, nil
 }

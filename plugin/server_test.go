@@ -523,6 +523,11 @@ func (e *cniEnv) joinAndLeave(t *testing.T, nid, eid, mac string) {
 func (e *cniEnv) deleteEndpoint(t *testing.T, nid, eid, srcName string) {
 	t.Helper()
 	e.c.call("NetworkDriver.DeleteEndpoint", network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}, nil)
+	// On networks that delete in the background (the default with CNI or null IPAM) the teardown finishes
+	// after the answer.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	testutil.Must(t, e.Manager.WaitRemovals(ctx))
 	if _, err := netlink.LinkByName(srcName); err == nil {
 		t.Errorf("link %s still in the host netns after DeleteEndpoint", srcName)
 	}
@@ -901,4 +906,54 @@ func FuzzHandler(f *testing.F) {
 			t.Fatalf("%s: routed path answered %d", path, rec.Code)
 		}
 	})
+}
+
+// DEL runs in the background by default wherever the addresses come from CNI (CNI or null IPAM), where the CNI
+// IPAM keeps an address reserved until its DEL; with Docker's IPAM it stays synchronous and cannot be turned on.
+func TestAsyncDeleteDefault(t *testing.T) {
+	e := newCNIEnv(t)
+	defer e.finish(t)
+	var pool dipam.RequestPoolResponse
+	e.c.call("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace,
+		Pool: e.subnet, Options: map[string]string{"cni": e.name}}, &pool)
+	defer e.c.call("IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: pool.PoolID}, nil)
+	modes := []struct {
+		mode state.AddressMode
+		ipam network.IPAMData
+	}{
+		{state.ModeNull, network.IPAMData{AddressSpace: "null", Pool: "0.0.0.0/0"}},
+		{state.ModeCNIIPAM, network.IPAMData{AddressSpace: state.LocalAddressSpace, Pool: e.subnet}},
+		{state.ModeDocker, network.IPAMData{AddressSpace: "LocalDefault", Pool: e.subnet, Gateway: e.gateway + "/24"}},
+	}
+	for _, m := range modes {
+		for _, tc := range []struct {
+			opt     string // "" = not given
+			want    bool
+			wantErr string
+		}{
+			{"", m.mode != state.ModeDocker, ""},
+			{"false", false, ""},
+			{"true", true, map[bool]string{true: "async-delete=true needs addresses from CNI"}[m.mode == state.ModeDocker]},
+		} {
+			t.Run(fmt.Sprintf("%s/%q", m.mode, tc.opt), func(t *testing.T) {
+				opts := map[string]any{"cni": e.name}
+				if tc.opt != "" {
+					opts["async-delete"] = tc.opt
+				}
+				nid := naming.RandomID()
+				req := network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(opts), IPv4Data: []*network.IPAMData{&m.ipam}}
+				if tc.wantErr != "" {
+					wantContains(t, "CreateNetwork", e.c.callErr("NetworkDriver.CreateNetwork", req), tc.wantErr)
+					return
+				}
+				e.c.call("NetworkDriver.CreateNetwork", req, nil)
+				defer e.c.call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil)
+				rec, err := e.Store.Network(nid)
+				testutil.Must(t, err)
+				if rec.Mode != m.mode || rec.AsyncDelete != tc.want {
+					t.Errorf("recorded mode %s async-delete %v, want %s %v", rec.Mode, rec.AsyncDelete, m.mode, tc.want)
+				}
+			})
+		}
+	}
 }
