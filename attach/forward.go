@@ -20,29 +20,30 @@ func PolicyOf(nw *state.Network) JoinPolicy {
 	return JoinPolicy{HostFirewall: !nw.NoHostFirewall, Internal: nw.Internal}
 }
 
-// allowForward records the attachment's FORWARD rules and then programs them. Called with the attachment's
-// lock held. On failure no rule is left programmed; the record stays for the one teardown path (Remove).
-func (m *Manager) allowForward(a *state.Attachment, p JoinPolicy) error {
-	if !p.HostFirewall {
-		return nil
-	}
-	fwd := &hostports.Forward{ID: a.ID(), Addresses: a.Interface.Addresses(), Internal: p.Internal}
-	if len(fwd.Addresses) == 0 {
-		return nil
+// planForward sets the attachment's FORWARD rules as the policy asks and returns what programs them (nil when
+// there are none). The caller records the attachment before it calls that: teardown must find the rules.
+// Rules are recorded before they are programmed, so a record without them has none programmed: a first Join
+// adds them in one iptables-restore per family, a repeated one (Docker retries Join) replaces them.
+func (m *Manager) planForward(a *state.Attachment, p JoinPolicy) (func() error, error) {
+	if !p.HostFirewall || len(a.Interface.Addresses()) == 0 {
+		return nil, nil
 	}
 	prog, err := m.programmer()
 	if err != nil {
-		return fmt.Errorf("letting the container's traffic through the host firewall: %w", err)
+		return nil, fmt.Errorf("letting the container's traffic through the host firewall: %w", err)
 	}
+	apply := prog.AddForward
+	if a.Forward != nil {
+		apply = prog.ApplyForward
+	}
+	fwd := &hostports.Forward{ID: a.ID(), Addresses: a.Interface.Addresses(), Internal: p.Internal}
 	a.Forward = fwd
-	if err := m.store.PutAttachment(a); err != nil {
-		a.Forward = nil
-		return fmt.Errorf("recording FORWARD rules: %w", err)
-	}
-	if err := prog.ApplyForward(*fwd); err != nil {
-		return fmt.Errorf("letting the container's traffic through the host firewall: %w", err)
-	}
-	return nil
+	return func() error {
+		if err := apply(*fwd); err != nil {
+			return fmt.Errorf("letting the container's traffic through the host firewall: %w", err)
+		}
+		return nil
+	}, nil
 }
 
 // revokeForward removes the attachment's FORWARD rules; part of the one teardown path (Remove).

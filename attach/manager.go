@@ -27,6 +27,8 @@ type Manager struct {
 
 	removals sync.WaitGroup // background removals (RemoveLater)
 
+	removalObserver RemovalObserver
+
 	ports     portsState // host port publishing (ports.go)
 	iptables  string     // the commands that publish ports; "" looks them up in PATH
 	ip6tables string
@@ -40,11 +42,19 @@ type Config struct {
 	// IPTables and IP6Tables are the commands that publish ports ("" looks them up in PATH), those of the
 	// selected iptables backend (hostfw.Selection.IPTables).
 	IPTables, IP6Tables string
+	// RemovalObserver, when set, is told the duration of every background removal (metrics).
+	RemovalObserver RemovalObserver
+}
+
+// RemovalObserver is told about each removal that runs after Docker had its answer (RemoveLater).
+type RemovalObserver interface {
+	ObserveBackgroundRemoval(d time.Duration, err error)
 }
 
 // NewManager returns a Manager over the store and runner.
 func NewManager(cfg Config) *Manager {
-	return &Manager{store: cfg.Store, cni: cfg.Runner, log: cfg.Logger, iptables: cfg.IPTables, ip6tables: cfg.IP6Tables}
+	return &Manager{store: cfg.Store, cni: cfg.Runner, log: cfg.Logger, iptables: cfg.IPTables, ip6tables: cfg.IP6Tables,
+		removalObserver: cfg.RemovalObserver}
 }
 
 // Store returns the state store the manager records into.
@@ -98,14 +108,21 @@ func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state
 func (m *Manager) Join(a *state.Attachment, p JoinPolicy) error {
 	unlock := m.locks.lock(a.ID())
 	defer unlock()
-	if err := m.allowForward(a, p); err != nil {
+	allowForward, err := m.planForward(a, p)
+	if err != nil {
 		return err
 	}
-	if err := m.cni.MoveToHost(&a.Attachment); err != nil {
-		return err
-	}
+	// One durable write records the rules (before they exist, so that teardown finds them) and the hand-over.
 	a.Phase = state.PhaseJoined
-	return m.store.PutAttachment(a)
+	if err := m.store.PutAttachment(a); err != nil {
+		return fmt.Errorf("recording the join: %w", err)
+	}
+	if allowForward != nil {
+		if err := allowForward(); err != nil {
+			return err
+		}
+	}
+	return m.cni.MoveToHost(&a.Attachment)
 }
 
 // Remove tears the attachment down (CNI DEL with its recorded conflist and args) and forgets it. When DEL
@@ -152,7 +169,12 @@ func (m *Manager) RemoveLater(a *state.Attachment) error {
 	go func() {
 		defer m.removals.Done()
 		// Not the request's context: Docker has its answer. Each CNI DEL has the runner's deadline.
-		if err := m.Remove(context.Background(), a); err != nil {
+		start := time.Now()
+		err := m.Remove(context.Background(), a)
+		if m.removalObserver != nil {
+			m.removalObserver.ObserveBackgroundRemoval(time.Since(start), err)
+		}
+		if err != nil {
 			m.log.Error("background removal failed; reconciliation retries it", "attachment", a.ID(), "cni_network", a.Network,
 				"network", a.NetworkID, "endpoint", a.EndpointID, "error", err)
 		}

@@ -60,12 +60,33 @@ func forwardRules(ip net.IP, subnet *net.IPNet, internal bool) [][]string {
 	}
 }
 
-// ApplyForward programs the record's rules. It is idempotent, and on failure removes whatever it added.
+// AddForward programs the rules of a record none of whose rules are programmed yet: one iptables-restore per
+// address family, nothing else. On failure it removes whatever it added.
+func (p *Programmer) AddForward(f Forward) error {
+	if f.ID == "" {
+		return errors.New("network rules: record has no id")
+	}
+	return p.applyOrUndo(func() error { return p.applyForward(f, false) }, func() error { return p.removeForward(f) })
+}
+
+// ApplyForward programs the record's rules, replacing those it may already have. It is idempotent, and on
+// failure removes whatever it added.
 func (p *Programmer) ApplyForward(f Forward) error {
 	if f.ID == "" {
 		return errors.New("network rules: record has no id")
 	}
-	return p.applyOrUndo(func() error { return p.applyForward(f) }, func() error { return p.removeForward(f) })
+	return p.applyOrUndo(func() error { return p.applyForward(f, true) }, func() error { return p.removeForward(f) })
+}
+
+// families returns the address families (false: IPv4, true: IPv6) of the record's addresses.
+func (f Forward) families() map[bool]bool {
+	fams := map[bool]bool{}
+	for _, a := range f.Addresses {
+		if ip, _, err := net.ParseCIDR(a); err == nil {
+			fams[ip.To4() == nil] = true
+		}
+	}
+	return fams
 }
 
 // RemoveForward deletes the record's chain and the jump to it. Removing what is not there succeeds.
@@ -75,7 +96,7 @@ func (p *Programmer) RemoveForward(f Forward) error {
 	return p.removeForward(f)
 }
 
-func (p *Programmer) applyForward(f Forward) error {
+func (p *Programmer) applyForward(f Forward, replace bool) error {
 	type family struct {
 		ipt     *iptables.IPTables
 		restore string
@@ -97,12 +118,9 @@ func (p *Programmer) applyForward(f Forward) error {
 		if err := p.ensureTop(fam.ipt, v6); err != nil {
 			return err
 		}
-		// A repeated apply rebuilds the chain; its old jump goes first so that there is one.
-		if ok, err := fam.ipt.ChainExists(tableFilt, f.chain()); err != nil {
-			return fmt.Errorf("reading chain %s: %w", f.chain(), err)
-		} else if ok {
-			if err := fam.ipt.DeleteIfExists(tableFilt, topForward, f.jump()...); err != nil {
-				return fmt.Errorf("removing jump to %s: %w", f.chain(), err)
+		if replace {
+			if err := dropJump(fam.ipt, f); err != nil {
+				return err
 			}
 		}
 		// One iptables-restore per family: a dozen separate iptables execs cost about 100 ms per container.
@@ -119,16 +137,34 @@ func (p *Programmer) applyForward(f Forward) error {
 	return nil
 }
 
+// dropJump removes the jump to the record's chain if the chain exists: a repeated apply rebuilds the chain
+// (iptables-restore flushes a declared chain) and must leave one jump to it.
+func dropJump(ipt *iptables.IPTables, f Forward) error {
+	ok, err := ipt.ChainExists(tableFilt, f.chain())
+	if err != nil {
+		return fmt.Errorf("reading chain %s: %w", f.chain(), err)
+	}
+	if !ok {
+		return nil
+	}
+	if err := ipt.DeleteIfExists(tableFilt, topForward, f.jump()...); err != nil {
+		return fmt.Errorf("removing jump to %s: %w", f.chain(), err)
+	}
+	return nil
+}
+
 // removeForward deletes the chain and the jump to it in one iptables-restore per family; when that fails (the
 // jump or chain is already gone, a partial apply) it removes them step by step, each only if present.
 func (p *Programmer) removeForward(f Forward) error {
 	var errs []error
+	present := f.families()
 	for _, fam := range []struct {
 		ipt     *iptables.IPTables
 		restore string
-	}{{p.v4, p.v4Restore}, {p.v6, p.v6Restore}} {
-		if fam.ipt == nil {
-			continue
+		v6      bool
+	}{{p.v4, p.v4Restore, false}, {p.v6, p.v6Restore, true}} {
+		if fam.ipt == nil || !present[fam.v6] {
+			continue // applyForward makes no chain in a family the record has no address of
 		}
 		batch := fmt.Sprintf("*%s\n-D %s %s\n-F %s\n-X %s\nCOMMIT\n", tableFilt, topForward, restoreArgs(f.jump()), f.chain(), f.chain())
 		if restore(fam.restore, batch) == nil {

@@ -62,9 +62,9 @@ func TestForwardRules(t *testing.T) {
 				f.Addresses = f.Addresses[:1]
 			}
 			testutil.InNetNS(t, hostNS, func() {
-				err = p.ApplyForward(f)
+				err = p.AddForward(f)
 				if err == nil {
-					err = p.ApplyForward(f) // idempotent
+					err = p.ApplyForward(f) // replaces: still one chain and one jump
 				}
 			})
 			testutil.Must(t, err)
