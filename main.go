@@ -143,7 +143,7 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	}
 	defer runner.Close()
 	v4, v6 := iptables.IPTables()
-	mgr := attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6})
+	mgr := attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6, RemovalObserver: m})
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)

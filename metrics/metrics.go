@@ -19,6 +19,7 @@ const (
 	RequestDuration       = "cniplug_request_duration_seconds"
 	CNIExecDuration       = "cniplug_cni_exec_duration_seconds"
 	CNIExecErrorsTotal    = "cniplug_cni_exec_errors_total"
+	BackgroundRemoval     = "cniplug_background_removal_duration_seconds"
 	AttachmentsGauge      = "cniplug_attachments"
 	AttachmentsScrapeFail = "cniplug_attachments_scrape_errors_total"
 )
@@ -49,6 +50,9 @@ type Metrics struct {
 	requestSeconds *prometheus.HistogramVec
 	execSeconds    *prometheus.HistogramVec
 	execErrors     *prometheus.CounterVec
+	// backgroundRemoval: removals after DeleteEndpoint answered, so that handler time plus this is all of
+	// cniplug's time per lifecycle.
+	backgroundRemoval *prometheus.HistogramVec
 }
 
 // New creates cniplug's metrics in a registry of their own, together with the Go runtime and process
@@ -74,12 +78,17 @@ func New(o Options) *Metrics {
 			Help:    "Duration of each CNI plugin exec, by plugin type and CNI command (ADD, DEL, CHECK, VERSION, ...).",
 			Buckets: durationBuckets(),
 		}, []string{"plugin", "command"}),
+		backgroundRemoval: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    BackgroundRemoval,
+			Help:    "Duration of each attachment removal run after DeleteEndpoint answered (async-delete networks; CNI DEL included), by result (ok, error).",
+			Buckets: durationBuckets(),
+		}, []string{"result"}),
 		execErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: CNIExecErrorsTotal,
 			Help: "CNI plugin execs that failed (including those killed at the CNI timeout), by plugin type and command.",
 		}, []string{"plugin", "command"}),
 	}
-	m.reg.MustRegister(m.requests, m.requestErrors, m.requestSeconds, m.execSeconds, m.execErrors,
+	m.reg.MustRegister(m.requests, m.requestErrors, m.requestSeconds, m.execSeconds, m.execErrors, m.backgroundRemoval,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if o.Attachments != nil {
 		m.reg.MustRegister(newAttachmentCollector(o.Attachments))
@@ -106,6 +115,16 @@ func (m *Metrics) ObserveExec(plugin, command string, d time.Duration, err error
 	if err != nil {
 		m.execErrors.WithLabelValues(plugin, command).Inc()
 	}
+}
+
+// ObserveBackgroundRemoval records one removal that ran after Docker had its answer (it implements
+// attach.RemovalObserver).
+func (m *Metrics) ObserveBackgroundRemoval(d time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.backgroundRemoval.WithLabelValues(result).Observe(d.Seconds())
 }
 
 // attachmentCollector reads the live attachment counts at scrape time.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/cniplug/cniplug/internal/teststack"
 	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/metrics"
 	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/plugin"
 	"github.com/cniplug/cniplug/state"
@@ -711,6 +712,20 @@ func TestNullIPAMFlow(t *testing.T) {
 	src := srcNameOf(t, e.Stack, eid)
 	e.joinAndLeave(t, nid, eid, ep.Interface.MacAddress)
 	e.deleteEndpoint(t, nid, eid, src)
+	// The removal ran in the background (the default with null IPAM) and is measured as such.
+	fams, err := e.Metrics.Registry().Gather()
+	testutil.Must(t, err)
+	var removals uint64
+	for _, f := range fams {
+		if f.GetName() == metrics.BackgroundRemoval {
+			for _, m := range f.GetMetric() {
+				removals += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	if removals != 1 {
+		t.Errorf("%s counted %d background removals, want 1", metrics.BackgroundRemoval, removals)
+	}
 	c.call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil)
 	e.finish(t)
 }

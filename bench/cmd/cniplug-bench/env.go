@@ -39,7 +39,7 @@ type env struct {
 	pluginLog   string
 
 	cniplugNet   string // Docker network on cniplug
-	asyncNet     string // the same on cniplug with --opt async-delete=true
+	syncNet      string // the same on cniplug with --opt async-delete=false (CNI DEL inside DeleteEndpoint)
 	dockerBridge string // Docker's own user-defined bridge network
 	podman       *podman
 
@@ -208,16 +208,16 @@ func (e *env) startPlugin() error {
 	}
 }
 
-// createNetworks creates the Docker network on cniplug (CNI IPAM, as the README recommends), a second one
-// with the opt-in speed-ups (--opt async-delete=true) on the same CNI network, and Docker's own user-defined
-// bridge network.
+// createNetworks creates the Docker network on cniplug (CNI IPAM, as the README recommends, default options),
+// a second one without the default background DEL (--opt async-delete=false) on the same CNI network, and
+// Docker's own user-defined bridge network.
 func (e *env) createNetworks(bridgeSubnet string) error {
 	e.cniplugNet = "cnibench-" + e.runID
-	e.asyncNet = "cnibenchasync-" + e.runID
+	e.syncNet = "cnibenchsync-" + e.runID
 	for _, n := range []struct {
 		name  string
 		extra []string
-	}{{e.cniplugNet, nil}, {e.asyncNet, []string{"--opt", "async-delete=true"}}} {
+	}{{e.cniplugNet, nil}, {e.syncNet, []string{"--opt", "async-delete=false"}}} {
 		args := append([]string{"network", "create", "-d", e.driver, "--opt", "cni=" + e.cniName}, n.extra...)
 		args = append(args, "--ipam-driver", e.driver, "--ipam-opt", "cni="+e.cniName, n.name)
 		if _, err := docker(args...); err != nil {

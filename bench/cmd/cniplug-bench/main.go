@@ -1,4 +1,4 @@
-// Command cniplug-bench measures cniplug (as is, and with the opt-in speed-ups: --opt async-delete=true)
+// Command cniplug-bench measures cniplug (with its default options, and without background DEL: --opt async-delete=false)
 // against Docker's own bridge network, --net=none and Podman on the same machine in one run, and writes a
 // markdown table and a PNG chart (make bench). It drives the real docker CLI and a cniplug it starts itself,
 // so a run is reproducible on any host with dockerd; it needs root and removes everything it creates. Run it
@@ -222,7 +222,7 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 		return err
 	}
 	kinds := []struct{ name, network string }{
-		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindAsync, e.asyncNet}}
+		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}}
 
 	e.logf("warming up")
 	const warmups = 2
@@ -237,7 +237,7 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 		res.RSS = map[int]int64{0: rss}
 	}
 	// The warm-up lifecycles on both cniplug networks (the plugin's metrics do not tell them apart), and the
-	// background DELs of the async-delete ones done.
+	// background DELs of the default network's done.
 	lifecycles, err := e.settle(2 * warmups)
 	if err != nil {
 		return err
@@ -257,11 +257,11 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 		return total, nil
 	}
 
-	// One lifecycle on the async-delete network, by plain wall time. Then, outside the measurement, its
-	// DeleteEndpoint is counted in deletes and waited for together with its background CNI DEL: neither may
-	// fall into the metrics window of a cniplug lifecycle (settle counts DeleteEndpoint calls of both cniplug
+	// One lifecycle on the sync-DEL network, by plain wall time. Then, outside the measurement, its
+	// DeleteEndpoint is counted in deletes and waited for: it may not fall into the metrics window of a
+	// cniplug lifecycle (settle counts DeleteEndpoint calls of both cniplug
 	// networks; the DEL's exec time would count as that lifecycle's) nor run while the other kinds are timed.
-	asyncLifecycle := func(args []string, more ...[]string) (time.Duration, error) {
+	uncostedLifecycle := func(args []string, more ...[]string) (time.Duration, error) {
 		d, err := plain(args, more...)
 		if err != nil {
 			return d, err
@@ -311,8 +311,8 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 			args := e.dockerRunArgs(k.network, false)
 			if k.name != "cniplug" {
 				lifecycle := plain
-				if k.name == kindAsync {
-					lifecycle = asyncLifecycle
+				if k.name == kindSync {
+					lifecycle = uncostedLifecycle
 				}
 				d, err := lifecycle(args)
 				if err != nil {
@@ -342,8 +342,8 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 			rm := []string{"rm", "-f", name}
 			if k.name != "cniplug" {
 				lifecycle := plain
-				if k.name == kindAsync {
-					lifecycle = asyncLifecycle
+				if k.name == kindSync {
+					lifecycle = uncostedLifecycle
 				}
 				d, err := lifecycle(args, rm)
 				if err != nil {

@@ -52,7 +52,7 @@ func timed(c *exec.Cmd) (time.Duration, error) {
 
 // scrape is one reading of cniplug's metrics.
 type scrape struct {
-	requestSeconds float64            // all request handling time
+	requestSeconds float64            // all request handling time, and the background removals
 	execSeconds    float64            // all CNI plugin exec time
 	methodSeconds  map[string]float64 // per Docker call
 	methodCount    map[string]float64
@@ -85,6 +85,12 @@ func (e *env) scrape() (*scrape, error) {
 			s.requestSeconds += m.GetHistogram().GetSampleSum()
 			s.methodSeconds[method] += m.GetHistogram().GetSampleSum()
 			s.methodCount[method] += float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	// Removals that ran after DeleteEndpoint answered (async-delete, the default here) are cniplug's time too.
+	if f := fams[metrics.BackgroundRemoval]; f != nil {
+		for _, m := range f.GetMetric() {
+			s.requestSeconds += m.GetHistogram().GetSampleSum()
 		}
 	}
 	if f := fams[metrics.CNIExecDuration]; f != nil {
@@ -130,7 +136,7 @@ func (e *env) settle(want float64) (*scrape, error) {
 
 // lifecycleCost is what one lifecycle cost inside cniplug, from two scrapes around it.
 type lifecycleCost struct {
-	inPlugin float64 // time in cniplug's handlers
+	inPlugin float64 // time in cniplug's handlers and its background removals
 	inCNI    float64 // of which inside CNI plugin execs
 }
 
