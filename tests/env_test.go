@@ -498,6 +498,17 @@ func ping(t *testing.T, container, ip string) {
 	}
 }
 
+// releasedByHostLocal waits for host-local to release ip of CNI network name, which happens in the background
+// after Docker deletes the endpoint on networks with async-delete (the default with CNI or null IPAM).
+func releasedByHostLocal(name, ip string) bool {
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if !reservedByHostLocal(name, ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // reservedByHostLocal reports whether host-local holds ip for CNI network name.
 func reservedByHostLocal(name, ip string) bool {
 	_, err := os.Stat(filepath.Join(testutil.CNIDataDir, "networks", name, ip))

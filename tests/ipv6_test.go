@@ -135,7 +135,7 @@ func TestIPv6DualStack(t *testing.T) {
 			ping(t, a, inspectEndpoint(t, b, nw).IPAddress)
 			docker(t, "rm", "-f", a, b)
 			for _, ip := range []string{epA.GlobalIPv6Address, epB.GlobalIPv6Address} {
-				if reservedByHostLocal(n.Name, ip) {
+				if !releasedByHostLocal(n.Name, ip) {
 					t.Errorf("%s still reserved after docker rm -f", ip)
 				}
 			}

@@ -65,7 +65,7 @@ func TestAddressingModes(t *testing.T) {
 				ping(t, a, n.Gateway)
 				docker(t, "rm", "-f", a, b)
 				for _, ip := range []string{epA.IPAddress, epB.IPAddress} {
-					if reservedByHostLocal(n.Name, ip) {
+					if !releasedByHostLocal(n.Name, ip) {
 						t.Errorf("%s still reserved after docker rm -f", ip)
 					}
 				}
@@ -107,6 +107,31 @@ func TestRequestedAddress(t *testing.T) {
 	}
 }
 
+// TestRequestedAddressAtOnce: on a network that deletes in the background (the default with CNI IPAM), a
+// container re-created with the same --ip right after `docker rm -f` gets it, although the old container's
+// CNI DEL (3 s here) has not run yet: cniplug finishes that DEL first.
+func TestRequestedAddressAtOnce(t *testing.T) {
+	requireSuite(t)
+	br := testutil.UniqueName("e2ebr")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
+	n := writeConflist(t, "slow", func(ipam string) string {
+		return fmt.Sprintf(`{"type":"e2e-slowdel"},{"type":"bridge","bridge":"%s","isGateway":true,"ipMasq":true,"ipam":%s}`, br, ipam)
+	})
+	net := createNetwork(t, n, cniIPAM, "--subnet", n.Subnet)
+	want := n.Prefix + "77"
+	for i := 0; i < 2; i++ {
+		c := runContainer(t, net, "--ip", want)
+		if ep := checkEndpoint(t, c, net, n); ep.IPAddress != want {
+			t.Fatalf("container %d: --ip %s got %s", i, want, ep.IPAddress)
+		}
+		ping(t, c, n.Gateway)
+		docker(t, "rm", "-f", c)
+	}
+	if !releasedByHostLocal(n.Name, want) {
+		t.Errorf("%s still reserved after docker rm -f", want)
+	}
+}
+
 func TestMacvlan(t *testing.T) {
 	requireSuite(t)
 	parent, peer := testutil.UniqueName("mvp"), testutil.UniqueName("mvq")
@@ -139,7 +164,7 @@ func TestConnectDisconnect(t *testing.T) {
 	if out := docker(t, "exec", c, "ip", "-o", "addr"); strings.Contains(out, ep.IPAddress) {
 		t.Errorf("address %s still in the container after disconnect:\n%s", ep.IPAddress, out)
 	}
-	if reservedByHostLocal(n.Name, ep.IPAddress) {
+	if !releasedByHostLocal(n.Name, ep.IPAddress) {
 		t.Errorf("%s still reserved after disconnect", ep.IPAddress)
 	}
 	// Connect again: a fresh attachment works.
@@ -205,7 +230,7 @@ func TestPluginRestart(t *testing.T) {
 	}
 	ping(t, c, n.Gateway)
 	docker(t, "rm", "-f", c)
-	if reservedByHostLocal(n.Name, ep.IPAddress) {
+	if !releasedByHostLocal(n.Name, ep.IPAddress) {
 		t.Errorf("%s still reserved after rm -f across a plugin restart", ep.IPAddress)
 	}
 	c2 := runContainer(t, net)

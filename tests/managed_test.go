@@ -308,7 +308,7 @@ func pluginChangeKeepsContainers(t *testing.T, change func(a string, epB endpoin
 	ping(t, c, epA.IPAddress)
 	docker(t, "rm", "-f", a, b, c)
 	for _, ip := range []string{epA.IPAddress, epB.IPAddress} {
-		if reservedByHostLocal(n.Name, ip) {
+		if !releasedByHostLocal(n.Name, ip) {
 			t.Errorf("%s still reserved after rm -f", ip)
 		}
 	}

@@ -162,7 +162,7 @@ func TestReconcileUnderAnotherName(t *testing.T) {
 	}
 	ping(t, c, n.Gateway)
 	docker(t, "rm", "-f", c)
-	if reservedByHostLocal(n.Name, ep.IPAddress) {
+	if !releasedByHostLocal(n.Name, ep.IPAddress) {
 		t.Errorf("%s still reserved after docker rm -f", ep.IPAddress)
 	}
 }
