@@ -13,11 +13,14 @@ type JoinPolicy struct {
 	HostFirewall bool
 	// Internal: the rules keep traffic inside the network's subnets (docker network create --internal).
 	Internal bool
+	// IntoSandbox: move the link straight into the container's netns when it exists at Join (--opt
+	// direct-join=true).
+	IntoSandbox bool
 }
 
 // PolicyOf returns the join policy of a recorded network.
 func PolicyOf(nw *state.Network) JoinPolicy {
-	return JoinPolicy{HostFirewall: !nw.NoHostFirewall, Internal: nw.Internal}
+	return JoinPolicy{HostFirewall: !nw.NoHostFirewall, Internal: nw.Internal, IntoSandbox: nw.DirectJoin}
 }
 
 // planForward sets the attachment's FORWARD rules as the policy asks and returns what programs them (nil when

@@ -103,16 +103,26 @@ func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state
 	return &rec, nil
 }
 
-// Join lets the attachment's traffic through the host firewall as the policy says and hands its link to the
-// host netns for Docker to move into the container.
-func (m *Manager) Join(a *state.Attachment, p JoinPolicy) error {
+// Join lets the attachment's traffic through the host firewall as the policy says and puts its link where
+// the container gets it. This is the choice point between the two attachment paths, which share everything
+// else: when the policy asks for it and the engine created the container's netns before Join (Docker 28+,
+// sandboxKey names it), cniplug moves the link straight into it; otherwise (Docker 20.10-27 create it later)
+// the link is handed to Docker in the host netns for Docker to move. Teardown finds the link either way.
+func (m *Manager) Join(a *state.Attachment, p JoinPolicy, sandboxKey string) error {
 	unlock := m.locks.lock(a.ID())
 	defer unlock()
 	allowForward, err := m.planForward(a, p)
 	if err != nil {
 		return err
 	}
-	// One durable write records the rules (before they exist, so that teardown finds them) and the hand-over.
+	intoSandbox := p.IntoSandbox && cnibridge.SandboxReady(sandboxKey)
+	if intoSandbox {
+		if err := m.cni.PlanSandboxJoin(&a.Attachment, sandboxKey); err != nil {
+			return err
+		}
+	}
+	// One durable write records the rules and where the link goes, before either is applied, so that
+	// teardown finds them.
 	a.Phase = state.PhaseJoined
 	if err := m.store.PutAttachment(a); err != nil {
 		return fmt.Errorf("recording the join: %w", err)
@@ -122,7 +132,17 @@ func (m *Manager) Join(a *state.Attachment, p JoinPolicy) error {
 			return err
 		}
 	}
-	return m.cni.MoveToHost(&a.Attachment)
+	if !intoSandbox {
+		return m.cni.MoveToHost(&a.Attachment)
+	}
+	// RequestMAC: the MAC Docker chose when cniplug's IPAM allocated the address, which a chain that ignores
+	// MAC= (ptp) did not give the link.
+	if err := m.cni.JoinSandbox(&a.Attachment, a.RequestMAC); err != nil {
+		return err
+	}
+	m.log.Info("link moved into the container", "attachment", a.ID(), "cni_network", a.Network, "network", a.NetworkID,
+		"endpoint", a.EndpointID, "netns", a.Sandbox, "ifname", a.SandboxIfName)
+	return nil
 }
 
 // Remove tears the attachment down (CNI DEL with its recorded conflist and args) and forgets it. When DEL

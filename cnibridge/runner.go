@@ -104,12 +104,16 @@ func (r *Runner) Timeout() time.Duration { return r.timeout }
 
 // Attachment is one CNI attachment and everything needed to find and delete it later. It is stored as JSON.
 type Attachment struct {
-	ContainerID    string         `json:"containerID"` // CNI_CONTAINERID
-	IfName         string         `json:"ifName"`      // CNI_IFNAME in the staging netns
-	NetNS          string         `json:"netns"`       // staging netns path
-	HostIfName     string         `json:"hostIfName"`  // link name while it waits in the host netns
-	Network        string         `json:"network"`     // CNI network name
-	Conflist       []byte         `json:"conflist"`    // exact bytes used for ADD, reused for DEL
+	ContainerID string `json:"containerID"` // CNI_CONTAINERID
+	IfName      string `json:"ifName"`      // CNI_IFNAME in the staging netns
+	NetNS       string `json:"netns"`       // staging netns path
+	HostIfName  string `json:"hostIfName"`  // link name while it waits in the host netns
+	// Sandbox and SandboxIfName: the container's netns and the link's name there, when cniplug moved the link
+	// into the container itself (JoinSandbox) instead of handing it to Docker.
+	Sandbox        string         `json:"sandbox,omitempty"`
+	SandboxIfName  string         `json:"sandboxIfName,omitempty"`
+	Network        string         `json:"network"`  // CNI network name
+	Conflist       []byte         `json:"conflist"` // exact bytes used for ADD, reused for DEL
 	Args           [][2]string    `json:"args,omitempty"`
 	CapabilityArgs map[string]any `json:"capabilityArgs,omitempty"`
 	Interface      Interface      `json:"interface"`
@@ -333,36 +337,26 @@ func (r *Runner) delList(nw *Network, att *Attachment) *libcni.NetworkConfigList
 	return &list
 }
 
-// returnLink makes sure CNI_IFNAME exists in the staging netns with the attachment's addresses.
+// returnLink makes sure CNI_IFNAME exists in the staging netns with the attachment's addresses, wherever the
+// link is: in the container (JoinSandbox), in the host (MoveToHost, or handed back by Docker), in staging
+// under another name, or gone.
 func (r *Runner) returnLink(att *Attachment, nw *Network) error {
 	host, err := netlink.NewHandleAt(r.hostNS)
 	if err != nil {
 		return err
 	}
 	defer host.Close()
+	if err := r.takeBackFromSandbox(att); err != nil {
+		return err
+	}
 	return r.inStaging(att, func(stage *netlink.Handle) error {
 		l, err := stage.LinkByName(att.IfName)
 		if err != nil {
-			l, err = stage.LinkByName(att.HostIfName)
-			if err != nil {
-				if hl, herr := host.LinkByName(att.HostIfName); herr == nil {
-					_ = host.LinkSetDown(hl)
-					fd, ferr := netns.GetFromPath(att.NetNS)
-					if ferr != nil {
-						return ferr
-					}
-					err = host.LinkSetNsFd(hl, int(fd))
-					fd.Close()
-					if err != nil {
-						return fmt.Errorf("moving %s back to staging netns: %w", att.HostIfName, err)
-					}
-					l, err = stage.LinkByName(att.HostIfName)
-				}
-			}
-			if err == nil {
+			if l, err = r.parkedLink(stage, host, att); err == nil {
+				name := l.Attrs().Name
 				_ = stage.LinkSetDown(l)
 				if err := stage.LinkSetName(l, att.IfName); err != nil {
-					return fmt.Errorf("renaming %s back to %s: %w", att.HostIfName, att.IfName, err)
+					return fmt.Errorf("renaming %s back to %s: %w", name, att.IfName, err)
 				}
 			}
 		}
@@ -391,18 +385,36 @@ func (r *Runner) returnLink(att *Attachment, nw *Network) error {
 	})
 }
 
+// parkedLink finds the attachment's link under a name other than its ADD-time one: in the staging netns
+// (taken back from the container, or left there by a failed move) or in the host (handed back by Docker),
+// from where it is moved into the staging netns.
+func (r *Runner) parkedLink(stage, host *netlink.Handle, att *Attachment) (netlink.Link, error) {
+	for _, name := range []string{att.SandboxIfName, att.HostIfName} {
+		if name == "" {
+			continue
+		}
+		if l, err := stage.LinkByName(name); err == nil {
+			return l, nil
+		}
+	}
+	hl, err := host.LinkByName(att.HostIfName)
+	if err != nil {
+		return nil, err
+	}
+	_ = host.LinkSetDown(hl)
+	fd, err := netns.GetFromPath(att.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	defer fd.Close()
+	if err := host.LinkSetNsFd(hl, int(fd)); err != nil {
+		return nil, fmt.Errorf("moving %s back to staging netns: %w", att.HostIfName, err)
+	}
+	return stage.LinkByName(att.HostIfName)
+}
+
 func (r *Runner) inStaging(att *Attachment, fn func(*netlink.Handle) error) error {
-	ns, err := netns.GetFromPath(att.NetNS)
-	if err != nil {
-		return fmt.Errorf("opening staging netns %s: %w", att.NetNS, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink handle in %s: %w", att.NetNS, err)
-	}
-	defer h.Close()
-	return fn(h)
+	return withNetNS(att.NetNS, fn)
 }
 
 // readInterface reads the link's MAC, MTU, addresses and routes from the staging netns. The netns, not the

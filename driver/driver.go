@@ -29,6 +29,9 @@ const (
 	OptAsyncDelete = "async-delete"
 	// OptHostFirewall=false: cniplug adds no FORWARD rules; the CNI network manages its own firewall.
 	OptHostFirewall = "host-firewall"
+	// OptDirectJoin=true: at Join cniplug moves the link into the container's netns itself when the engine
+	// created it already (Docker 28+), one link move instead of two; elsewhere Docker moves it.
+	OptDirectJoin = "direct-join"
 
 	genericOptions = "com.docker.network.generic"
 	// Options Docker sets itself in CreateNetwork (libnetwork's netlabel package).
@@ -90,7 +93,7 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 	if err != nil {
 		return nil, nil, err
 	}
-	nw, extra, err := d.chooser.Choose(ctx, cniconf.Options{Flag: "--opt", Values: opts, Known: []string{OptAsyncDelete, OptHostFirewall},
+	nw, extra, err := d.chooser.Choose(ctx, cniconf.Options{Flag: "--opt", Values: opts, Known: []string{OptAsyncDelete, OptHostFirewall, OptDirectJoin},
 		Purpose: "this Docker network uses"})
 	if err != nil {
 		return nil, nil, err
@@ -99,12 +102,16 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 	if err != nil {
 		return nil, nil, err
 	}
+	directJoin, err := boolOption(opts, OptDirectJoin, false)
+	if err != nil {
+		return nil, nil, err
+	}
 	internal, err := dockerFlags(req.Options)
 	if err != nil {
 		return nil, nil, err
 	}
 	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra,
-		Internal: internal, NoHostFirewall: !hostFirewall, Mode: state.ModeNull}
+		Internal: internal, NoHostFirewall: !hostFirewall, DirectJoin: directJoin, Mode: state.ModeNull}
 	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
 		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
 		rec.Mode = state.ModeOf(v4.AddressSpace)
@@ -414,7 +421,7 @@ func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.J
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "unknown to %s (its state was lost?): %w", d.name, err)
 	}
-	if err := d.mgr.Join(a, attach.PolicyOf(nw)); err != nil {
+	if err := d.mgr.Join(a, attach.PolicyOf(nw), req.SandboxKey); err != nil {
 		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
 	}
 	resp := &network.JoinResponse{
@@ -430,6 +437,12 @@ func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.J
 		resp.Gateway, resp.GatewayIPv6 = "", ""
 		routes = insideRoutes(routes, a.Interface.Addresses())
 	}
+	if a.Sandbox != "" {
+		// The link is in the container already (JoinSandbox), with its connected routes: an empty SrcName
+		// makes libnetwork skip its interface step, and it still adds the gateway and next-hop routes.
+		resp.InterfaceName = network.InterfaceName{}
+		routes = nextHopRoutes(routes)
+	}
 	for _, r := range routes {
 		sr := &network.StaticRoute{Destination: r.Destination, NextHop: r.NextHop}
 		if r.NextHop == "" {
@@ -438,6 +451,18 @@ func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.J
 		resp.StaticRoutes = append(resp.StaticRoutes, sr)
 	}
 	return resp, nil
+}
+
+// nextHopRoutes keeps the routes via a next hop: libnetwork binds connected routes to the interface it
+// moves, and installs none for a Join without SrcName.
+func nextHopRoutes(routes []cnibridge.Route) []cnibridge.Route {
+	var out []cnibridge.Route
+	for _, r := range routes {
+		if r.NextHop != "" {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // insideRoutes keeps the routes whose destination lies within one of the addresses' subnets.

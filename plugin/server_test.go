@@ -327,7 +327,7 @@ func TestNetworkDriverErrors(t *testing.T) {
 			[]string{"missing --opt cni=<name>"}},
 		{"CreateNetwork unknown option", "NetworkDriver.CreateNetwork",
 			network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": "alpha", "mtu": "1400"}), IPv4Data: v4},
-			[]string{"unknown option(s) mtu", "--opt accepts cni=<CNI network>, async-delete, host-firewall, cni.args."}},
+			[]string{"unknown option(s) mtu", "--opt accepts cni=<CNI network>, async-delete, host-firewall, direct-join, cni.args."}},
 		{"CreateNetwork non-string option", "NetworkDriver.CreateNetwork",
 			network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": 7}), IPv4Data: v4},
 			[]string{`option "cni" must be a string`}},

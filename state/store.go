@@ -61,6 +61,9 @@ type Network struct {
 	Extra cniargs.Extra `json:"extra,omitempty"`
 	// AsyncDelete: DeleteEndpoint records the removal and returns; the CNI DEL runs in the background.
 	AsyncDelete bool `json:"asyncDelete,omitempty"`
+	// DirectJoin: at Join cniplug moves the link into the container's netns itself when the engine made it
+	// already (Docker 28+), instead of handing it to Docker through the host netns.
+	DirectJoin bool `json:"directJoin,omitempty"`
 	// Internal (`docker network create --internal`): containers get no route out of the network's subnets, and
 	// FORWARD rules drop whatever would leave them.
 	Internal bool `json:"internal,omitempty"`

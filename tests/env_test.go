@@ -300,6 +300,26 @@ func requireSuite(t *testing.T) {
 	})
 }
 
+// pluginLogHas reports whether one line of the plugin's log so far contains every one of parts.
+func pluginLogHas(parts ...string) bool {
+	var lines []string
+	if env.managed {
+		lines = managedLog(5000)
+	} else if data, err := os.ReadFile(env.logPath); err == nil {
+		lines = strings.Split(string(data), "\n")
+	}
+	for _, l := range lines {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
 func dumpLog(t *testing.T) {
 	if env.managed {
 		t.Logf("cniplug log (last lines, from dockerd's log):\n%s", strings.Join(managedLog(40), "\n"))

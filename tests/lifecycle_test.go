@@ -257,3 +257,60 @@ func TestTwoNetworksOnOneCNINetwork(t *testing.T) {
 	checkEndpoint(t, b, name, n)
 	ping(t, b, epA.IPAddress)
 }
+
+// TestDirectJoin: on a network created with --opt direct-join=true, containers get working networking in
+// every addressing way, with a second such network connected and disconnected at run time. On Docker 28+
+// (the container's netns exists at Join) cniplug moves the link into the container itself; on 20.10 it
+// hands the link to Docker as usual.
+func TestDirectJoin(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mode addressing
+		net  func(*testing.T) cniNet
+	}{
+		{"bridge/cni-ipam", cniIPAM, func(t *testing.T) cniNet { return bridgeNet(t) }},
+		{"bridge/null-ipam", nullIPAM, func(t *testing.T) cniNet { return bridgeNet(t) }},
+		{"bridge/docker-ipam", dockerIPAM, func(t *testing.T) cniNet { return bridgeNet(t) }},
+		{"ptp/cni-ipam", cniIPAM, ptpNet}, // routes via a next hop, and a connected /32 to it
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			requireSuite(t)
+			direct := !engineIs2010(t)
+			n := tc.net(t)
+			net := createNetwork(t, n, tc.mode, "--opt", "direct-join=true")
+			a, b := runContainer(t, net), runContainer(t, net)
+			epA, epB := checkEndpoint(t, a, net, n), checkEndpoint(t, b, net, n)
+			if name := containerLink(t, a, epA.IPAddress).Name; name != "eth0" {
+				t.Errorf("the container's only interface is %s, want eth0", name)
+			}
+			ping(t, a, epB.IPAddress)
+			ping(t, a, n.Gateway)
+			for _, ep := range []endpoint{epA, epB} {
+				if moved := pluginLogHas("link moved into the container", "endpoint="+ep.EndpointID); moved != direct {
+					t.Errorf("endpoint %s: moved into the container by cniplug: %v, want %v", ep.EndpointID[:12], moved, direct)
+				}
+			}
+
+			// A second direct-join network at run time becomes eth1, and goes again cleanly.
+			n2 := bridgeNet(t)
+			net2 := createNetwork(t, n2, tc.mode, "--opt", "direct-join=true")
+			docker(t, "network", "connect", net2, a)
+			ep2 := inspectEndpoint(t, a, net2)
+			if name := containerLink(t, a, ep2.IPAddress).Name; name != "eth1" {
+				t.Errorf("the second network's interface is %s, want eth1", name)
+			}
+			ping(t, a, n2.Gateway)
+			docker(t, "network", "disconnect", net2, a)
+			if out := docker(t, "exec", a, "ip", "-o", "link"); strings.Contains(out, "eth1") {
+				t.Errorf("eth1 still in the container after disconnect:\n%s", out)
+			}
+			ping(t, a, epB.IPAddress)
+			docker(t, "rm", "-f", a, b)
+			for _, ip := range []string{epA.IPAddress, epB.IPAddress} {
+				if !releasedByHostLocal(n.Name, ip) {
+					t.Errorf("%s still reserved after docker rm -f", ip)
+				}
+			}
+		})
+	}
+}

@@ -40,6 +40,7 @@ type env struct {
 
 	cniplugNet   string // Docker network on cniplug
 	syncNet      string // the same on cniplug with --opt async-delete=false (CNI DEL inside DeleteEndpoint)
+	directNet    string // the same with the speed-up option --opt direct-join=true
 	dockerBridge string // Docker's own user-defined bridge network
 	podman       *podman
 
@@ -209,15 +210,17 @@ func (e *env) startPlugin() error {
 }
 
 // createNetworks creates the Docker network on cniplug (CNI IPAM, as the README recommends, default options),
-// a second one without the default background DEL (--opt async-delete=false) on the same CNI network, and
-// Docker's own user-defined bridge network.
+// a second one without the default background DEL (--opt async-delete=false) and a third with the speed-up
+// option (--opt direct-join=true) on the same CNI network, and Docker's own user-defined bridge network.
 func (e *env) createNetworks(bridgeSubnet string) error {
 	e.cniplugNet = "cnibench-" + e.runID
 	e.syncNet = "cnibenchsync-" + e.runID
+	e.directNet = "cnibenchdirect-" + e.runID
 	for _, n := range []struct {
 		name  string
 		extra []string
-	}{{e.cniplugNet, nil}, {e.syncNet, []string{"--opt", "async-delete=false"}}} {
+	}{{e.cniplugNet, nil}, {e.syncNet, []string{"--opt", "async-delete=false"}},
+		{e.directNet, []string{"--opt", "direct-join=true"}}} {
 		args := append([]string{"network", "create", "-d", e.driver, "--opt", "cni=" + e.cniName}, n.extra...)
 		args = append(args, "--ipam-driver", e.driver, "--ipam-opt", "cni="+e.cniName, n.name)
 		if _, err := docker(args...); err != nil {

@@ -222,7 +222,7 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 		return err
 	}
 	kinds := []struct{ name, network string }{
-		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}}
+		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}}
 
 	e.logf("warming up")
 	const warmups = 2
@@ -236,9 +236,9 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	if rss, err := e.rss(); err == nil {
 		res.RSS = map[int]int64{0: rss}
 	}
-	// The warm-up lifecycles on both cniplug networks (the plugin's metrics do not tell them apart), and the
+	// The warm-up lifecycles on the cniplug networks (the plugin's metrics do not tell them apart), and the
 	// background DELs of the default network's done.
-	lifecycles, err := e.settle(2 * warmups)
+	lifecycles, err := e.settle(3 * warmups)
 	if err != nil {
 		return err
 	}
@@ -257,7 +257,7 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 		return total, nil
 	}
 
-	// One lifecycle on the sync-DEL network, by plain wall time. Then, outside the measurement, its
+	// One lifecycle on the sync-DEL or direct-join network, by plain wall time. Then, outside the measurement, its
 	// DeleteEndpoint is counted in deletes and waited for: it may not fall into the metrics window of a
 	// cniplug lifecycle (settle counts DeleteEndpoint calls of both cniplug
 	// networks; the DEL's exec time would count as that lifecycle's) nor run while the other kinds are timed.
@@ -311,7 +311,7 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 			args := e.dockerRunArgs(k.network, false)
 			if k.name != "cniplug" {
 				lifecycle := plain
-				if k.name == kindSync {
+				if k.name == kindSync || k.name == kindDirect {
 					lifecycle = uncostedLifecycle
 				}
 				d, err := lifecycle(args)
@@ -342,7 +342,7 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 			rm := []string{"rm", "-f", name}
 			if k.name != "cniplug" {
 				lifecycle := plain
-				if k.name == kindSync {
+				if k.name == kindSync || k.name == kindDirect {
 					lifecycle = uncostedLifecycle
 				}
 				d, err := lifecycle(args, rm)

@@ -1,0 +1,106 @@
+package cnibridge
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/cniplug/cniplug/internal/testutil"
+)
+
+// TestJoinSandbox: the link goes from the staging netns straight into the container's netns, named after the
+// links already there, with its addresses, connected routes and up state, so that Docker's gateway and
+// next-hop routes can be added on top; a repeated Join changes nothing. Teardown then takes it back (or,
+// when the container's netns is already gone, cleans up without it), and nothing is left.
+func TestJoinSandbox(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.CNIBinDir(t)
+	for _, kind := range netKinds {
+		for _, tc := range []struct {
+			name     string
+			taken    bool // the container has an eth0 already (another network)
+			gone     bool // the container's netns is destroyed before teardown (container killed)
+			wantName string
+			mac      string // the MAC Docker chose, "" = CNI's
+		}{
+			{"eth0 free", false, false, "eth0", ""},
+			{"eth0 taken", true, false, "eth1", "02:42:c0:ff:ee:07"},
+			{"netns gone before teardown", false, true, "eth0", ""},
+		} {
+			t.Run(kind.name+"/"+tc.name, func(t *testing.T) {
+				startLeakCheck(t)
+				a := attach(t, kind, nil)
+				sandbox := filepath.Join(t.TempDir(), "sandbox")
+				testutil.Must(t, createNetNS(sandbox))
+				t.Cleanup(func() { _ = removeNetNS(sandbox) })
+				if tc.taken {
+					inNetNS(t, sandbox, func(h *netlink.Handle) {
+						testutil.Must(t, h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}))
+					})
+				}
+				if !SandboxReady(sandbox) || SandboxReady(sandbox+"-not-yet") {
+					t.Fatal("SandboxReady does not tell an existing netns from a missing one")
+				}
+
+				testutil.Must(t, a.r.PlanSandboxJoin(a.att, sandbox))
+				if a.att.SandboxIfName != tc.wantName {
+					t.Fatalf("planned name %s, want %s", a.att.SandboxIfName, tc.wantName)
+				}
+				testutil.Must(t, a.r.JoinSandbox(a.att, tc.mac))
+				testutil.Must(t, a.r.JoinSandbox(a.att, tc.mac)) // repeated Join
+				wantMAC := a.att.Interface.MAC
+				if tc.mac != "" {
+					wantMAC = tc.mac
+				}
+				inNetNS(t, sandbox, func(h *netlink.Handle) {
+					l, err := h.LinkByName(tc.wantName)
+					if err != nil {
+						t.Fatalf("no %s in the container's netns: %v", tc.wantName, err)
+					}
+					if l.Attrs().HardwareAddr.String() != wantMAC || l.Attrs().Flags&net.FlagUp == 0 {
+						t.Errorf("%s: MAC %s up %v, want MAC %s and up", tc.wantName, l.Attrs().HardwareAddr, l.Attrs().Flags&net.FlagUp != 0, wantMAC)
+					}
+					addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+					testutil.Must(t, err)
+					have := map[string]bool{}
+					for _, ad := range addrs {
+						have[ad.IPNet.String()] = true
+					}
+					for _, want := range a.att.Interface.Addresses() {
+						if !have[want] {
+							t.Errorf("%s lacks address %s (has %v)", tc.wantName, want, have)
+						}
+					}
+					// What libnetwork adds on top: the gateway, found by route lookup, and next-hop routes.
+					for _, gw := range []string{a.att.Interface.Gateway, a.att.Interface.GatewayIPv6} {
+						if gw == "" {
+							continue
+						}
+						if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP(gw)}); err != nil {
+							t.Errorf("default route via %s cannot be added: %v", gw, err)
+						}
+					}
+				})
+				if _, err := netlink.LinkByName(a.att.HostIfName); err == nil {
+					t.Errorf("link %s went through the host netns", a.att.HostIfName)
+				}
+
+				if tc.gone {
+					testutil.Must(t, removeNetNS(sandbox))
+				}
+				testutil.Must(t, a.r.Teardown(context.Background(), a.att))
+				a.checkGone(t)
+				if !tc.gone {
+					inNetNS(t, sandbox, func(h *netlink.Handle) {
+						if _, err := h.LinkByName(tc.wantName); err == nil && !tc.taken {
+							t.Errorf("%s still in the container's netns after teardown", tc.wantName)
+						}
+					})
+				}
+			})
+		}
+	}
+}
