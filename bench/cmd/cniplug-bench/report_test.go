@@ -49,7 +49,7 @@ func TestReport(t *testing.T) {
 		"`docker run --rm` on cniplug, default options, vs Docker's bridge (p50)":                 true,  // 0.86/0.8 = 1.075
 		"`docker run --rm` on cniplug with the speed-up options vs Docker's bridge (p50)":         true,  // 0.79/0.8
 		"`docker run -d` + `rm -f` on cniplug, default options, vs Docker's bridge (p50)":         false, // 1.22
-		"`docker run -d` + `rm -f` on cniplug with the speed-up options vs Docker's bridge (p50)": true, // 0.88/0.9
+		"`docker run -d` + `rm -f` on cniplug with the speed-up options vs Docker's bridge (p50)": true,  // 0.88/0.9
 		"cniplug overhead per lifecycle, p50":                                                     false, // 19 ms
 		"cniplug overhead per lifecycle, p99":                                                     false, // 29.8 ms
 		"network cost per container: Docker+cniplug vs Podman, same conflist":                     false, // 360 vs 200 ms
