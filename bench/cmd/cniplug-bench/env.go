@@ -41,6 +41,7 @@ type env struct {
 	cniplugNet   string // Docker network on cniplug
 	syncNet      string // the same on cniplug with --opt async-delete=false (CNI DEL inside DeleteEndpoint)
 	directNet    string // the same with the speed-up option --opt direct-join=true
+	floorNet     string // Docker network on the veth-only floor driver (vethfloor.go)
 	dockerBridge string // Docker's own user-defined bridge network
 	podman       *podman
 
@@ -247,6 +248,23 @@ func (e *env) createNetworks(bridgeSubnet string) error {
 			return err
 		}
 		_, err = docker(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
+		return err
+	})
+	return nil
+}
+
+// createFloorNetwork serves the veth-only floor driver and creates a Docker network on it (Docker's IPAM).
+func (e *env) createFloorNetwork(subnet string) error {
+	driver := "cnibench-vethfloor-" + e.runID
+	if err := e.startVethFloor(driver); err != nil {
+		return err
+	}
+	e.floorNet = "vethfloor-" + e.runID
+	if _, err := docker("network", "create", "-d", driver, "--subnet", subnet, e.floorNet); err != nil {
+		return err
+	}
+	e.onCleanup("removing Docker network "+e.floorNet, func() error {
+		_, err := docker("network", "rm", e.floorNet)
 		return err
 	})
 	return nil

@@ -210,6 +210,10 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	if err != nil {
 		return err
 	}
+	floorSubnet, err := freeSubnet("10.217.0.0/16", "10.227.0.0/16", "10.237.0.0/16")
+	if err != nil {
+		return err
+	}
 	if err := e.writeConflist(subnet, o.IPMasq); err != nil {
 		return err
 	}
@@ -221,8 +225,11 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	if err := e.createNetworks(bridgeSubnet); err != nil {
 		return err
 	}
+	if err := e.createFloorNetwork(floorSubnet); err != nil {
+		return err
+	}
 	kinds := []struct{ name, network string }{
-		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}}
+		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}, {kindFloor, e.floorNet}}
 
 	e.logf("warming up")
 	const warmups = 2

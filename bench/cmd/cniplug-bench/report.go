@@ -24,6 +24,10 @@ const kindSync = "cniplug-sync"
 // kindDirect is the network kind of a cniplug network with the speed-up option --opt direct-join=true.
 const kindDirect = "cniplug-direct"
 
+// kindFloor is the network kind of the veth-only remote driver, the floor for any remote driver that hands a
+// link to Docker.
+const kindFloor = "veth-floor"
+
 // results is everything one run measured. Durations are in seconds.
 type results struct {
 	Started  time.Time
@@ -170,6 +174,9 @@ func (r *results) markdown() string {
 	if len(r.RunRM[kindDirect]) > 0 {
 		w("; cniplug direct-join: a third with the speed-up option `--opt direct-join=true`")
 	}
+	if len(r.RunRM[kindFloor]) > 0 {
+		w("; veth-only remote driver: a remote driver served by the bench that only creates a veth pair and hands one end to Docker (Docker's IPAM), the floor for a remote driver that hands a link over")
+	}
 	w(":\n\n```json\n%s\n```\n\n", r.Conflist)
 
 	w("### Targets\n\n| target | measured | limit | result |\n|---|---|---|---|\n")
@@ -195,6 +202,10 @@ func (r *results) markdown() string {
 	if len(r.RunRM[kindDirect]) > 0 || len(r.Pair[kindDirect]) > 0 {
 		kinds, heads = append(kinds, kindDirect), append(heads, "cniplug, direct-join")
 		ratios, ratioHeads = append(ratios, kindDirect), append(ratioHeads, "direct-join / bridge (p50)")
+	}
+	if len(r.RunRM[kindFloor]) > 0 || len(r.Pair[kindFloor]) > 0 {
+		kinds, heads = append(kinds, kindFloor), append(heads, "veth-only remote driver")
+		ratios, ratioHeads = append(ratios, kindFloor), append(ratioHeads, "veth-only / bridge (p50)")
 	}
 	heads = append(heads, ratioHeads...)
 	w("\n### Container lifecycle, wall time (p50 / p99)\n\n| | %s |\n|---%s|\n", strings.Join(heads, " | "), strings.Repeat("|---", len(heads)))
