@@ -46,7 +46,8 @@ func startDHCPSniffer(ifName string) (*dhcpSniffer, error) {
 	if err != nil {
 		return nil, err
 	}
-	proto := htons(unix.ETH_P_IP)
+	// ETH_P_ALL: a socket of one protocol sees only received frames, not the server's replies.
+	proto := htons(unix.ETH_P_ALL)
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(proto))
 	if err != nil {
 		return nil, fmt.Errorf("packet socket: %w", err)
@@ -79,13 +80,15 @@ func (s *dhcpSniffer) read() {
 		if err != nil {
 			return
 		}
+		ll, ok := from.(*unix.SockaddrLinklayer)
+		if !ok || ll.Protocol != htons(unix.ETH_P_IP) {
+			continue
+		}
 		p, ok := parseDHCP(buf[:n])
 		if !ok {
 			continue
 		}
-		if ll, ok := from.(*unix.SockaddrLinklayer); ok {
-			p.Inbound = ll.Pkttype != unix.PACKET_OUTGOING
-		}
+		p.Inbound = ll.Pkttype != unix.PACKET_OUTGOING
 		s.mu.Lock()
 		s.pkts = append(s.pkts, p)
 		s.mu.Unlock()
