@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -50,9 +51,13 @@ func newDHCPEnv(t *testing.T) *dhcpEnv {
 	self, err := netns.Get()
 	testutil.Must(t, err)
 	t.Cleanup(func() { self.Close() })
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("dnsmasq log:\n%s\ndhcp daemon log:\n%s", lan.Log(), daemon.Log())
+	t.Cleanup(func() { // CNIPLUG_TEST_DHCP_LOGS=1 shows them always (the evidence in docs/dhcp-findings.md)
+		if t.Failed() || os.Getenv("CNIPLUG_TEST_DHCP_LOGS") != "" {
+			var wire strings.Builder
+			for _, p := range lan.Wire("") {
+				fmt.Fprintf(&wire, "%s %s\n", p.Time.Format("15:04:05.000"), p)
+			}
+			t.Logf("dnsmasq log:\n%s\ndhcp daemon log:\n%s\nDHCP on the server's link:\n%s", lan.Log(), daemon.Log(), wire.String())
 		}
 	})
 	return &dhcpEnv{lan: lan, daemon: daemon, r: r, bins: r.binDirs, testNS: self}
