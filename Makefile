@@ -6,7 +6,7 @@ CNI_BIN  ?= /opt/cni/bin
 SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 
 # Reference CNI plugins, pinned by go.mod (tool directives).
-CNI_PLUGIN_PKGS := $(addprefix github.com/containernetworking/plugins/plugins/,main/bridge main/ptp main/macvlan main/host-device ipam/host-local ipam/static meta/portmap meta/firewall meta/tuning meta/bandwidth)
+CNI_PLUGIN_PKGS := $(addprefix github.com/containernetworking/plugins/plugins/,main/bridge main/ptp main/macvlan main/host-device ipam/host-local ipam/static ipam/dhcp meta/portmap meta/firewall meta/tuning meta/bandwidth)
 
 # Tests share one host (links, netns, iptables, dockerd) and end with host-wide leak checks, so test runs
 # never overlap: each takes this lock (-o: processes a test leaves running, such as a restarted dockerd,

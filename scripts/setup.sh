@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # From a fresh Debian machine to a working cniplug: installs what is missing (docker.io, docker-compose, iptables, iproute2,
-# busybox-static), starts dockerd (today's engine by default, built and cached by scripts/install-engine.sh;
+# busybox-static, dnsmasq-base), starts dockerd (today's engine by default, built and cached by scripts/install-engine.sh;
 # CNIPLUG_ENGINE=20.10 for Debian's), builds cniplug and the pinned reference CNI plugins, installs the plugins
 # into /opt/cni/bin (never overwriting existing ones), adds a demo CNI bridge network, starts cniplug as a host
 # (v1) plugin and shows two containers on that CNI network pinging each other. Safe to run again.
@@ -12,8 +12,9 @@ command -v go >/dev/null || { echo "Go (the version in go.mod) is required to bu
 
 say "packages"
 need=()
-# debootstrap makes the managed plugin's base image offline; docker-registry serves the plugin push/install test.
-for p in docker.io docker-compose iptables iproute2 busybox-static make debootstrap docker-registry; do
+# debootstrap makes the managed plugin's base image offline; docker-registry serves the plugin push/install test;
+# dnsmasq-base (the binary only, no service) is the DHCP server of the cnibridge DHCP tests.
+for p in docker.io docker-compose iptables iproute2 busybox-static make debootstrap docker-registry dnsmasq-base; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
