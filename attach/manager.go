@@ -105,21 +105,35 @@ func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state
 
 // Join lets the attachment's traffic through the host firewall as the policy says and puts its link where
 // the container gets it. This is the choice point between the two attachment paths, which share everything
-// else: when the policy asks for it and the engine created the container's netns before Join (Docker 28+,
-// sandboxKey names it), cniplug moves the link straight into it; otherwise (Docker 20.10-27 create it later)
-// the link is handed to Docker in the host netns for Docker to move. Teardown finds the link either way.
-func (m *Manager) Join(a *state.Attachment, p JoinPolicy, sandboxKey string) error {
+// else: when the engine created the container's netns before Join (Docker 28+, sandboxKey names it) and the
+// policy asks for it, or the chain leases its address by DHCP, cniplug moves the link straight into it;
+// otherwise (Docker 20.10-27 create it later) the link is handed to Docker in the host netns for Docker to
+// move. Teardown finds the link either way.
+func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, sandboxKey string) error {
 	unlock := m.locks.lock(a.ID())
 	defer unlock()
+	nw, err := cnibridge.ParseNetwork(a.Conflist)
+	if err != nil {
+		return fmt.Errorf("recorded conflist of CNI network %q: %w", a.Network, err)
+	}
+	// The dhcp daemon renews a lease from the netns it was acquired in: the lease must follow the link into
+	// the container, which only a netns that exists at Join allows.
+	dhcp := nw.UsesDHCP()
+	intoSandbox := (p.IntoSandbox || dhcp) && cnibridge.SandboxReady(sandboxKey)
+	if dhcp && !intoSandbox {
+		return fmt.Errorf("CNI network %q leases its address by DHCP, and the DHCP lease must be renewed from the container's network namespace: this Docker engine creates it only after Join (Docker 28 or newer creates it before)", a.Network)
+	}
 	allowForward, err := m.planForward(a, p)
 	if err != nil {
 		return err
 	}
-	intoSandbox := p.IntoSandbox && cnibridge.SandboxReady(sandboxKey)
 	if intoSandbox {
 		if err := m.cni.PlanSandboxJoin(&a.Attachment, sandboxKey); err != nil {
 			return err
 		}
+		// Recorded before the hand-over: teardown then releases with the container's key, which is harmless
+		// if the hand-over never happened (the staging lease is released by the chain's DEL).
+		a.LeaseInSandbox = dhcp
 	}
 	// One durable write records the rules and where the link goes, before either is applied, so that
 	// teardown finds them.
@@ -140,8 +154,13 @@ func (m *Manager) Join(a *state.Attachment, p JoinPolicy, sandboxKey string) err
 	if err := m.cni.JoinSandbox(&a.Attachment, a.RequestMAC); err != nil {
 		return err
 	}
+	if dhcp {
+		if err := m.cni.HandOverLease(ctx, &a.Attachment); err != nil {
+			return err
+		}
+	}
 	m.log.Info("link moved into the container", "attachment", a.ID(), "cni_network", a.Network, "network", a.NetworkID,
-		"endpoint", a.EndpointID, "netns", a.Sandbox, "ifname", a.SandboxIfName)
+		"endpoint", a.EndpointID, "netns", a.Sandbox, "ifname", a.SandboxIfName, "dhcp", dhcp)
 	return nil
 }
 

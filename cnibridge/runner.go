@@ -54,6 +54,7 @@ type ExecObserver interface {
 // Attachment it returns and serialize operations on one attachment.
 type Runner struct {
 	cni      *libcni.CNIConfig
+	exec     *boundedExec // the one way CNI plugins are exec'd, also outside libcni (execDHCP)
 	binDirs  []string
 	netnsDir string
 	cacheDir string
@@ -84,8 +85,10 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	exec := &boundedExec{observer: cfg.ExecObserver, path: cfg.PluginPATH}
 	return &Runner{
-		cni:      libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, &boundedExec{observer: cfg.ExecObserver, path: cfg.PluginPATH}),
+		cni:      libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, exec),
+		exec:     exec,
 		binDirs:  cfg.BinDirs,
 		netnsDir: cfg.NetNSDir,
 		cacheDir: cfg.CacheDir,
@@ -110,8 +113,11 @@ type Attachment struct {
 	HostIfName  string `json:"hostIfName"`  // link name while it waits in the host netns
 	// Sandbox and SandboxIfName: the container's netns and the link's name there, when cniplug moved the link
 	// into the container itself (JoinSandbox) instead of handing it to Docker.
-	Sandbox        string         `json:"sandbox,omitempty"`
-	SandboxIfName  string         `json:"sandboxIfName,omitempty"`
+	Sandbox       string `json:"sandbox,omitempty"`
+	SandboxIfName string `json:"sandboxIfName,omitempty"`
+	// LeaseInSandbox: the DHCP leases were handed over to the container's netns (HandOverLease); teardown
+	// releases them with that key.
+	LeaseInSandbox bool           `json:"leaseInSandbox,omitempty"`
 	Network        string         `json:"network"`  // CNI network name
 	Conflist       []byte         `json:"conflist"` // exact bytes used for ADD, reused for DEL
 	Args           [][2]string    `json:"args,omitempty"`
@@ -263,6 +269,10 @@ func (r *Runner) Teardown(ctx context.Context, att *Attachment) error {
 		if err := createNetNS(att.NetNS); err != nil {
 			return fmt.Errorf("recreating staging netns for DEL: %w", err)
 		}
+	}
+	if err := r.releaseLease(ctx, nw, att); err != nil {
+		// DEL still runs; the lease expires on the server.
+		r.log.Warn("could not release the DHCP lease from the container's netns", "attachment", att.ContainerID, "cni_network", att.Network, "error", err)
 	}
 	if err := r.returnLink(att, nw); err != nil {
 		// DEL still runs: it releases addresses and rules even when the link cannot be recovered.

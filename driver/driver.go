@@ -421,7 +421,7 @@ func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.J
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "unknown to %s (its state was lost?): %w", d.name, err)
 	}
-	if err := d.mgr.Join(a, attach.PolicyOf(nw), req.SandboxKey); err != nil {
+	if err := d.mgr.Join(ctx, a, attach.PolicyOf(nw), req.SandboxKey); err != nil {
 		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
 	}
 	resp := &network.JoinResponse{
