@@ -161,14 +161,14 @@ func (s *Supervisor) findBinary() (string, error) {
 func (s *Supervisor) removeStaleSocket() error {
 	path := s.SocketPath()
 	fi, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return nil // nothing to remove; the daemon reports a path it cannot use
 	}
 	if err != nil {
 		return fmt.Errorf("checking the DHCP daemon's socket %s: %w", path, err)
 	}
 	if fi.Mode().Type() != fs.ModeSocket {
-		return fmt.Errorf("cannot start the DHCP daemon: %s exists and is not a socket (%s); move it away or choose another socket", path, fi.Mode().Type())
+		return fmt.Errorf("cannot start the DHCP daemon: %s exists and is not a socket (mode %s); move it away or choose another socket", path, fi.Mode())
 	}
 	if s.Answering() { // checked again right before removing: never pull the socket from under a live daemon
 		return nil
@@ -390,7 +390,9 @@ func waitExit(ctx context.Context, pid int, exited <-chan struct{}) bool {
 	}
 }
 
-// alive reports whether pid exists and is not a zombie (a daemon whose parent did not reap it yet).
+// alive reports whether pid exists and is not a zombie (a daemon whose parent did not reap it yet). A
+// multi-threaded process being killed shows its leader as a zombie while other threads still hold its files
+// (the socket answers): it counts as alive until only the leader is left.
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -401,8 +403,11 @@ func alive(pid int) bool {
 	if i < 0 || i+2 >= len(b) {
 		return false
 	}
-	st := b[i+2]
-	return st != 'Z' && st != 'X'
+	if st := b[i+2]; st != 'Z' && st != 'X' {
+		return true
+	}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	return len(tasks) > 1
 }
 
 func writePid(path string, pid int) error {
