@@ -217,6 +217,17 @@ func TestSupervisor(t *testing.T) {
 			}
 			testutil.Must(t, s.Stop(ctxT(t)))
 		}},
+		{"a daemon of ours that stopped answering is replaced", func(t *testing.T, s *Supervisor, cfg Config) {
+			testutil.Must(t, s.Ensure(ctxT(t)))
+			pid := recordedPid(t, cfg)
+			testutil.Must(t, os.Remove(cfg.Socket)) // it listens on, unreachable
+			testutil.Must(t, s.Ensure(ctxT(t)))
+			waitGone(t, pid)
+			if got := onlyDaemon(t, cfg.Socket); got == pid || got != recordedPid(t, cfg) || !s.Answering() {
+				t.Errorf("after replacing: daemon %d, pid file %d, old %d, answering %v", got, recordedPid(t, cfg), pid, s.Answering())
+			}
+			testutil.Must(t, s.Stop(ctxT(t)))
+		}},
 		{"Stop leaves a recycled pid alone", func(t *testing.T, s *Supervisor, cfg Config) {
 			sleep := exec.Command("sleep", "60")
 			testutil.Must(t, sleep.Start())
@@ -263,6 +274,26 @@ func TestForeignDaemon(t *testing.T) {
 	if !s.Answering() || !alive(foreign.Process.Pid) {
 		t.Fatal("Stop stopped the foreign daemon")
 	}
+}
+
+// TestHostPrefix: with -hostprefix the daemon listens on HostPrefix+Socket, and the supervisor looks there.
+func TestHostPrefix(t *testing.T) {
+	prefix := t.TempDir()
+	s, cfg := newSupervisor(t, "/run/"+filepath.Base(prefix)+"/dhcp.sock")
+	cfg.HostPrefix = prefix
+	s = New(cfg)
+	killAtEnd(t, cfg.Socket)
+	testutil.Must(t, s.Ensure(ctxT(t)))
+	if fi, err := os.Lstat(prefix + cfg.Socket); err != nil || fi.Mode().Type() != fs.ModeSocket {
+		t.Fatalf("no socket at %s: %v", prefix+cfg.Socket, err)
+	}
+	assertNotExist(t, cfg.Socket)
+	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(recordedPid(t, cfg)) + "/cmdline")
+	if !strings.Contains(string(cmdline), "-hostprefix\x00"+prefix) {
+		t.Errorf("daemon command line %q lacks -hostprefix %s", cmdline, prefix)
+	}
+	testutil.Must(t, s.Stop(ctxT(t)))
+	assertNotExist(t, prefix+cfg.Socket)
 }
 
 // TestEnsureErrors: what an operator reads when the daemon cannot be started.
