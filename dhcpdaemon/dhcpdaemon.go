@@ -3,6 +3,11 @@
 // from its memory: it must run for as long as any DHCP lease lives, across cniplug restarts. The supervisor
 // starts it on demand in a session of its own, records its pid in a pid file so that a later cniplug process
 // can stop it, and uses (never stops) a daemon the operator runs on the same socket.
+//
+// A session of its own does not take the daemon out of cniplug's cgroup: under systemd (packaging's unit has
+// KillMode=mixed) stopping or restarting cniplug.service SIGKILLs it with the rest of the unit's processes,
+// and in the managed plugin it lives and dies with the plugin's container. The daemon sends no DHCPRELEASE
+// when it stops; its leases are simply no longer renewed.
 package dhcpdaemon
 
 import (
