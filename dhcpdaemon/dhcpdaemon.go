@@ -134,6 +134,9 @@ func (s *Supervisor) Ensure(ctx context.Context) error {
 		if err == nil {
 			return nil
 		}
+		if ctx.Err() != nil { // the caller gave up; not a reason to kill a daemon that may hold leases
+			return fmt.Errorf("waiting for the DHCP daemon (pid %d) to answer on %s: %w", pid, s.SocketPath(), ctx.Err())
+		}
 		s.cfg.Logger.Warn("dhcp daemon does not answer on its socket; replacing it", "pid", pid, "socket", s.SocketPath())
 		if err := s.terminate(ctx, pid); err != nil {
 			return err
