@@ -26,9 +26,12 @@ COPY packaging/cni/ /opt/cniplug/cni/net.d/
 
 # The host's /run is mounted at /host/run (config.json). The paths CNI plugins and cniplug use point into
 # it, so they are the same inside the plugin and on the host: staging namespaces (/run/netns, which the
-# host's DHCP daemon opens by path), flannel's subnet file and the DHCP daemon's socket (/run/cni).
-RUN mkdir -p /host/run /etc/cni/net.d /opt/cni/bin /var/lib/cni /var/lib/cniplug && \
+# host's DHCP daemon opens by path), flannel's subnet file, the DHCP daemon's socket (/run/cni), and the
+# containers' namespaces whose paths Docker sends at Join (/var/run/docker/netns, for direct join; only that
+# directory: /run/docker/plugins is where Docker expects this plugin's own socket).
+RUN mkdir -p /host/run /etc/cni/net.d /opt/cni/bin /var/lib/cni /var/lib/cniplug /run/docker && \
     for d in netns flannel cni; do rm -rf "/run/$d" && ln -s "/host/run/$d" "/run/$d"; done && \
+    rm -rf /run/docker/netns && ln -s /host/run/docker/netns /run/docker/netns && \
     chmod 0755 /usr/local/bin/cniplug /usr/local/bin/cniplug-entrypoint /opt/cniplug/cni/bin/*
 
 ENTRYPOINT ["/usr/local/bin/cniplug-entrypoint"]

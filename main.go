@@ -17,6 +17,7 @@ import (
 	"github.com/cniplug/cniplug/cli"
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/cniconf"
+	"github.com/cniplug/cniplug/dhcpdaemon"
 	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/driver"
 	"github.com/cniplug/cniplug/ipam"
@@ -143,7 +144,10 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	}
 	defer runner.Close()
 	v4, v6 := iptables.IPTables()
-	mgr := attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6, RemovalObserver: m})
+	// The dhcp IPAM plugin's daemon on its default socket, started when a DHCP network first needs it.
+	leases := dhcpdaemon.New(dhcpdaemon.Config{BinDirs: filepath.SplitList(c.binDirs), StateDir: c.stateDir, Logger: log})
+	mgr := attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6,
+		RemovalObserver: m, LeaseDaemon: leases})
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)

@@ -28,6 +28,7 @@ type Manager struct {
 	removals sync.WaitGroup // background removals (RemoveLater)
 
 	removalObserver RemovalObserver
+	leaseDaemon     LeaseDaemon
 
 	ports     portsState // host port publishing (ports.go)
 	iptables  string     // the commands that publish ports; "" looks them up in PATH
@@ -44,6 +45,15 @@ type Config struct {
 	IPTables, IP6Tables string
 	// RemovalObserver, when set, is told the duration of every background removal (metrics).
 	RemovalObserver RemovalObserver
+	// LeaseDaemon, when set, is the dhcp daemon on its default socket, started before any CNI operation on a
+	// chain that needs it (dhcpdaemon.Supervisor).
+	LeaseDaemon LeaseDaemon
+}
+
+// LeaseDaemon keeps the dhcp IPAM plugin's daemon running.
+type LeaseDaemon interface {
+	Ensure(ctx context.Context) error
+	Stop(ctx context.Context) error
 }
 
 // RemovalObserver is told about each removal that runs after Docker had its answer (RemoveLater).
@@ -54,7 +64,7 @@ type RemovalObserver interface {
 // NewManager returns a Manager over the store and runner.
 func NewManager(cfg Config) *Manager {
 	return &Manager{store: cfg.Store, cni: cfg.Runner, log: cfg.Logger, iptables: cfg.IPTables, ip6tables: cfg.IP6Tables,
-		removalObserver: cfg.RemovalObserver}
+		removalObserver: cfg.RemovalObserver, leaseDaemon: cfg.LeaseDaemon}
 }
 
 // Store returns the state store the manager records into.
@@ -80,6 +90,9 @@ func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state
 	rec.Created = time.Now().UTC()
 	final := rec.Phase
 	rec.Phase = state.PhaseAdding
+	if err := m.ensureLeaseDaemon(ctx, req.Network); err != nil {
+		return nil, err
+	}
 	if err := m.store.PutAttachment(&rec); err != nil {
 		return nil, fmt.Errorf("recording attachment: %w", err)
 	}
@@ -155,6 +168,9 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 		return err
 	}
 	if dhcp {
+		if err := m.ensureLeaseDaemon(ctx, nw); err != nil {
+			return err
+		}
 		if err := m.cni.HandOverLease(ctx, &a.Attachment); err != nil {
 			return err
 		}
@@ -175,6 +191,11 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 	if _, err := m.store.Attachment(a.ID()); errors.Is(err, state.ErrNotFound) {
 		return nil
 	}
+	if nw, err := cnibridge.ParseNetwork(a.Conflist); err == nil {
+		if err := m.ensureLeaseDaemon(ctx, nw); err != nil {
+			return err // the DEL needs it to end the lease; a later Remove or reconciliation retries
+		}
+	}
 	if err := m.unpublish(ctx, a); err != nil {
 		return err
 	}
@@ -191,6 +212,53 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 	m.log.Info("attachment removed", "attachment", a.ID(), "cni_network", a.Network, "network", a.NetworkID,
 		"endpoint", a.EndpointID, "address", a.Interface.IPv4)
 	return nil
+}
+
+// ensureLeaseDaemon starts the dhcp daemon when the chain leases by DHCP through its default socket.
+func (m *Manager) ensureLeaseDaemon(ctx context.Context, nw *cnibridge.Network) error {
+	if m.leaseDaemon == nil || !nw.UsesDefaultDHCPDaemon() {
+		return nil
+	}
+	if err := m.leaseDaemon.Ensure(ctx); err != nil {
+		return fmt.Errorf("CNI network %q leases its address by DHCP, and its dhcp daemon could not be started: %w", nw.Name, err)
+	}
+	return nil
+}
+
+// StopLeaseDaemonIfUnused stops the dhcp daemon cniplug started once no recorded network, pool or attachment
+// uses it any more: nothing is leased through it then.
+func (m *Manager) StopLeaseDaemonIfUnused(ctx context.Context) error {
+	if m.leaseDaemon == nil {
+		return nil
+	}
+	var conflists [][]byte
+	nets, err := m.store.Networks()
+	if err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	for _, n := range nets {
+		conflists = append(conflists, n.Conflist)
+	}
+	pools, err := m.store.Pools()
+	if err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	for _, p := range pools {
+		conflists = append(conflists, p.Conflist)
+	}
+	atts, err := m.store.Attachments()
+	if err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	for _, a := range atts {
+		conflists = append(conflists, a.Conflist)
+	}
+	for _, c := range conflists {
+		if nw, err := cnibridge.ParseNetwork(c); err == nil && nw.UsesDefaultDHCPDaemon() {
+			return nil
+		}
+	}
+	return m.leaseDaemon.Stop(ctx)
 }
 
 // RemoveLater records the attachment as deleting (durably) and tears it down in the background through

@@ -42,6 +42,20 @@ func (n *Network) dhcpSections() []json.RawMessage {
 // must be handed over to the container's netns once the link is there (HandOverLease).
 func (n *Network) UsesDHCP() bool { return len(n.dhcpSections()) > 0 }
 
+// UsesDefaultDHCPDaemon reports whether a plugin of the chain leases by DHCP through the daemon on its
+// default socket (no daemonSocketPath in its ipam section), the one cniplug supervises.
+func (n *Network) UsesDefaultDHCPDaemon() bool {
+	for _, ipam := range n.dhcpSections() {
+		var conf struct {
+			Socket string `json:"daemonSocketPath"`
+		}
+		if json.Unmarshal(ipam, &conf) == nil && conf.Socket == "" {
+			return true
+		}
+	}
+	return false
+}
+
 // HandOverLease moves the attachment's DHCP leases from its staging netns to the container's, where the link
 // is now (JoinSandbox): the dhcp daemon keys a lease by container ID, network and interface name only, and
 // keeps renewing it from the netns it was acquired in, so once the link has left staging it silently stops

@@ -245,6 +245,9 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 			d.log.Warn("network deleted but its bridge was not", "network", req.NetworkID, "error", err)
 		}
 	}
+	if err := d.mgr.StopLeaseDaemonIfUnused(ctx); err != nil {
+		d.log.Warn("network deleted but the dhcp daemon nothing needs any more was not stopped", "network", req.NetworkID, "error", err)
+	}
 	d.log.Info("network deleted", "network", req.NetworkID)
 	return nil, nil
 }

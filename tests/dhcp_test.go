@@ -1,0 +1,137 @@
+package tests
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cniplug/cniplug/internal/testutil"
+)
+
+// dhcpNet writes a conflist that puts containers on lan by DHCP (macvlan over the LAN bridge, the dhcp IPAM
+// plugin with the daemon on daemonSocket, "" for the default one cniplug starts), and returns it with the
+// LAN's subnet and router as the network's.
+func dhcpNet(t *testing.T, lan *testutil.DHCPLAN, daemonSocket string) cniNet {
+	t.Helper()
+	n := cniNet{Name: testutil.UniqueName("e2edhcp"), Subnet: lan.Subnet.String(), Gateway: lan.ServerIP.String()}
+	n.Prefix = strings.TrimSuffix(lan.Subnet.IP.String(), "0")
+	ipam := `{"type":"dhcp"}`
+	if daemonSocket != "" {
+		ipam = fmt.Sprintf(`{"type":"dhcp","daemonSocketPath":%q}`, daemonSocket)
+	}
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[
+		{"type":"macvlan","master":%q,"mode":"bridge","ipam":%s}]}`, n.Name, lan.Bridge, ipam)
+	path := testutil.WriteFile(t, env.confDir, n.Name+".conflist", conf)
+	t.Cleanup(func() { _ = os.Remove(path) })
+	return n
+}
+
+// TestDHCP: containers on the LAN by DHCP, through the dhcp IPAM plugin and the daemon cniplug starts on its
+// default socket, in the addressing ways that let CNI choose the address. On Docker 28+ the container gets
+// the server's address and router, keeps its lease renewed from its own netns while it runs (T1 is 4 s
+// here), and releases it on rm -f and on disconnect. On 20.10, which creates the container's netns after
+// Join, `docker run` fails saying why, and the lease the ADD took is released again. Once the network is
+// removed, nothing needs the daemon and it is stopped.
+// defaultDHCPDaemon is what the command line of the dhcp daemon on its default socket contains.
+const defaultDHCPDaemon = "-socketpath /run/cni/dhcp.sock"
+
+func TestDHCP(t *testing.T) {
+	for _, mode := range []addressing{nullIPAM, cniIPAM} {
+		t.Run(string(mode), func(t *testing.T) {
+			requireSuite(t)
+			if testutil.PidsMatching(defaultDHCPDaemon) != nil {
+				t.Skip("skipping: a dhcp daemon already runs on " + defaultDHCPDaemon)
+			}
+			lan := testutil.NewDHCPLAN(t, testutil.DHCPLANOptions{T1: 4 * time.Second})
+			n := dhcpNet(t, lan, "")
+			t.Cleanup(func() {
+				// After the network's removal (cleanups run last first).
+				if pids := testutil.PidsMatching(defaultDHCPDaemon); len(pids) > 0 {
+					t.Errorf("the dhcp daemon (pids %v) still runs after its last network was removed", pids)
+					testutil.KillMatching(t, defaultDHCPDaemon)
+				}
+			})
+			nw := createNetwork(t, n, mode)
+
+			if engineIs2010(t) {
+				name := testutil.UniqueName("dc")
+				t.Cleanup(func() { _, _ = dockerErr("rm", "-f", name) })
+				out, err := dockerErr("run", "-d", "--name", name, "--net", nw, image, "sleep", "60")
+				if err == nil || !strings.Contains(out, "leases its address by DHCP") {
+					t.Fatalf("docker run on 20.10: err %v, output %q; want the DHCP refusal", err, out)
+				}
+				waitFor(t, 20*time.Second, "the refused container's lease to be released", func() bool { return len(lan.Leases(t)) == 0 })
+				return
+			}
+
+			c := runContainer(t, nw)
+			ep := inspectEndpoint(t, c, nw)
+			ip := net.ParseIP(ep.IPAddress)
+			if ip == nil || !lan.Subnet.Contains(ip) || ep.Gateway != lan.ServerIP.String() {
+				t.Fatalf("inspect: address %q gateway %q, want an address of %s from the server and gateway %s", ep.IPAddress, ep.Gateway, lan.Subnet, lan.ServerIP)
+			}
+			if in := containerLink(t, c, ep.IPAddress); in.Name != "eth0" || !strings.EqualFold(in.MAC, ep.MacAddress) || in.DefaultGateway != lan.ServerIP.String() {
+				t.Errorf("in the container: %+v; want eth0 with MAC %s and default route via %s", in, ep.MacAddress, lan.ServerIP)
+			}
+			if l, ok := lan.LeaseFor(t, ip); !ok || !strings.EqualFold(l.MAC, ep.MacAddress) {
+				t.Errorf("the server has no lease of %s for MAC %s: %+v", ip, ep.MacAddress, lan.Leases(t))
+			}
+			ping(t, c, lan.ServerIP.String())
+
+			// Renewals: at every T1 (4 s) a DHCPREQUEST/DHCPACK for the address, from the container's netns
+			// (the staging netns no longer has the link: renewals from there would stop at once).
+			acks := regexp.MustCompile(`DHCPACK\(\S+\) ` + regexp.QuoteMeta(ep.IPAddress) + ` `)
+			before := len(lan.LogLines(acks))
+			time.Sleep(11 * time.Second)
+			if renewed := len(lan.LogLines(acks)) - before; renewed < 2 {
+				t.Errorf("%d renewals of %s in 11 s with T1 = 4 s, want at least 2:\n%s", renewed, ep.IPAddress, lan.Log())
+			}
+			ping(t, c, lan.ServerIP.String())
+
+			// disconnect releases the lease; connect leases one again.
+			docker(t, "network", "disconnect", nw, c)
+			released := regexp.MustCompile(`DHCPRELEASE\(\S+\) ` + regexp.QuoteMeta(ep.IPAddress) + ` `)
+			lan.WaitLog(t, released, 20*time.Second)
+			docker(t, "network", "connect", nw, c)
+			ep2 := inspectEndpoint(t, c, nw)
+			ping(t, c, lan.ServerIP.String())
+
+			docker(t, "rm", "-f", c)
+			lan.WaitLog(t, regexp.MustCompile(`DHCPRELEASE\(\S+\) `+regexp.QuoteMeta(ep2.IPAddress)+` `), 20*time.Second)
+			waitFor(t, 20*time.Second, "the server to hold no lease", func() bool { return len(lan.Leases(t)) == 0 })
+		})
+	}
+}
+
+// TestDHCPNoServer: with no DHCP server answering, `docker run` fails within Docker's plugin timeout with an
+// error naming the CNI network, and nothing is left.
+func TestDHCPNoServer(t *testing.T) {
+	requireSuite(t)
+	if env.managed {
+		t.Skip("skipping: the managed plugin does not reach a dhcp daemon on the host yet (see README, Containers on your LAN)")
+	}
+	br := testutil.UniqueName("e2elan")
+	testutil.Run(t, "ip", "link", "add", br, "type", "bridge")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
+	testutil.Run(t, "ip", "link", "set", br, "up")
+	daemon := testutil.StartDHCPDaemon(t, env.cniBinDir, "-timeout", "3s", "-resendmax", "4s")
+	lan := &testutil.DHCPLAN{Bridge: br, Subnet: &net.IPNet{IP: net.IPv4(10, 0, 0, 0), Mask: net.CIDRMask(24, 32)}, ServerIP: net.IPv4(10, 0, 0, 1)}
+	n := dhcpNet(t, lan, daemon.Socket)
+	nw := createNetwork(t, n, nullIPAM)
+	name := testutil.UniqueName("dc")
+	t.Cleanup(func() { _, _ = dockerErr("rm", "-f", name) })
+	start := time.Now()
+	out, err := dockerErr("run", "-d", "--name", name, "--net", nw, image, "sleep", "60")
+	took := time.Since(start)
+	if err == nil {
+		t.Fatalf("docker run without a DHCP server succeeded")
+	}
+	if !strings.Contains(out, n.Name) || took > 30*time.Second {
+		t.Errorf("after %s: %s; want an error naming CNI network %s within Docker's 30 s", took.Round(time.Second), out, n.Name)
+	}
+}
