@@ -486,12 +486,16 @@ func TestDHCPHandOverToContainerNetNS(t *testing.T) {
 		// the container key: what cniplug's Teardown meets when the link or the container's netns is gone
 		// before it runs releaseLease.
 		delAfterLeave bool
-		release       releaseOutcome // of the container-side lease at that DEL
+		// netnsGone: the container's netns is unmounted (Docker removed the sandbox) before the DEL, with
+		// the link still in it; the daemon's lease goroutine keeps that netns alive.
+		netnsGone bool
+		release   releaseOutcome // of the container-side lease at that DEL
 	}{
-		{"same ifname", "eth0", "", true, false, releaseProcessed},
-		{"same ifname, DEL after the link left", "eth0", "", true, true, releaseNotSent},
-		{"other ifname", "eth1", "", false, false, releaseNotSent},
-		{"other ifname, client-id provided", "eth1", "cniplug-test-client", true, false, releaseUnknown},
+		{"same ifname", "eth0", "", true, false, false, releaseProcessed},
+		{"same ifname, DEL after the link left", "eth0", "", true, true, false, releaseNotSent},
+		{"same ifname, DEL after the netns was removed", "eth0", "", true, false, true, releaseProcessed},
+		{"other ifname", "eth1", "", false, false, false, releaseNotSent},
+		{"other ifname, client-id provided", "eth1", "cniplug-test-client", true, false, false, releaseUnknown},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newDHCPEnv(t)
@@ -548,6 +552,9 @@ func TestDHCPHandOverToContainerNetNS(t *testing.T) {
 			if tc.delAfterLeave {
 				e.outOfContainer(t, att, ctr, tc.ctrIf)
 			}
+			if tc.netnsGone {
+				testutil.Must(t, removeNetNS(ctr))
+			}
 			testutil.Must(t, cni.DelNetworkList(ctx, list, rt))
 			e.waitDaemonLog(t, regexp.MustCompile(regexp.QuoteMeta(clientIDOf(att, tc.ctrIf))+`: releasing lease`), 5*time.Second)
 			fails := e.daemon.LogLines(releaseFailRE)
@@ -570,7 +577,8 @@ func TestDHCPHandOverToContainerNetNS(t *testing.T) {
 					t.Errorf("dnsmasq dropped the staging lease of %s", ip)
 				}
 			}
-			if !tc.delAfterLeave {
+			// With netnsGone the link goes away with the netns once the daemon's goroutine has left it.
+			if !tc.netnsGone && !tc.delAfterLeave {
 				e.outOfContainer(t, att, ctr, tc.ctrIf)
 			}
 		})
