@@ -20,7 +20,7 @@ import (
 	"github.com/cniplug/cniplug/internal/testutil"
 )
 
-// These tests establish how the reference dhcp IPAM plugin (v1.9.1) and its daemon behave under cniplug's
+// These tests establish how the reference dhcp IPAM plugin (v1.10.0) and its daemon behave under cniplug's
 // staging netns (issue 12, containers on the LAN by DHCP): the daemon acquires the lease from inside
 // CNI_NETNS and keeps renewing it from there, while cniplug moves the link out of that netns and Docker moves
 // it into the container's. They run the real plugins against dnsmasq on a test LAN (internal/testutil
@@ -79,9 +79,10 @@ func (e *dhcpEnv) dhcpIPAM(clientID ...string) string {
 var dhcpPlugins = []struct {
 	name   string
 	plugin func(e *dhcpEnv, clientID ...string) string
-	// releaseOnDEL: the main plugin runs IPAM DEL while the link still exists (macvlan), so the daemon can
-	// send DHCPRELEASE; the bridge plugin deletes the veth first (bridge.go cmdDel: "call ipam.ExecDel after
-	// clean up device in netns"), so the daemon finds no link to send from.
+	// releaseOnDEL: the main plugin runs IPAM DEL while the link still exists with its address (macvlan),
+	// so the daemon can send DHCPRELEASE from the leased address; the bridge plugin deletes the veth first
+	// (bridge.go cmdDel: "call ipam.ExecDel after clean up device in netns"), so the address is gone and the
+	// daemon cannot bind <leased IP>:68 to send from.
 	releaseOnDEL bool
 }{
 	{"macvlan", func(e *dhcpEnv, clientID ...string) string {
@@ -143,7 +144,16 @@ var (
 	terminatedRE  = regexp.MustCompile(`no longer exists or link check failed, terminating lease maintenance`)
 	renewedRE     = regexp.MustCompile(`lease renewed, expiration is`)
 	releaseFailRE = regexp.MustCompile(`failed to release DHCP lease`)
+	checkingRE    = regexp.MustCompile(`Checking lease`)
 )
+
+// bindFailRE matches the daemon's log line for a release it could not send because ip is not configured in
+// the lease's netns: v1.10.0 sends DHCPRELEASE unicast from the leased address (lease.go release():
+// nclient4.WithUnicast(<yiaddr>:68), upstream #1279), and nclient4 binds that UDP address before sending.
+func bindFailRE(ip net.IP) *regexp.Regexp {
+	return regexp.MustCompile(`failed to release DHCP lease: .*listen udp4 ` + regexp.QuoteMeta(ip.String()) +
+		`:68: bind: cannot assign requested address`)
+}
 
 // intoContainer does what Docker does with the link cniplug left in the host netns at Join: moves it into
 // the container's netns, names it ifName (eth0 when not given) there, and configures the address from the
@@ -235,40 +245,94 @@ func (e *dhcpEnv) wireFor(typ string, ip net.IP) []testutil.DHCPPacket {
 	return out
 }
 
-// assertReleaseIgnored checks what DEL achieves with dnsmasq: a DHCPRELEASE reaches the server's link when
-// sent is true (none when false), dnsmasq logs none, and the lease stays in its lease file. The daemon sends
-// its release through a raw socket from 0.0.0.0 to the server's unicast address (lease.go release(): a
-// client without nclient4.WithUnicast), and the server's kernel drops such a datagram as a martian source
-// before it reaches dnsmasq's UDP socket (upstream containernetworking/plugins#1278, fixed after v1.9.1).
-func (e *dhcpEnv) assertReleaseIgnored(t *testing.T, ip net.IP, sent bool) {
+// releaseOutcome is what a DEL's DHCPRELEASE achieves with dnsmasq.
+type releaseOutcome int
+
+const (
+	// releaseNotSent: no DHCPRELEASE for the address reaches the server's link, dnsmasq logs none, and it
+	// keeps the lease (until it expires).
+	releaseNotSent releaseOutcome = iota
+	// releaseProcessed: one DHCPRELEASE, sent from the leased address itself (v1.10.0, upstream #1279), with
+	// the lease's client-id; dnsmasq logs "DHCPRELEASE(<if>) <ip> <mac>" and drops the lease.
+	releaseProcessed
+	// releaseUnknown: one DHCPRELEASE from the leased address, but with a client-id other than the lease's
+	// (wireClientID); dnsmasq logs "DHCPRELEASE(<if>) <ip> <mac> unknown lease" and keeps the lease.
+	releaseUnknown
+)
+
+func (o releaseOutcome) String() string {
+	return [...]string{"not sent", "processed", "unknown lease"}[o]
+}
+
+// assertRelease checks what DEL's release of ip achieved with dnsmasq. wireClientID is the client-id the
+// DHCPRELEASE must carry on the wire when one is sent (the lease's for releaseProcessed).
+func (e *dhcpEnv) assertRelease(t *testing.T, ip net.IP, want releaseOutcome, wireClientID string) {
 	t.Helper()
 	time.Sleep(time.Second) // time for a release to reach the server and its log
+	lease, hadLease := e.lan.LeaseFor(t, ip)
 	wire := e.wireFor("RELEASE", ip)
-	if sent {
-		if len(wire) != 1 {
-			t.Errorf("DHCPRELEASEs for %s on the wire: %v, want one", ip, wire)
-		} else {
-			t.Logf("DHCPRELEASE on the wire: %s", wire[0])
-			if !wire[0].Src.IsUnspecified() {
-				t.Errorf("DHCPRELEASE sent from %s: the plugin now sends from its address (upstream fix?): revisit docs/dhcp-findings.md", wire[0].Src)
-			}
+	logged := e.lan.LogLines(releaseRE(ip))
+	t.Logf("release of %s (want %s): wire %v; dnsmasq %q", ip, want, wire, logged)
+	if want == releaseNotSent {
+		if len(wire) > 0 {
+			t.Errorf("DHCPRELEASEs for %s on the wire: %v, want none", ip, wire)
 		}
-	} else if len(wire) > 0 {
-		t.Errorf("DHCPRELEASEs for %s on the wire: %v, want none", ip, wire)
+		if len(logged) > 0 {
+			t.Errorf("dnsmasq logged a DHCPRELEASE: %q, want none", logged)
+		}
+		if !hadLease {
+			t.Errorf("dnsmasq dropped the lease of %s", ip)
+		}
+		return
 	}
-	if l := e.lan.LogLines(releaseRE(ip)); len(l) > 0 {
-		t.Errorf("dnsmasq processed a DHCPRELEASE: %q", l)
+	if len(wire) != 1 {
+		t.Errorf("DHCPRELEASEs for %s on the wire: %v, want one", ip, wire)
+	} else {
+		if !wire[0].Src.Equal(ip) {
+			t.Errorf("DHCPRELEASE sent from %s, want from the leased address %s (v1.10.0 unicast release)", wire[0].Src, ip)
+		}
+		if !wire[0].Dst.Equal(e.lan.ServerIP) {
+			t.Errorf("DHCPRELEASE sent to %s, want the server %s", wire[0].Dst, e.lan.ServerIP)
+		}
+		if wire[0].ClientID != wireClientID {
+			t.Errorf("DHCPRELEASE client-id %q, want %q", wire[0].ClientID, wireClientID)
+		}
 	}
-	if _, ok := e.lan.LeaseFor(t, ip); !ok {
-		t.Errorf("dnsmasq dropped the lease of %s", ip)
+	if len(logged) != 1 {
+		t.Fatalf("dnsmasq logged DHCPRELEASEs for %s: %q, want one", ip, logged)
 	}
+	unknown := strings.HasSuffix(strings.TrimSpace(logged[0]), "unknown lease")
+	switch want {
+	case releaseProcessed:
+		if unknown {
+			t.Errorf("dnsmasq: %q, want the release processed", logged[0])
+		}
+		if hadLease {
+			t.Errorf("dnsmasq kept the lease of %s after its release: %s", ip, lease.Raw)
+		}
+	case releaseUnknown:
+		if !unknown {
+			t.Errorf("dnsmasq: %q, want \"unknown lease\"", logged[0])
+		}
+		if !hadLease {
+			t.Errorf("dnsmasq dropped the lease of %s", ip)
+		}
+	}
+}
+
+// clientIDOf is the client-id the plugin generates for an attachment's key with ifName (daemon.go
+// generateClientID).
+func clientIDOf(att *Attachment, ifName string) string {
+	return att.ContainerID + "/" + att.Network + "/" + ifName
 }
 
 // ---------------------------------------------------------------------------------------------------------
 
 // TestDHCPLeaseInStagingNetNS (fact a): ADD through the Runner leases an address from the LAN's server, and
-// the daemon renews it at T1 while the link stays in the staging netns. Teardown (CNI DEL) stops the lease;
-// its DHCPRELEASE (macvlan only) never reaches dnsmasq, so the server keeps the lease until it expires.
+// the daemon renews it at T1 while the link stays in the staging netns. Teardown (CNI DEL) stops the lease.
+// macvlan: IPAM DEL runs while the link still has the address, so the DHCPRELEASE goes out unicast from it
+// and dnsmasq drops the lease. bridge: the veth (and its address) is gone before IPAM DEL, the daemon cannot
+// bind <ip>:68, sends nothing, and the server keeps the lease until it expires.
 func TestDHCPLeaseInStagingNetNS(t *testing.T) {
 	for _, p := range dhcpPlugins {
 		t.Run(p.name, func(t *testing.T) {
@@ -284,10 +348,14 @@ func TestDHCPLeaseInStagingNetNS(t *testing.T) {
 			e.waitDaemonLog(t, renewedRE, time.Second)
 			testutil.Must(t, e.r.Teardown(context.Background(), att))
 			e.waitDaemonLog(t, regexp.MustCompile(`releasing lease`), 5*time.Second)
+			want := releaseProcessed
 			if !p.releaseOnDEL {
-				t.Logf("daemon: %q", e.waitDaemonLog(t, releaseFailRE, 5*time.Second))
+				want = releaseNotSent
+				t.Logf("daemon: %q", e.waitDaemonLog(t, bindFailRE(ip), 5*time.Second))
+			} else if l := e.daemon.LogLines(releaseFailRE); len(l) > 0 {
+				t.Errorf("daemon: %q, want the release sent", l)
 			}
-			e.assertReleaseIgnored(t, ip, p.releaseOnDEL)
+			e.assertRelease(t, ip, want, clientIDOf(att, att.IfName))
 		})
 	}
 }
@@ -315,7 +383,7 @@ func TestDHCPLinkMovedOutOfStaging(t *testing.T) {
 			}
 			e.outOfContainer(t, att, ctr)
 			testutil.Must(t, e.r.Teardown(context.Background(), att))
-			e.assertReleaseIgnored(t, ip, false)
+			e.assertRelease(t, ip, releaseNotSent, "")
 			if l := e.daemon.LogLines(regexp.MustCompile(`releasing lease`)); len(l) > 0 {
 				t.Errorf("daemon tried to release a lease it no longer maintains: %q", l)
 			}
@@ -366,6 +434,15 @@ func TestDHCPCheckFromContainerNetNS(t *testing.T) {
 			if hung != tc.afterStop {
 				t.Errorf("plugin hung = %v, want %v (err %v)", hung, tc.afterStop, err)
 			}
+			if tc.afterStop {
+				// The poke was never received: the goroutine that reads l.check has returned.
+				if l := e.daemon.LogLines(checkingRE); len(l) > 0 {
+					t.Errorf("daemon: %q, want no Checking lease (nobody reads the check channel)", l)
+				}
+				if err == nil || !strings.Contains(err.Error(), "signal: killed") {
+					t.Errorf("err = %v, want libcni's kill at the deadline", err)
+				}
+			}
 			if !tc.afterStop {
 				t.Logf("daemon: %q", e.waitDaemonLog(t, regexp.MustCompile(`Checking lease|terminating lease maintenance`), 5*time.Second))
 				e.waitDaemonLog(t, terminatedRE, 5*time.Second)
@@ -388,22 +465,37 @@ func TestDHCPCheckFromContainerNetNS(t *testing.T) {
 	}
 }
 
-// TestDHCPHandOverToContainerNetNS: what does keep a lease alive. After the link left the staging netns, a
-// DEL of the dhcp plugin alone makes the daemon forget its staging-side lease; its release fails (no eth0 in
-// the staging netns) and the server keeps the lease. An ADD of the dhcp plugin alone with CNI_NETNS = the
-// container's netns and CNI_IFNAME = the link's name there then acquires from the container's netns, and the
-// daemon renews it from there. The server gives the same address only for the same client-id: the plugin
-// derives it from the ifname unless the network provides option 61 itself.
+// TestDHCPHandOverToContainerNetNS: what does keep a lease alive, and what its DEL then achieves. After the
+// link left the staging netns, a DEL of the dhcp plugin alone makes the daemon forget its staging-side lease;
+// its release cannot be sent (the leased address is no longer configured in the staging netns: bind fails)
+// and the server keeps the lease. An ADD of the dhcp plugin alone with CNI_NETNS = the container's netns and
+// CNI_IFNAME = the link's name there then acquires from the container's netns, and the daemon renews it from
+// there. The server gives the same address only for the same client-id: the plugin derives it from the
+// ifname unless the network provides option 61 itself. The final DEL with the container key releases the
+// lease only when the link still carries that very address in the container's netns, and only when the
+// release's client-id (always the plugin's own: lease.go release() sends withClientID, not the provided
+// options) is the lease's.
 func TestDHCPHandOverToContainerNetNS(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		ctrIf    string // the link's name in the container
 		clientID string // provided client-id, "" for the plugin's own
 		sameIP   bool
+		// delAfterLeave: the link has left the container's netns (moved back to the host netns, which
+		// drops its addresses, as libnetwork does at Leave with the links it manages) before the DEL with
+		// the container key: what cniplug's Teardown meets when the link or the container's netns is gone
+		// before it runs releaseLease.
+		delAfterLeave bool
+		// netnsGone: the container's netns is unmounted (Docker removed the sandbox) before the DEL, with
+		// the link still in it; the daemon's lease goroutine keeps that netns alive.
+		netnsGone bool
+		release   releaseOutcome // of the container-side lease at that DEL
 	}{
-		{"same ifname", "eth0", "", true},
-		{"other ifname", "eth1", "", false},
-		{"other ifname, client-id provided", "eth1", "cniplug-test-client", true},
+		{"same ifname", "eth0", "", true, false, false, releaseProcessed},
+		{"same ifname, DEL after the link left", "eth0", "", true, true, false, releaseNotSent},
+		{"same ifname, DEL after the netns was removed", "eth0", "", true, false, true, releaseProcessed},
+		{"other ifname", "eth1", "", false, false, false, releaseNotSent},
+		{"other ifname, client-id provided", "eth1", "cniplug-test-client", true, false, false, releaseUnknown},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newDHCPEnv(t)
@@ -416,10 +508,11 @@ func TestDHCPHandOverToContainerNetNS(t *testing.T) {
 			cni, list := e.ipamOnly(t, att, clientID)
 			ctx := context.Background()
 
-			// Forget the staging-side lease. Its release fails: eth0 is gone from the staging netns.
+			// Forget the staging-side lease. Its release cannot be sent: the address left the staging netns
+			// with the link.
 			testutil.Must(t, cni.DelNetworkList(ctx, list, &libcni.RuntimeConf{ContainerID: att.ContainerID, NetNS: att.NetNS, IfName: att.IfName}))
-			t.Logf("daemon: %q", e.waitDaemonLog(t, releaseFailRE, 5*time.Second))
-			e.assertReleaseIgnored(t, ip, false)
+			t.Logf("daemon: %q", e.waitDaemonLog(t, bindFailRE(ip), 5*time.Second))
+			e.assertRelease(t, ip, releaseNotSent, "")
 
 			// Acquire again from the container's netns.
 			rt := &libcni.RuntimeConf{ContainerID: att.ContainerID, NetNS: ctr, IfName: tc.ctrIf}
@@ -443,6 +536,9 @@ func TestDHCPHandOverToContainerNetNS(t *testing.T) {
 			for _, l := range e.lan.Leases(t) {
 				t.Logf("lease: %s %s client-id %q", l.IP, l.MAC, l.ClientID)
 			}
+			if want := 1 + btoi(!tc.sameIP); len(e.lan.Leases(t)) != want {
+				t.Errorf("dnsmasq holds %d leases, want %d", len(e.lan.Leases(t)), want)
+			}
 			waitPastT1(t)
 			if n := len(e.wireFor("REQUEST", newIP)); n < 1 {
 				t.Errorf("no renewing DHCPREQUEST from %s: want renewals from the container netns", newIP)
@@ -452,14 +548,46 @@ func TestDHCPHandOverToContainerNetNS(t *testing.T) {
 				t.Errorf("daemon stopped maintaining: %q", l)
 			}
 
-			// DEL while the link is still in the container: the daemon sends its release from there.
-			testutil.Must(t, cni.DelNetworkList(ctx, list, rt))
-			e.waitDaemonLog(t, regexp.MustCompile(`releasing lease`), 5*time.Second)
-			if l := e.daemon.LogLines(regexp.MustCompile(`failed to release`)); len(l) != 1 {
-				t.Errorf("daemon: %q, want only the staging-side release to fail", l)
+			// DEL with the container key: while the link is still in the container, or after Leave.
+			if tc.delAfterLeave {
+				e.outOfContainer(t, att, ctr, tc.ctrIf)
 			}
-			e.assertReleaseIgnored(t, newIP, true)
-			e.outOfContainer(t, att, ctr, tc.ctrIf)
+			if tc.netnsGone {
+				testutil.Must(t, removeNetNS(ctr))
+			}
+			testutil.Must(t, cni.DelNetworkList(ctx, list, rt))
+			e.waitDaemonLog(t, regexp.MustCompile(regexp.QuoteMeta(clientIDOf(att, tc.ctrIf))+`: releasing lease`), 5*time.Second)
+			fails := e.daemon.LogLines(releaseFailRE)
+			if tc.release == releaseNotSent {
+				t.Logf("daemon: %q", e.waitDaemonLog(t, bindFailRE(newIP), 5*time.Second))
+				if len(fails) != 2 {
+					t.Errorf("daemon: %q, want the staging-side and the container-side release to fail", fails)
+				}
+			} else if len(fails) != 1 {
+				t.Errorf("daemon: %q, want only the staging-side release to fail", fails)
+			}
+			e.assertRelease(t, newIP, tc.release, clientIDOf(att, tc.ctrIf))
+			if tc.release == releaseUnknown {
+				if l, ok := e.lan.LeaseFor(t, newIP); ok && l.ClientID != clientID {
+					t.Errorf("lease client-id %q, want the provided %q", l.ClientID, clientID)
+				}
+			}
+			if !tc.sameIP { // the staging lease was never released either
+				if _, ok := e.lan.LeaseFor(t, ip); !ok {
+					t.Errorf("dnsmasq dropped the staging lease of %s", ip)
+				}
+			}
+			// With netnsGone the link goes away with the netns once the daemon's goroutine has left it.
+			if !tc.netnsGone && !tc.delAfterLeave {
+				e.outOfContainer(t, att, ctr, tc.ctrIf)
+			}
 		})
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -19,7 +19,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 // DHCPLAN is a LAN with a DHCP server on it, for tests of the dhcp IPAM plugin. The LAN is a Linux bridge in
@@ -203,11 +202,12 @@ func stopProcess(t testing.TB, what string, cmd *exec.Cmd, waited chan error, ou
 	}
 }
 
+// delLink removes a LAN link if it is still there. The server port's veth also goes away on its own when the
+// server's netns is deleted (cleanups run in reverse: the netns first), which the kernel does asynchronously,
+// so the link may vanish between the lookup and the delete: ENODEV is not an error.
 func delLink(t testing.TB, name string) {
 	if l, err := netlink.LinkByName(name); err == nil {
-		// The server's end goes with its netns, and the kernel removes the pair asynchronously: a link that
-		// vanished meanwhile is gone, not leaked.
-		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, syscall.ENODEV) {
 			t.Errorf("deleting LAN link %s: %v", name, err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,20 +13,23 @@ import (
 )
 
 // DHCPPacket is a DHCP message seen on the wire at the LAN's server link, whether or not dnsmasq accepted it
-// (the server's kernel drops some before they reach dnsmasq's socket, e.g. unicast ones from 0.0.0.0).
+// (the server's kernel drops some before they reach dnsmasq's socket, e.g. v1.9.1's unicast releases from 0.0.0.0).
 type DHCPPacket struct {
-	Time    time.Time
-	Type    string // DISCOVER, OFFER, REQUEST, ... (option 53)
-	Src     net.IP // IP header
-	Dst     net.IP
-	CIAddr  net.IP
-	YIAddr  net.IP
-	CHAddr  string
-	Inbound bool // towards the server
+	Time   time.Time
+	Type   string // DISCOVER, OFFER, REQUEST, ... (option 53)
+	Src    net.IP // IP header
+	Dst    net.IP
+	CIAddr net.IP
+	YIAddr net.IP
+	CHAddr string
+	// ClientID is option 61 (client identifier) as dnsmasq's lease file shows it (decodeClientID): text when
+	// printable after the type byte 0 (the CNI dhcp plugin's "<containerID>/<network>/<ifname>"), else hex.
+	ClientID string
+	Inbound  bool // towards the server
 }
 
 func (p DHCPPacket) String() string {
-	return fmt.Sprintf("%s %s -> %s ciaddr %s yiaddr %s chaddr %s", p.Type, p.Src, p.Dst, p.CIAddr, p.YIAddr, p.CHAddr)
+	return fmt.Sprintf("%s %s -> %s ciaddr %s yiaddr %s chaddr %s client-id %q", p.Type, p.Src, p.Dst, p.CIAddr, p.YIAddr, p.CHAddr, p.ClientID)
 }
 
 var dhcpTypes = map[byte]string{1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK", 7: "RELEASE", 8: "INFORM"}
@@ -144,6 +148,13 @@ func parseDHCP(b []byte) (DHCPPacket, bool) {
 		}
 		if code == 53 && opts[1] == 1 {
 			p.Type = dhcpTypes[opts[2]]
+		}
+		if code == 61 {
+			hex := make([]string, 0, opts[1])
+			for _, c := range opts[2 : 2+int(opts[1])] {
+				hex = append(hex, fmt.Sprintf("%02x", c))
+			}
+			p.ClientID = decodeClientID(strings.Join(hex, ":"))
 		}
 		opts = opts[2+int(opts[1]):]
 	}
