@@ -134,7 +134,7 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 	dhcp := nw.UsesDHCP()
 	intoSandbox := (p.IntoSandbox || dhcp) && cnibridge.SandboxReady(sandboxKey)
 	if dhcp && !intoSandbox {
-		return fmt.Errorf("CNI network %q leases its address by DHCP, and the DHCP lease must be renewed from the container's network namespace: this Docker engine creates it only after Join (Docker 28 or newer creates it before)", a.Network)
+		return fmt.Errorf("CNI network %q leases its address by DHCP, and the DHCP lease must be renewed from the container's network namespace, which cniplug cannot see at Join (%s): Docker creates it only after Join before 28.0, and a managed plugin sees it only where the host's mounts propagate (a shared root mount, as systemd makes it)", a.Network, orNone(sandboxKey))
 	}
 	allowForward, err := m.planForward(a, p)
 	if err != nil {

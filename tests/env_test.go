@@ -300,6 +300,34 @@ func requireSuite(t *testing.T) {
 	})
 }
 
+// pluginSeesContainerNetns reports whether the plugin can open the container netns path Docker sends at Join:
+// always in host mode; for the managed plugin only when the host's mounts propagate into it (root mount
+// shared, as systemd makes it), since dockerd mounts each container's netns after the plugin started.
+func pluginSeesContainerNetns() bool {
+	if !env.managed {
+		return true
+	}
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 6 && f[4] == "/" {
+			for _, opt := range f[6:] {
+				if opt == "-" {
+					break
+				}
+				if strings.HasPrefix(opt, "shared:") {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	return false
+}
+
 // pluginLogHas reports whether one line of the plugin's log so far contains every one of parts.
 func pluginLogHas(parts ...string) bool {
 	var lines []string
