@@ -13,7 +13,7 @@ command -v go >/dev/null || { echo "Go (the version in go.mod) is required to bu
 say "packages"
 need=()
 # debootstrap makes the managed plugin's base image offline; docker-registry serves the plugin push/install test;
-# dnsmasq-base (the binary only, no service) is the DHCP server of the cnibridge DHCP tests.
+# dnsmasq-base (the binary only, no service) is the DHCP server of the DHCP tests (cnibridge and e2e).
 for p in docker.io docker-compose iptables iproute2 busybox-static make debootstrap docker-registry dnsmasq-base; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
