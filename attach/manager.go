@@ -53,6 +53,7 @@ type Config struct {
 // LeaseDaemon keeps the dhcp IPAM plugin's daemon running.
 type LeaseDaemon interface {
 	Ensure(ctx context.Context) error
+	Answering() bool
 	Stop(ctx context.Context) error
 }
 

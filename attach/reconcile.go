@@ -180,6 +180,7 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 		gc, err := m.collectGarbage(ctx)
 		rep.GC = gc
 		errs = append(errs, err)
+		errs = append(errs, m.takeUpLeases(ctx))
 	}
 	if o.Live != nil {
 		nets, err := m.store.Networks()
@@ -296,4 +297,41 @@ func (m *Manager) gcNetwork(ctx context.Context, nw *cnibridge.Network) GCResult
 		res.Error = err.Error()
 	}
 	return res
+}
+
+// takeUpLeases gives a dhcp daemon that is not running (it died, or was killed with cniplug's systemd unit)
+// the leases of the running containers again: the daemon keeps them only in memory, so a new one would renew
+// none. It starts the daemon and has it acquire each joined attachment's lease from the container's netns,
+// with the same client ID, so the server confirms the address the container has.
+func (m *Manager) takeUpLeases(ctx context.Context) error {
+	if m.leaseDaemon == nil || m.leaseDaemon.Answering() {
+		return nil
+	}
+	atts, err := m.store.Attachments()
+	if err != nil {
+		return fmt.Errorf("reading attachments: %w", err)
+	}
+	var errs []error
+	for _, a := range atts {
+		if !a.LeaseInSandbox || a.Phase != state.PhaseJoined || !cnibridge.SandboxReady(a.Sandbox) {
+			continue
+		}
+		nw, err := cnibridge.ParseNetwork(a.Conflist)
+		if err != nil || !nw.UsesDefaultDHCPDaemon() {
+			continue
+		}
+		if err := m.ensureLeaseDaemon(ctx, nw); err != nil {
+			return err
+		}
+		unlock := m.locks.lock(a.ID())
+		err = m.cni.TakeUpLease(ctx, &a.Attachment)
+		unlock()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		m.log.Info("DHCP lease taken up again by a new dhcp daemon", "attachment", a.ID(), "cni_network", a.Network,
+			"endpoint", a.EndpointID, "address", a.Interface.IPv4)
+	}
+	return errors.Join(errs...)
 }

@@ -80,12 +80,26 @@ func (r *Runner) HandOverLease(ctx context.Context, att *Attachment) error {
 		if err := r.execDHCP(ctx, "DEL", nw, ipam, att, att.NetNS, att.IfName, nil); err != nil {
 			return fmt.Errorf("handing the DHCP lease over to the container: %w", err)
 		}
+	}
+	return r.TakeUpLease(ctx, att)
+}
+
+// TakeUpLease has the dhcp daemon acquire the attachment's leases from the container's netns, where the link
+// is, under the link's name there: the second step of HandOverLease, and what gives a new daemon (after the
+// old one died) the leases of running containers again. The client ID is the one of the ADD, so the server
+// confirms the address the container has; an address that changed is an error.
+func (r *Runner) TakeUpLease(ctx context.Context, att *Attachment) error {
+	nw, err := ParseNetwork(att.Conflist)
+	if err != nil {
+		return fmt.Errorf("conflist of CNI network %q: %w", att.Network, err)
+	}
+	for _, ipam := range nw.dhcpSections() {
 		var res current.Result
 		if err := r.execDHCP(ctx, "ADD", nw, ipam, att, att.Sandbox, att.SandboxIfName, &res); err != nil {
-			return fmt.Errorf("renewing the DHCP lease from the container's netns: %w", err)
+			return fmt.Errorf("acquiring the DHCP lease from the container's netns: %w", err)
 		}
 		if !leaseKeeps(res, att.Interface) {
-			return fmt.Errorf("the DHCP server gave the container another address (%s) than at ADD (%s)", leaseAddresses(res), strings.Join(att.Interface.Addresses(), ", "))
+			return fmt.Errorf("the DHCP server gave the container another address (%s) than the one it has (%s)", leaseAddresses(res), att.Interface.IPv4)
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,5 +137,79 @@ func TestDHCPNoServer(t *testing.T) {
 	}
 	if !strings.Contains(out, n.Name) || took > 30*time.Second {
 		t.Errorf("after %s: %s; want an error naming CNI network %s within Docker's 30 s", took.Round(time.Second), out, n.Name)
+	}
+}
+
+// TestDHCPFailures: what a DHCP network does when things go wrong around a running container, on Docker 28+
+// with the daemon cniplug supervises. Each case ends with the lease released and nothing left.
+//   - the dhcp daemon is killed: reconciliation starts a new one and has it take the running container's
+//     lease up again from the container's netns (renewals resume, same address);
+//   - cniplug is killed and restarted: the daemon, in a session of its own, keeps renewing;
+//   - the server's pool is exhausted: a second container fails to start with an error naming the CNI network,
+//     and the first keeps its lease.
+func TestDHCPFailures(t *testing.T) {
+	for _, tc := range []string{"daemon killed", "cniplug killed", "pool exhausted"} {
+		t.Run(tc, func(t *testing.T) {
+			requireSuite(t)
+			if env.managed || engineIs2010(t) {
+				t.Skip("skipping: DHCP networks need Docker 28+, and this test drives the host-mode plugin")
+			}
+			if testutil.PidsMatching(defaultDHCPDaemon) != nil {
+				t.Skip("skipping: a dhcp daemon already runs on " + defaultDHCPDaemon)
+			}
+			opts := testutil.DHCPLANOptions{T1: 4 * time.Second}
+			if tc == "pool exhausted" {
+				opts.Pool = 1
+			}
+			lan := testutil.NewDHCPLAN(t, opts)
+			n := dhcpNet(t, lan, "")
+			t.Cleanup(func() { testutil.KillMatching(t, defaultDHCPDaemon) }) // after the network's removal: none left
+			nw := createNetwork(t, n, nullIPAM)
+			c := runContainer(t, nw)
+			ep := inspectEndpoint(t, c, nw)
+			acks := regexp.MustCompile(`DHCPACK\(\S+\) ` + regexp.QuoteMeta(ep.IPAddress) + ` `)
+			renewals := func(what string) {
+				t.Helper()
+				before := len(lan.LogLines(acks))
+				time.Sleep(11 * time.Second)
+				if got := len(lan.LogLines(acks)) - before; got < 2 {
+					t.Errorf("%s: %d renewals of %s in 11 s with T1 = 4 s, want at least 2:\n%s", what, got, ep.IPAddress, lan.Log())
+				}
+			}
+			switch tc {
+			case "daemon killed":
+				old := testutil.PidsMatching(defaultDHCPDaemon)
+				testutil.KillMatching(t, defaultDHCPDaemon)
+				waitFor(t, 20*time.Second, "reconciliation to start a new dhcp daemon", func() bool {
+					now := testutil.PidsMatching(defaultDHCPDaemon)
+					return len(now) == 1 && (len(old) == 0 || now[0] != old[0])
+				})
+				renewals("after the daemon was killed")
+			case "cniplug killed":
+				daemon := testutil.PidsMatching(defaultDHCPDaemon)
+				stopPluginWith(syscall.SIGKILL)
+				testutil.Must(t, startPlugin())
+				if now := testutil.PidsMatching(defaultDHCPDaemon); len(now) != 1 || len(daemon) != 1 || now[0] != daemon[0] {
+					t.Errorf("dhcp daemon pids %v before cniplug was killed, %v after: it did not survive", daemon, now)
+				}
+				renewals("after cniplug was killed and restarted")
+			case "pool exhausted":
+				name := testutil.UniqueName("dc")
+				t.Cleanup(func() { _, _ = dockerErr("rm", "-f", name) })
+				start := time.Now()
+				out, err := dockerErr("run", "-d", "--name", name, "--net", nw, image, "sleep", "60")
+				if err == nil || !strings.Contains(out, n.Name) || time.Since(start) > 30*time.Second {
+					t.Errorf("second container on a one-address pool: err %v after %s: %s; want an error naming CNI network %s within 30 s",
+						err, time.Since(start).Round(time.Second), out, n.Name)
+				}
+				if l, ok := lan.LeaseFor(t, net.ParseIP(ep.IPAddress)); !ok || !strings.EqualFold(l.MAC, ep.MacAddress) {
+					t.Errorf("the first container lost its lease: %+v", lan.Leases(t))
+				}
+				ping(t, c, lan.ServerIP.String())
+			}
+			docker(t, "rm", "-f", c)
+			lan.WaitLog(t, regexp.MustCompile(`DHCPRELEASE\(\S+\) `+regexp.QuoteMeta(ep.IPAddress)+` `), 20*time.Second)
+			waitFor(t, 20*time.Second, "the server to hold no lease", func() bool { return len(lan.Leases(t)) == 0 })
+		})
 	}
 }

@@ -49,6 +49,8 @@ type DHCPLANOptions struct {
 	// Subnet is the LAN's IPv4 /24; default a random 10.200-250.x.0/24 (the LAN lives in the caller's netns
 	// and a netns of its own, so it cannot clash with the host's).
 	Subnet *net.IPNet
+	// Pool is how many addresses dnsmasq hands out, from .10 on; default 191 (.10-.200).
+	Pool int
 }
 
 // RequireDnsmasq skips the test when dnsmasq is not installed and returns its path.
@@ -77,6 +79,9 @@ func NewDHCPLAN(t testing.TB, opts DHCPLANOptions) *DHCPLAN {
 	}
 	if opts.LeaseTime < 2*time.Minute {
 		t.Fatalf("dnsmasq's minimum lease time is 2m, not %s: shorten T1/T2 instead", opts.LeaseTime)
+	}
+	if opts.Pool <= 0 || opts.Pool > 191 {
+		opts.Pool = 191
 	}
 	if opts.Subnet == nil {
 		_, opts.Subnet, _ = net.ParseCIDR(fmt.Sprintf("10.%d.%d.0/24", 200+mrand.IntN(51), mrand.IntN(256)))
@@ -132,7 +137,7 @@ func NewDHCPLAN(t testing.TB, opts DHCPLANOptions) *DHCPLAN {
 		"--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--user=root", "--group=root",
 		"--pid-file=", "--interface=" + lan.ServerIf, "--bind-interfaces", "--dhcp-authoritative", "--no-ping",
 		"--log-dhcp", "--log-facility=" + lan.logFile, "--dhcp-leasefile=" + lan.leaseFile,
-		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,%ds", ipAt(10), ipAt(200), int(opts.LeaseTime.Seconds())),
+		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,%ds", ipAt(10), ipAt(byte(10+opts.Pool-1)), int(opts.LeaseTime.Seconds())),
 		"--dhcp-option=option:router," + lan.ServerIP.String(),
 	}
 	if opts.T1 > 0 {
