@@ -296,6 +296,20 @@ func RequestArgs(n *Network, addresses []string, mac string) ([][2]string, map[s
 	return args, caps
 }
 
+// ContainerNameArg is the CNI_ARGS key that carries the container's name, where Docker tells it (cniplug
+// IPAM's RequestAddress, Docker 29+). Plugins can use it, e.g. the dhcp plugin to send it to the DHCP server
+// as the host name: "provide": [{"option": "host-name", "fromArg": "DOCKER_CONTAINER_NAME"}].
+const ContainerNameArg = "DOCKER_CONTAINER_NAME"
+
+// WithContainerName adds the container's name to the CNI_ARGS when it is known and can be carried there
+// (CNI_ARGS are "K=V;K=V").
+func WithContainerName(args [][2]string, name string) [][2]string {
+	if name == "" || strings.ContainsAny(name, ";=") {
+		return args
+	}
+	return append(args, [2]string{ContainerNameArg, name})
+}
+
 // WithArgs returns a copy of the network in which every plugin's configuration carries the given keys under
 // "args": {"cni": {...}} (the CNI convention for args in network configuration). It asks for several
 // addresses at once ("ips"), which host-local honours across its range sets where CNI_ARGS IP= carries one.

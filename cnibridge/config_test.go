@@ -400,3 +400,21 @@ func TestResolveDirList(t *testing.T) {
 		t.Errorf("empty list: %v", err)
 	}
 }
+
+func TestWithContainerName(t *testing.T) {
+	base := [][2]string{{"IgnoreUnknown", "1"}}
+	for _, tc := range []struct {
+		name string
+		want [][2]string
+	}{
+		{"", base},
+		{"web-1", append(append([][2]string{}, base...), [2]string{ContainerNameArg, "web-1"})},
+		{"a;b", base}, // cannot be carried in CNI_ARGS
+		{"a=b", base},
+	} {
+		got := WithContainerName(append([][2]string{}, base...), tc.name)
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("WithContainerName(%q) = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -23,6 +23,8 @@ const (
 	gatewayType        = "com.docker.network.gateway"
 	poolGatewayKey     = "com.docker.network.gateway"
 	macAddressOption   = "com.docker.network.endpoint.macaddress"
+	// endpointNameOption: the endpoint's name (the container's name), sent with RequestAddress since Docker 29.
+	endpointNameOption = "com.docker.network.endpoint.name"
 )
 
 // Ipam implements the IpamDriver side of cniplug.
@@ -160,6 +162,7 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 	}
 	addReq := cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw}
 	addReq.Args, addReq.CapabilityArgs = pool.Extra.Apply(cnibridge.RequestArgs(nw, requested, mac))
+	addReq.Args = cnibridge.WithContainerName(addReq.Args, req.Options[endpointNameOption])
 	a, err := p.mgr.Attach(ctx, attach.Plan{
 		Add:   addReq,
 		Owner: state.Attachment{Phase: state.PhasePending, PoolID: pool.ID, RequestMAC: mac},

@@ -14,26 +14,31 @@ import (
 	"github.com/cniplug/cniplug/internal/testutil"
 )
 
-// dhcpNet writes a conflist that puts containers on lan by DHCP (macvlan over the LAN bridge, the dhcp IPAM
-// plugin with the daemon on daemonSocket, "" for the default one cniplug starts), and returns it with the
-// LAN's subnet and router as the network's.
-func dhcpNet(t *testing.T, lan *testutil.DHCPLAN, daemonSocket string) cniNet {
+// dhcpNet writes a conflist that puts containers on lan by DHCP (kind "macvlan" over the LAN bridge, or
+// "bridge" with the LAN bridge as the bridge plugin's; the dhcp IPAM plugin with the daemon on daemonSocket,
+// "" for the default one cniplug starts), and returns it with the LAN's subnet and router as the network's.
+func dhcpNet(t *testing.T, lan *testutil.DHCPLAN, kind, daemonSocket string) cniNet {
 	t.Helper()
 	n := cniNet{Name: testutil.UniqueName("e2edhcp"), Subnet: lan.Subnet.String(), Gateway: lan.ServerIP.String()}
 	n.Prefix = strings.TrimSuffix(lan.Subnet.IP.String(), "0")
-	ipam := `{"type":"dhcp"}`
+	// The container's name goes to the server as its host name where cniplug knows it (CNI_ARGS).
+	ipam := `{"type":"dhcp","provide":[{"option":"host-name","fromArg":"DOCKER_CONTAINER_NAME"}]}`
 	if daemonSocket != "" {
 		ipam = fmt.Sprintf(`{"type":"dhcp","daemonSocketPath":%q}`, daemonSocket)
 	}
-	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[
-		{"type":"macvlan","master":%q,"mode":"bridge","ipam":%s}]}`, n.Name, lan.Bridge, ipam)
+	mainPlugin := fmt.Sprintf(`{"type":"macvlan","master":%q,"mode":"bridge","ipam":%s}`, lan.Bridge, ipam)
+	if kind == "bridge" {
+		mainPlugin = fmt.Sprintf(`{"type":"bridge","bridge":%q,"ipam":%s}`, lan.Bridge, ipam)
+	}
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[%s]}`, n.Name, mainPlugin)
 	path := testutil.WriteFile(t, env.confDir, n.Name+".conflist", conf)
 	t.Cleanup(func() { _ = os.Remove(path) })
 	return n
 }
 
-// TestDHCP: containers on the LAN by DHCP, through the dhcp IPAM plugin and the daemon cniplug starts on its
-// default socket, in the addressing ways that let CNI choose the address. On Docker 28+ the container gets
+// TestDHCP: containers on the LAN by DHCP (macvlan, and bridge on the LAN's bridge), through the dhcp IPAM
+// plugin and the daemon cniplug starts on its default socket, in the addressing ways that let CNI choose the
+// address; with cniplug IPAM the server also learns the container's name as its host name. On Docker 28+ the container gets
 // the server's address and router, keeps its lease renewed from its own netns while it runs (T1 is 4 s
 // here), and releases it on rm -f and on disconnect. On 20.10, which creates the container's netns after
 // Join, `docker run` fails saying why, and the lease the ADD took is released again. Once the network is
@@ -42,8 +47,12 @@ func dhcpNet(t *testing.T, lan *testutil.DHCPLAN, daemonSocket string) cniNet {
 const defaultDHCPDaemon = "-socketpath /run/cni/dhcp.sock"
 
 func TestDHCP(t *testing.T) {
-	for _, mode := range []addressing{nullIPAM, cniIPAM} {
-		t.Run(string(mode), func(t *testing.T) {
+	for _, tc := range []struct {
+		kind string
+		mode addressing
+	}{{"macvlan", nullIPAM}, {"macvlan", cniIPAM}, {"bridge", nullIPAM}, {"bridge", cniIPAM}} {
+		kind, mode := tc.kind, tc.mode
+		t.Run(kind+"/"+string(mode), func(t *testing.T) {
 			requireSuite(t)
 			if !pluginSeesContainerNetns() {
 				t.Skip("skipping: this host's mounts do not propagate into the managed plugin (root mount not shared), so it cannot see containers' network namespaces")
@@ -52,7 +61,7 @@ func TestDHCP(t *testing.T) {
 				t.Skip("skipping: a dhcp daemon already runs on " + defaultDHCPDaemon)
 			}
 			lan := testutil.NewDHCPLAN(t, testutil.DHCPLANOptions{T1: 4 * time.Second})
-			n := dhcpNet(t, lan, "")
+			n := dhcpNet(t, lan, kind, "")
 			t.Cleanup(func() {
 				// After the network's removal (cleanups run last first).
 				if pids := testutil.PidsMatching(defaultDHCPDaemon); len(pids) > 0 {
@@ -82,8 +91,13 @@ func TestDHCP(t *testing.T) {
 			if in := containerLink(t, c, ep.IPAddress); in.Name != "eth0" || !strings.EqualFold(in.MAC, ep.MacAddress) || in.DefaultGateway != lan.ServerIP.String() {
 				t.Errorf("in the container: %+v; want eth0 with MAC %s and default route via %s", in, ep.MacAddress, lan.ServerIP)
 			}
-			if l, ok := lan.LeaseFor(t, ip); !ok || !strings.EqualFold(l.MAC, ep.MacAddress) {
+			l, ok := lan.LeaseFor(t, ip)
+			if !ok || !strings.EqualFold(l.MAC, ep.MacAddress) {
 				t.Errorf("the server has no lease of %s for MAC %s: %+v", ip, ep.MacAddress, lan.Leases(t))
+			}
+			// Docker 29 names the container in cniplug IPAM's RequestAddress, not in CreateEndpoint.
+			if wantHost := map[addressing]string{cniIPAM: c}[mode]; l.Hostname != wantHost {
+				t.Errorf("the server knows the container as host %q, want %q", l.Hostname, wantHost)
 			}
 			ping(t, c, lan.ServerIP.String())
 
@@ -125,7 +139,7 @@ func TestDHCPNoServer(t *testing.T) {
 	testutil.Run(t, "ip", "link", "set", br, "up")
 	daemon := testutil.StartDHCPDaemon(t, env.cniBinDir, "-timeout", "3s", "-resendmax", "4s")
 	lan := &testutil.DHCPLAN{Bridge: br, Subnet: &net.IPNet{IP: net.IPv4(10, 0, 0, 0), Mask: net.CIDRMask(24, 32)}, ServerIP: net.IPv4(10, 0, 0, 1)}
-	n := dhcpNet(t, lan, daemon.Socket)
+	n := dhcpNet(t, lan, "macvlan", daemon.Socket)
 	nw := createNetwork(t, n, nullIPAM)
 	name := testutil.UniqueName("dc")
 	t.Cleanup(func() { _, _ = dockerErr("rm", "-f", name) })
@@ -162,7 +176,7 @@ func TestDHCPFailures(t *testing.T) {
 				opts.Pool = 1
 			}
 			lan := testutil.NewDHCPLAN(t, opts)
-			n := dhcpNet(t, lan, "")
+			n := dhcpNet(t, lan, "macvlan", "")
 			t.Cleanup(func() { testutil.KillMatching(t, defaultDHCPDaemon) }) // after the network's removal: none left
 			nw := createNetwork(t, n, nullIPAM)
 			c := runContainer(t, nw)

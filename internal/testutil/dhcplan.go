@@ -283,6 +283,7 @@ type DHCPLease struct {
 	MAC      string
 	IP       net.IP
 	ClientID string // decoded when printable (the CNI dhcp plugin's "<containerID>/<network>/<ifname>"), else hex
+	Hostname string // the client's host name (option 12), "" when it sent none
 	Raw      string
 }
 
@@ -301,7 +302,11 @@ func (l *DHCPLAN) Leases(t testing.TB) []DHCPLease {
 			continue
 		}
 		secs, _ := strconv.ParseInt(f[0], 10, 64)
-		out = append(out, DHCPLease{Expiry: time.Unix(secs, 0), MAC: f[1], IP: net.ParseIP(f[2]), ClientID: decodeClientID(f[4]), Raw: line})
+		host := f[3]
+		if host == "*" {
+			host = ""
+		}
+		out = append(out, DHCPLease{Expiry: time.Unix(secs, 0), MAC: f[1], IP: net.ParseIP(f[2]), Hostname: host, ClientID: decodeClientID(f[4]), Raw: line})
 	}
 	return out
 }
