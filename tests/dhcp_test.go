@@ -115,7 +115,16 @@ func TestDHCP(t *testing.T) {
 			docker(t, "network", "disconnect", nw, c)
 			released := regexp.MustCompile(`DHCPRELEASE\(\S+\) ` + regexp.QuoteMeta(ep.IPAddress) + ` `)
 			lan.WaitLog(t, released, 20*time.Second)
-			docker(t, "network", "connect", nw, c)
+			// The suite runs cniplug with a 5 s CNI deadline; the dhcp client retransmits a lost DISCOVER
+			// after about 4 s, so a lease that needed a retransmission can miss it (seen once in ~10 runs with
+			// a bridge chain). Production's default deadline is 10 s. One retry, logged.
+			if out, err := dockerErr("network", "connect", nw, c); err != nil {
+				if !strings.Contains(out, "did not finish within") {
+					t.Fatalf("docker network connect: %v\n%s", err, out)
+				}
+				t.Logf("connect hit the suite's CNI deadline once, retrying: %s", out)
+				docker(t, "network", "connect", nw, c)
+			}
 			ep2 := inspectEndpoint(t, c, nw)
 			ping(t, c, lan.ServerIP.String())
 
