@@ -145,7 +145,10 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	defer runner.Close()
 	v4, v6 := iptables.IPTables()
 	// The dhcp IPAM plugin's daemon on its default socket, started when a DHCP network first needs it.
-	leases := dhcpdaemon.New(dhcpdaemon.Config{BinDirs: filepath.SplitList(c.binDirs), StateDir: c.stateDir, Logger: log})
+	// Its DHCP client retransmits after a quarter of the CNI deadline, so a lost first DISCOVER (a link that
+	// just came up) is sent again well within the ADD.
+	leases := dhcpdaemon.New(dhcpdaemon.Config{BinDirs: filepath.SplitList(c.binDirs), StateDir: c.stateDir, Logger: log,
+		RequestTimeout: max(c.cniTimeout/4, time.Second)})
 	mgr := attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6,
 		RemovalObserver: m, LeaseDaemon: leases})
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).

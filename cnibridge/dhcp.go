@@ -120,6 +120,19 @@ func (r *Runner) releaseLease(ctx context.Context, nw *Network, att *Attachment)
 	return errors.Join(errs...)
 }
 
+// releaseStagingLease ends a DHCP lease still held with the staging key (never handed over: Join failed or
+// never came), while the link is back in the staging netns with its address: the daemon's DHCPRELEASE is sent
+// from that address. The chain's own DEL cannot always do it: the bridge plugin deletes the link before it
+// calls its IPAM plugin. For a lease handed over to the container the daemon holds nothing under this key,
+// and the call does nothing. Part of Teardown, before the chain's DEL.
+func (r *Runner) releaseStagingLease(ctx context.Context, nw *Network, att *Attachment) error {
+	var errs []error
+	for _, ipam := range nw.dhcpSections() {
+		errs = append(errs, r.execDHCP(ctx, "DEL", nw, ipam, att, att.NetNS, att.IfName, nil))
+	}
+	return errors.Join(errs...)
+}
+
 // execDHCP runs the dhcp IPAM plugin on its own, through the runner's exec (deadline, observer, PATH) but not
 // through libcni: libcni would overwrite the attachment's cached result for the same container and interface.
 // The attachment's CNI_ARGS go along: the dhcp plugin reads options from them ("provide" ... "fromArg").

@@ -278,6 +278,9 @@ func (r *Runner) Teardown(ctx context.Context, att *Attachment) error {
 		// DEL still runs: it releases addresses and rules even when the link cannot be recovered.
 		r.log.Warn("could not return link to staging netns before CNI DEL", "attachment", att.ContainerID, "cni_network", att.Network, "error", err)
 	}
+	if err := r.releaseStagingLease(ctx, nw, att); err != nil {
+		r.log.Warn("could not release the DHCP lease from the staging netns", "attachment", att.ContainerID, "cni_network", att.Network, "error", err)
+	}
 	delCtx, cancel := context.WithTimeout(ctx, r.timeout)
 	err = r.cni.DelNetworkList(delCtx, r.delList(nw, att), att.runtimeConf())
 	timedOut := errors.Is(delCtx.Err(), context.DeadlineExceeded)

@@ -56,7 +56,11 @@ type Config struct {
 	// HostPrefix is passed as -hostprefix when set: the daemon then reaches netns paths, and listens on its
 	// socket, under this prefix (the socket is at HostPrefix+Socket in this process's view).
 	HostPrefix string
-	Logger     *slog.Logger
+	// RequestTimeout, when set, is passed as -timeout: how long the daemon's DHCP client waits for an answer
+	// before it sends a request again (the daemon's default, 10 s, makes one lost DISCOVER on a link that
+	// just came up outlast the whole CNI ADD).
+	RequestTimeout time.Duration
+	Logger         *slog.Logger
 }
 
 // Supervisor starts, finds and stops the dhcp daemon of one socket. Its methods are safe for concurrent use
@@ -192,6 +196,9 @@ func (s *Supervisor) args(bin string) []string {
 	args := []string{bin, "daemon", "-socketpath", s.cfg.Socket}
 	if s.cfg.HostPrefix != "" {
 		args = append(args, "-hostprefix", s.cfg.HostPrefix)
+	}
+	if s.cfg.RequestTimeout > 0 {
+		args = append(args, "-timeout", s.cfg.RequestTimeout.String())
 	}
 	return args
 }

@@ -467,7 +467,14 @@ func createNetwork(t *testing.T, n cniNet, mode addressing, extra ...string) str
 	args = append(append(args, extra...), name)
 	docker(t, args...)
 	t.Cleanup(func() {
-		if out, err := dockerErr("network", "rm", name); err != nil {
+		// Docker 20.10 may release a force-removed container's endpoint a moment after `docker rm -f`
+		// returned (in the container's exit handling): "has active endpoints" until then.
+		out, err := dockerErr("network", "rm", name)
+		for deadline := time.Now().Add(15 * time.Second); err != nil && strings.Contains(out, "has active endpoints") && time.Now().Before(deadline); {
+			time.Sleep(200 * time.Millisecond)
+			out, err = dockerErr("network", "rm", name)
+		}
+		if err != nil {
 			t.Errorf("docker network rm %s: %v: %s", name, err, out)
 		}
 	})
