@@ -16,7 +16,8 @@ LOG=/var/log/cniplug-dockerd.log
 
 die() { echo "engine.sh: $*" >&2; exit 1; }
 
-dockerd_pids() { pgrep -x dockerd || true; }
+# The host's dockerd only: the nodes of scripts/cluster.sh run theirs in their own network namespaces.
+dockerd_pids() { pgrep -x --nslist net --ns $$ dockerd || true; }
 
 stop_engine() {
   if [ -d /run/systemd/system ] && systemctl is-active --quiet docker 2>/dev/null; then
@@ -38,7 +39,7 @@ stop_engine() {
   fi
   # The containerd that dockerd supervises exits with it; wait so the next engine does not find its socket.
   for _ in $(seq 50); do
-    pgrep -f '/var/run/docker/containerd/containerd.toml' >/dev/null || break
+    pgrep --nslist net --ns $$ -f '/var/run/docker/containerd/containerd.toml' >/dev/null || break
     sleep 0.2
   done
 }
