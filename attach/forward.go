@@ -2,7 +2,9 @@ package attach
 
 import (
 	"fmt"
+	"net"
 
+	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/hostports"
 	"github.com/cniplug/cniplug/state"
 )
@@ -39,7 +41,7 @@ func (m *Manager) planForward(a *state.Attachment, p JoinPolicy) (func() error, 
 	if a.Forward != nil {
 		apply = prog.ApplyForward
 	}
-	fwd := &hostports.Forward{ID: a.ID(), Addresses: a.Interface.Addresses(), Internal: p.Internal}
+	fwd := &hostports.Forward{ID: a.ID(), Addresses: a.Interface.Addresses(), Peers: routedPrefixes(a.Interface), Internal: p.Internal}
 	a.Forward = fwd
 	return func() error {
 		if err := apply(*fwd); err != nil {
@@ -47,6 +49,24 @@ func (m *Manager) planForward(a *state.Attachment, p JoinPolicy) (func() error, 
 		}
 		return nil
 	}, nil
+}
+
+// routedPrefixes returns the prefixes the container reaches through its link by a route of the CNI result,
+// except host routes (an off-link gateway's): the network's other parts, such as the ranges of the other hosts
+// of a routed multi-host network, whose containers open connections to this one.
+func routedPrefixes(iface cnibridge.Interface) []string {
+	var out []string
+	for _, rt := range iface.Routes {
+		_, n, err := net.ParseCIDR(rt.Destination)
+		if err != nil {
+			continue
+		}
+		if ones, bits := n.Mask.Size(); ones == bits {
+			continue
+		}
+		out = append(out, n.String())
+	}
+	return out
 }
 
 // revokeForward removes the attachment's FORWARD rules; part of the one teardown path (Remove).

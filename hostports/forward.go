@@ -23,6 +23,9 @@ type Forward struct {
 	ID string `json:"id"`
 	// Addresses are the container's addresses in CIDR form; the prefix is the network's subnet.
 	Addresses []string `json:"addresses"`
+	// Peers are other prefixes of the network that may open connections to the container: those it routes to
+	// through its link, such as the other hosts' ranges of a routed multi-host network (flannel's host-gw).
+	Peers []string `json:"peers,omitempty"`
 	// Internal: only traffic between the addresses and their subnets passes; everything else is dropped.
 	Internal bool `json:"internal,omitempty"`
 }
@@ -40,7 +43,7 @@ func (f Forward) jump() []string {
 }
 
 // forwardRules returns the rules of one address, in order.
-func forwardRules(ip net.IP, subnet *net.IPNet, internal bool) [][]string {
+func forwardRules(ip net.IP, subnet *net.IPNet, peers []*net.IPNet, internal bool) [][]string {
 	addr, sub := ip.String(), subnet.String()
 	if internal {
 		return [][]string{
@@ -50,14 +53,21 @@ func forwardRules(ip net.IP, subnet *net.IPNet, internal bool) [][]string {
 			{"-d", addr, "-s", sub, "-j", "ACCEPT"},
 		}
 	}
-	return [][]string{
+	rules := [][]string{
 		// The container's own traffic, to other containers of the network and out.
 		{"-s", addr, "-j", "ACCEPT"},
 		// Replies to it.
 		{"-d", addr, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
-		// New connections from its network's subnet, also from containers on other hosts of a routed network.
+		// New connections from its network's subnet (also from containers on other hosts of an overlay).
 		{"-d", addr, "-s", sub, "-j", "ACCEPT"},
 	}
+	// And from the prefixes it routes to through the network (containers on other hosts of a routed network).
+	for _, p := range peers {
+		if (p.IP.To4() == nil) == (ip.To4() == nil) && p.String() != sub {
+			rules = append(rules, []string{"-d", addr, "-s", p.String(), "-j", "ACCEPT"})
+		}
+	}
+	return rules
 }
 
 // AddForward programs the rules of a record none of whose rules are programmed yet: one iptables-restore per
@@ -103,13 +113,21 @@ func (p *Programmer) applyForward(f Forward, replace bool) error {
 		rules   [][]string
 	}
 	fams := map[bool]*family{false: {ipt: p.v4, restore: p.v4Restore}, true: {ipt: p.v6, restore: p.v6Restore}}
+	var peers []*net.IPNet
+	for _, pr := range f.Peers {
+		_, n, err := net.ParseCIDR(pr)
+		if err != nil {
+			return fmt.Errorf("network rules: invalid peer prefix %q (want CIDR)", pr)
+		}
+		peers = append(peers, n)
+	}
 	for _, a := range f.Addresses {
 		ip, subnet, err := net.ParseCIDR(a)
 		if err != nil {
 			return fmt.Errorf("network rules: invalid container address %q (want CIDR)", a)
 		}
 		fam := fams[ip.To4() == nil]
-		fam.rules = append(fam.rules, forwardRules(ip, subnet, f.Internal)...)
+		fam.rules = append(fam.rules, forwardRules(ip, subnet, peers, f.Internal)...)
 	}
 	for v6, fam := range fams {
 		if fam.ipt == nil || len(fam.rules) == 0 {

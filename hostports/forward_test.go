@@ -20,10 +20,11 @@ func TestForwardRules(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		internal bool
+		peers    []string
 		want4    []string
 		want6    []string
 	}{
-		{"normal", false, []string{
+		{"normal", false, nil, []string{
 			"-A CNIPLUG-NET-0123456789ab -s 10.99.0.2/32 -j ACCEPT",
 			"-A CNIPLUG-NET-0123456789ab -d 10.99.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
 			"-A CNIPLUG-NET-0123456789ab -s 10.99.0.0/24 -d 10.99.0.2/32 -j ACCEPT",
@@ -32,7 +33,19 @@ func TestForwardRules(t *testing.T) {
 			"-A CNIPLUG-NET-0123456789ab -d fd00:99::2/128 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
 			"-A CNIPLUG-NET-0123456789ab -s fd00:99::/64 -d fd00:99::2/128 -j ACCEPT",
 		}},
-		{"internal", true, []string{
+		// A routed multi-host network: the other hosts' ranges open connections too, per family.
+		{"peers", false, []string{"10.98.0.0/16", "fd00:98::/48", "10.99.0.0/24"}, []string{
+			"-A CNIPLUG-NET-0123456789ab -s 10.99.0.2/32 -j ACCEPT",
+			"-A CNIPLUG-NET-0123456789ab -d 10.99.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+			"-A CNIPLUG-NET-0123456789ab -s 10.99.0.0/24 -d 10.99.0.2/32 -j ACCEPT",
+			"-A CNIPLUG-NET-0123456789ab -s 10.98.0.0/16 -d 10.99.0.2/32 -j ACCEPT",
+		}, []string{
+			"-A CNIPLUG-NET-0123456789ab -s fd00:99::2/128 -j ACCEPT",
+			"-A CNIPLUG-NET-0123456789ab -d fd00:99::2/128 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+			"-A CNIPLUG-NET-0123456789ab -s fd00:99::/64 -d fd00:99::2/128 -j ACCEPT",
+			"-A CNIPLUG-NET-0123456789ab -s fd00:98::/48 -d fd00:99::2/128 -j ACCEPT",
+		}},
+		{"internal", true, nil, []string{
 			"-A CNIPLUG-NET-0123456789ab -s 10.99.0.2/32 ! -d 10.99.0.0/24 -j DROP",
 			"-A CNIPLUG-NET-0123456789ab ! -s 10.99.0.0/24 -d 10.99.0.2/32 -j DROP",
 			"-A CNIPLUG-NET-0123456789ab -s 10.99.0.2/32 -d 10.99.0.0/24 -j ACCEPT",
@@ -57,7 +70,7 @@ func TestForwardRules(t *testing.T) {
 			}
 			p, err := New("iptables-nft", "ip6tables-nft")
 			testutil.Must(t, err)
-			f := Forward{ID: "0123456789abcdef", Addresses: []string{"10.99.0.2/24", "fd00:99::2/64"}, Internal: tc.internal}
+			f := Forward{ID: "0123456789abcdef", Addresses: []string{"10.99.0.2/24", "fd00:99::2/64"}, Peers: tc.peers, Internal: tc.internal}
 			if tc.internal {
 				f.Addresses = f.Addresses[:1]
 			}
