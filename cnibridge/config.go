@@ -33,6 +33,27 @@ type Network struct {
 type Range struct {
 	Subnet  *net.IPNet
 	Gateway net.IP // nil when the range declares none and the IPAM type has no default
+	// Start and End bound the addresses the IPAM hands out when they are narrower than the subnet
+	// (host-local's rangeStart/rangeEnd), as on one host's slice of a subnet shared by several hosts.
+	Start, End net.IP
+}
+
+// Partial reports whether the IPAM hands out only part of the subnet (rangeStart or rangeEnd).
+func (r Range) Partial() bool { return r.Start != nil || r.End != nil }
+
+// Bounds describes the addresses handed out, e.g. "10.1.2.2-10.1.2.254 of 10.1.0.0/16".
+func (r Range) Bounds() string {
+	if !r.Partial() {
+		return r.Subnet.String()
+	}
+	start, end := "", ""
+	if r.Start != nil {
+		start = r.Start.String()
+	}
+	if r.End != nil {
+		end = r.End.String()
+	}
+	return fmt.Sprintf("%s-%s of %s", start, end, r.Subnet)
 }
 
 // ParseNetwork parses conflist bytes (a .conflist, or a single-plugin .conf which is wrapped into a list).
@@ -151,12 +172,16 @@ func readConfFile(path string) ([]byte, error) {
 
 // ipamSection is the part of a plugin's configuration that declares addresses.
 type ipamSection struct {
-	Type    string `json:"type"`
-	Subnet  string `json:"subnet"`
-	Gateway string `json:"gateway"`
-	Ranges  [][]struct {
-		Subnet  string `json:"subnet"`
-		Gateway string `json:"gateway"`
+	Type       string `json:"type"`
+	Subnet     string `json:"subnet"`
+	Gateway    string `json:"gateway"`
+	RangeStart string `json:"rangeStart"`
+	RangeEnd   string `json:"rangeEnd"`
+	Ranges     [][]struct {
+		Subnet     string `json:"subnet"`
+		Gateway    string `json:"gateway"`
+		RangeStart string `json:"rangeStart"`
+		RangeEnd   string `json:"rangeEnd"`
 	} `json:"ranges"`
 }
 
@@ -172,12 +197,12 @@ func (n *Network) DeclaredRanges() (ranges []Range, ipamType string) {
 			continue
 		}
 		ipamType = conf.IPAM.Type
-		add := func(subnet, gw string) {
+		add := func(subnet, gw, start, end string) {
 			_, sn, err := net.ParseCIDR(subnet)
 			if err != nil {
 				return
 			}
-			r := Range{Subnet: sn}
+			r := Range{Subnet: sn, Start: net.ParseIP(start), End: net.ParseIP(end)}
 			if g := net.ParseIP(gw); g != nil {
 				r.Gateway = g
 			} else if ipamType == "host-local" {
@@ -186,11 +211,11 @@ func (n *Network) DeclaredRanges() (ranges []Range, ipamType string) {
 			ranges = append(ranges, r)
 		}
 		if conf.IPAM.Subnet != "" {
-			add(conf.IPAM.Subnet, conf.IPAM.Gateway)
+			add(conf.IPAM.Subnet, conf.IPAM.Gateway, conf.IPAM.RangeStart, conf.IPAM.RangeEnd)
 		}
 		for _, set := range conf.IPAM.Ranges {
 			for _, r := range set {
-				add(r.Subnet, r.Gateway)
+				add(r.Subnet, r.Gateway, r.RangeStart, r.RangeEnd)
 			}
 		}
 		return ranges, ipamType

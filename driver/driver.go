@@ -202,6 +202,15 @@ func checkDockerPool(nw *cnibridge.Network, data *network.IPAMData, v6 bool) err
 		wantGW = r.Gateway.String()
 	}
 	if pool.String() == r.Subnet.String() && (wantGW == "" || gw == wantGW) {
+		if r.Partial() {
+			// Docker's IPAM allocates from the whole pool (--ip-range never reaches a driver), on every host on
+			// its own: on one host's slice of a shared subnet it would pick addresses CNI refuses here, and on
+			// several hosts the same ones.
+			return fmt.Errorf("CNI network %q hands out only %s on this host, a slice of a subnet that other hosts may share; "+
+				"Docker's IPAM would choose any %s address of the pool, the same on every host: "+
+				"use --ipam-driver cniplug --ipam-opt cni=%s (addresses from CNI), or --ipam-driver null",
+				nw.Name, r.Bounds(), family, nw.Name)
+		}
 		return nil
 	}
 	flags := fmt.Sprintf("%s %s", subnetFlag, r.Subnet)

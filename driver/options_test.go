@@ -69,6 +69,11 @@ func TestCheckDockerPool(t *testing.T) {
 			"ipam":{"type":"host-local","ranges":[[{"subnet":"fd00:1::/64"}],[{"subnet":"10.5.0.0/24"}]]}}]}`
 		dhcp   = `{"cniVersion":"1.0.0","name":"dh","plugins":[{"type":"macvlan","master":"eth0","ipam":{"type":"dhcp"}}]}`
 		noIPAM = `{"cniVersion":"1.0.0","name":"bare","plugins":[{"type":"host-device","device":"eth1"}]}`
+		// One host's slice of a subnet shared by several hosts (a vxlan or macvlan network across hosts).
+		slice = `{"cniVersion":"1.0.0","name":"mh","plugins":[{"type":"bridge","bridge":"br0",
+			"ipam":{"type":"host-local","ranges":[[{"subnet":"10.6.0.0/16","gateway":"10.6.2.1","rangeStart":"10.6.2.2","rangeEnd":"10.6.2.254"}]]}}]}`
+		legacySlice = `{"cniVersion":"0.4.0","name":"mhl","type":"macvlan","master":"eth0",
+			"ipam":{"type":"host-local","subnet":"10.7.0.0/24","rangeStart":"10.7.0.100"}}`
 	)
 	tests := []struct {
 		name    string
@@ -123,6 +128,13 @@ func TestCheckDockerPool(t *testing.T) {
 		{name: "no IPAM at all", conf: noIPAM,
 			data:    network.IPAMData{Pool: "172.18.0.0/16", Gateway: "172.18.0.1/16"},
 			wantErr: []string{`declares no fixed IPv4 range (ipam type "")`, "--ipam-driver cniplug --ipam-opt cni=bare"}},
+		{name: "one host's slice of a shared subnet", conf: slice,
+			data: network.IPAMData{Pool: "10.6.0.0/16", Gateway: "10.6.2.1/16"},
+			wantErr: []string{`CNI network "mh" hands out only 10.6.2.2-10.6.2.254 of 10.6.0.0/16 on this host`,
+				"the same on every host", "--ipam-driver cniplug --ipam-opt cni=mh", "--ipam-driver null"}},
+		{name: "legacy subnet with rangeStart only", conf: legacySlice,
+			data:    network.IPAMData{Pool: "10.7.0.0/24", Gateway: "10.7.0.1/24"},
+			wantErr: []string{"hands out only 10.7.0.100- of 10.7.0.0/24"}},
 		{name: "IPv4-only conflist asked for IPv6", conf: hostLocal, v6: true,
 			data:    network.IPAMData{Pool: "fd00::/64", Gateway: "fd00::1/64"},
 			wantErr: []string{"declares no fixed IPv6 range", "--ipam-driver cniplug --ipam-opt cni=hl"}},
