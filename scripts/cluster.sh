@@ -112,6 +112,9 @@ node_net_up() { # the node's namespace and its cable into the underlay bridge
   ip -n "$ns" link set lo up
   ip -n "$ns" link set eth0 up
   ip -n "$ns" addr add "$SUBNET.$((10 + i))/24" dev eth0
+  # A new netns copies IPv4 forwarding from this host's; a fresh host has it off, and dockerd, which turns it
+  # on, then sets the FORWARD policy to DROP. Be that host.
+  ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=0
 }
 
 node_boot() { # start node I's namespaces, cniplug (host mode) and dockerd

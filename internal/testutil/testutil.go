@@ -64,7 +64,7 @@ func WriteFile(t testing.TB, dir, name, content string) string {
 	return p
 }
 
-// Snapshot is what a test could leak on the host: links, named netns, host-local reservations, libcni
+// Snapshot is what a test could leak on a host: links, named netns, host-local reservations, libcni
 // cache files and CNI iptables rules.
 type Snapshot struct {
 	Links        []string
@@ -72,30 +72,54 @@ type Snapshot struct {
 	Reservations []string
 	CacheFiles   []string
 	IPTables     []string
+	host         Host
 }
 
 // CNIDataDir is libcni's cache and host-local's default data dir.
 const CNIDataDir = "/var/lib/cni"
 
-// TakeSnapshot records the current host state.
+// Host is where a snapshot looks: this machine, or a node of the cluster test-bed, whose commands run in its
+// namespaces and whose directories are seen from here under other paths.
+type Host struct {
+	Name       string
+	Command    func(name string, args ...string) *exec.Cmd
+	CNIDataDir string // the host's /var/lib/cni as seen from here
+	NetNSDir   string // the host's /run/netns as seen from here
+}
+
+// LocalHost is this machine.
+var LocalHost = Host{Name: "this host", Command: exec.Command, CNIDataDir: CNIDataDir, NetNSDir: "/run/netns"}
+
+// TakeSnapshot records the current state of this machine.
 func TakeSnapshot(t testing.TB) Snapshot {
 	t.Helper()
+	return TakeSnapshotOn(t, LocalHost)
+}
+
+// TakeSnapshotOn records the current state of h.
+func TakeSnapshotOn(t testing.TB, h Host) Snapshot {
+	t.Helper()
 	return Snapshot{
-		Links:        links(t),
-		NetNS:        glob(t, "/run/netns/*"),
-		Reservations: reservations(t),
-		CacheFiles:   glob(t, filepath.Join(CNIDataDir, "results", "*")),
-		IPTables:     cniRules(t),
+		Links:        links(t, h),
+		NetNS:        glob(t, filepath.Join(h.NetNSDir, "*")),
+		Reservations: reservations(t, h.CNIDataDir),
+		CacheFiles:   glob(t, filepath.Join(h.CNIDataDir, "results", "*")),
+		IPTables:     cniRules(t, h),
+		host:         h,
 	}
 }
 
-// AssertNoLeaks fails the test if anything exists now that did not exist at before. Teardown in the kernel
-// (veth peers) is asynchronous, so it looks again for a few seconds before failing.
+// AssertNoLeaks fails the test if anything exists now on the snapshot's host that did not exist at before.
+// Teardown in the kernel (veth peers) is asynchronous, so it looks again for a few seconds before failing.
 func AssertNoLeaks(t testing.TB, before Snapshot) {
 	t.Helper()
+	h := before.host
+	if h.Command == nil {
+		h = LocalHost
+	}
 	var leaks []string
 	for deadline := time.Now().Add(5 * time.Second); ; {
-		after := TakeSnapshot(t)
+		after := TakeSnapshotOn(t, h)
 		leaks = nil
 		leaks = append(leaks, added("link", before.Links, after.Links)...)
 		leaks = append(leaks, added("netns", before.NetNS, after.NetNS)...)
@@ -108,7 +132,7 @@ func AssertNoLeaks(t testing.TB, before Snapshot) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	if len(leaks) > 0 {
-		t.Errorf("leaked after test:\n  %s", strings.Join(leaks, "\n  "))
+		t.Errorf("leaked on %s after test:\n  %s", h.Name, strings.Join(leaks, "\n  "))
 	}
 }
 
@@ -135,10 +159,10 @@ func glob(t testing.TB, pattern string) []string {
 	return m
 }
 
-func links(t testing.TB) []string {
-	out, err := exec.Command("ip", "-o", "link", "show").Output()
+func links(t testing.TB, h Host) []string {
+	out, err := h.Command("ip", "-o", "link", "show").Output()
 	if err != nil {
-		t.Fatalf("ip link: %v", err)
+		t.Fatalf("ip link on %s: %v", h.Name, err)
 	}
 	var names []string
 	for _, line := range strings.Split(string(out), "\n") {
@@ -157,9 +181,9 @@ func links(t testing.TB) []string {
 }
 
 // reservations lists host-local's per-address files (not its lock and last_reserved_ip bookkeeping).
-func reservations(t testing.TB) []string {
+func reservations(t testing.TB, dataDir string) []string {
 	var out []string
-	for _, f := range glob(t, filepath.Join(CNIDataDir, "networks", "*", "*")) {
+	for _, f := range glob(t, filepath.Join(dataDir, "networks", "*", "*")) {
 		base := filepath.Base(f)
 		if base == "lock" || strings.HasPrefix(base, "last_reserved_ip") {
 			continue
@@ -174,19 +198,19 @@ func reservations(t testing.TB) []string {
 var staticCNIRule = regexp.MustCompile(`^(:CNIPLUG-(HOSTPORTS|POSTROUTING|FORWARD) |-A (PREROUTING|OUTPUT|POSTROUTING|FORWARD) .*-j CNIPLUG-(HOSTPORTS|POSTROUTING|FORWARD)$|:CNI-(FORWARD|ADMIN|HOSTPORT-[A-Z]+) |-A (FORWARD|CNI-FORWARD|PREROUTING|OUTPUT|POSTROUTING|CNI-HOSTPORT-[A-Z]+) .*-j CNI-(FORWARD|ADMIN|HOSTPORT-[A-Z]+)$|-A CNI-HOSTPORT-[A-Z]+ .*-j (MASQUERADE|MARK)|-A CNI-HOSTPORT-SETMARK)`)
 
 // cniRules lists iptables rules and chains mentioning CNI in the nat and filter tables.
-func cniRules(t testing.TB) []string {
+func cniRules(t testing.TB, h Host) []string {
 	var out []string
 	for _, save := range []string{"iptables-save", "ip6tables-save"} {
 		if _, err := exec.LookPath(save); err != nil {
 			continue
 		}
 		for _, table := range []string{"nat", "filter", "mangle"} {
-			b, err := exec.Command(save, "-t", table).Output()
+			b, err := h.Command(save, "-t", table).Output()
 			if err != nil {
 				if save == "ip6tables-save" {
 					continue // no IPv6 netfilter in this kernel
 				}
-				t.Fatalf("%s -t %s: %v", save, table, err)
+				t.Fatalf("%s -t %s on %s: %v", save, table, h.Name, err)
 			}
 			for _, line := range strings.Split(string(b), "\n") {
 				if !strings.Contains(line, "CNI") || staticCNIRule.MatchString(line) {

@@ -1,0 +1,69 @@
+// Package cluster_test runs cniplug on several Docker hosts at once, on the cluster test-bed
+// (scripts/cluster.sh): CNI networks that span hosts, per-host Docker networks on them, and swarm services.
+package cluster_test
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/cniplug/cniplug/internal/testutil/cluster"
+)
+
+// testbed is the cluster every test of this package runs on, brought up once by TestMain (~10 s; the
+// managed plugin's bundle is built first when CNIPLUG_E2E_MODE=managed).
+var testbed *cluster.Cluster
+
+// skipReason is why the test-bed is not there ("" when it is).
+var skipReason string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Getenv("CNIPLUG_CLUSTER_TESTS") == "0" {
+		skipReason = "CNIPLUG_CLUSTER_TESTS=0"
+		return m.Run()
+	}
+	if skipReason = cluster.Unavailable(); skipReason != "" {
+		return m.Run()
+	}
+	opts := cluster.Options{Nodes: 3, Managed: os.Getenv("CNIPLUG_E2E_MODE") == "managed"}
+	if e := os.Getenv("CNIPLUG_CLUSTER_ENGINE"); e != "" {
+		opts.Engine = e
+	}
+	c, err := cluster.Up(opts)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cluster test-bed: %v\n", err)
+		return 1
+	}
+	testbed = c
+	code := m.Run()
+	if err := c.Down(); err != nil {
+		fmt.Fprintf(os.Stderr, "cluster test-bed: %v\n", err)
+		return 1
+	}
+	return code
+}
+
+// needCluster returns the test-bed or skips the test with the reason it is not there.
+func needCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	if testbed == nil {
+		t.Skipf("skipping: no cluster test-bed: %s", skipReason)
+	}
+	return testbed
+}
+
+// lines splits command output into its non-empty lines.
+func lines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
