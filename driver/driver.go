@@ -57,9 +57,12 @@ func (d *Driver) errorf(netID, format string, args ...any) error {
 	return fmt.Errorf("%s: network %s: %w", d.name, naming.ShortID(netID), fmt.Errorf(format, args...))
 }
 
-// GetCapabilities reports a local-scope driver.
+// GetCapabilities reports local data scope (each host keeps its own networks, endpoints and addresses; swarm
+// networks of the driver are "node-local": the managers allocate nothing, every node's cniplug does) and
+// global connectivity scope, as Docker's macvlan does: a CNI network may span hosts, and on a swarm-scoped
+// network libnetwork then gossips service names and tasks.<service> between the nodes.
 func (d *Driver) GetCapabilities(context.Context, *struct{}) (*network.CapabilitiesResponse, error) {
-	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
+	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.GlobalScope}, nil
 }
 
 // CreateNetwork binds the Docker network to the CNI network named by --opt cni: it reads the options, checks
