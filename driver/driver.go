@@ -96,6 +96,19 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 	if err != nil {
 		return nil, nil, err
 	}
+	if isSwarmNetworkID(req.NetworkID) && opts[cniconf.OptCNI] == "" {
+		// The driver's swarm networks are node-local: swarm hands the nodes neither the network's --opt nor its
+		// --ipam-* options (moby#34203), only a --config-from network's. Without them this node would silently
+		// put the tasks on the default CNI network with its own Docker IPAM pool.
+		name := d.name // swarm knows a managed plugin only by its full name
+		if !strings.Contains(name, ":") {
+			name += ":latest"
+		}
+		return nil, nil, fmt.Errorf("this swarm network carries no --opt %s: swarm passes a %s network's options to the nodes only from a config-only network. "+
+			"On every node run: docker network create --config-only --opt %s=<CNI network> --ipam-driver %s --ipam-opt %s=<CNI network> <name>-config; "+
+			"then: docker network create -d %s --scope swarm --config-from <name>-config <name>",
+			cniconf.OptCNI, name, cniconf.OptCNI, name, cniconf.OptCNI, name)
+	}
 	nw, extra, err := d.chooser.Choose(ctx, cniconf.Options{Flag: "--opt", Values: opts, Known: []string{OptAsyncDelete, OptHostFirewall, OptDirectJoin},
 		Purpose: "this Docker network uses"})
 	if err != nil {
@@ -128,6 +141,20 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 		return nil, nil, err
 	}
 	return rec, nw, nil
+}
+
+// isSwarmNetworkID reports whether a network ID is swarm's (25 characters of [0-9a-z], swarmkit's identity
+// package) rather than one a single dockerd made (64 hex digits).
+func isSwarmNetworkID(id string) bool {
+	if len(id) != 25 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z') {
+			return false
+		}
+	}
+	return true
 }
 
 // checkAddressing checks that the CNI network can assign the addresses the network's IPAM chooses. With

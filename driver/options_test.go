@@ -161,3 +161,18 @@ func TestCheckDockerPool(t *testing.T) {
 		})
 	}
 }
+
+func TestIsSwarmNetworkID(t *testing.T) {
+	for id, want := range map[string]bool{
+		"gs4tewlgb2cgenzkubclvng0r":                                        true, // swarmkit's identity.NewID
+		"mtuhhcpqwd9orin9glza3ehbi":                                        true,
+		"a9e9abed3df7016bddc0797f9d34bd303ac1ac99ada820c6248e1eba49a5a297": false, // a dockerd's own network
+		"GS4TEWLGB2CGENZKUBCLVNG0R":                                        false,
+		"gs4tewlgb2cgenzkubclvng0":                                         false,
+		"":                                                                 false,
+	} {
+		if got := isSwarmNetworkID(id); got != want {
+			t.Errorf("isSwarmNetworkID(%q) = %v, want %v", id, got, want)
+		}
+	}
+}
