@@ -84,6 +84,19 @@ func (c *Cluster) Wire(t testing.TB, topo Topology, cniName string) *Wiring {
 	return w
 }
 
+// Rewire adds the wiring's links and routes on node n again, after n rebooted (`cluster.sh kill` and `start`
+// lose them with its network namespace), as the CNI network's own agent (flannel, calico-node) would.
+func (w *Wiring) Rewire(t testing.TB, c *Cluster, n *Node) {
+	t.Helper()
+	for i, m := range c.Nodes {
+		if m == n {
+			for _, cmd := range w.setup(c, i+1) {
+				n.Exec(t, "sh", "-c", cmd)
+			}
+		}
+	}
+}
+
 func (w *Wiring) bridge() string { return fmt.Sprintf("cl%s%d", string(w.Topology[0]), w.index) }
 func (w *Wiring) vxlan() string  { return fmt.Sprintf("vx%d", w.index) }
 

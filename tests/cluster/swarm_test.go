@@ -1,0 +1,226 @@
+package cluster_test
+
+import (
+	"fmt"
+	"net"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testutil/cluster"
+)
+
+// hostnameServer is a task command serving its own host name over HTTP on port 80.
+var hostnameServer = []string{"sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"}
+
+// needSwarm returns the test-bed as a swarm, or skips: swarm refuses v1 (host) plugins for its networks.
+func needSwarm(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	c := needCluster(t)
+	if !c.Managed {
+		t.Skip("skipping: swarm networks need the managed plugin on every node (swarm refuses v1 plugins); run with CNIPLUG_E2E_MODE=managed")
+	}
+	c.Swarm(t)
+	return c
+}
+
+// nodeIndex is a node's 1-based position in the cluster.
+func nodeIndex(c *cluster.Cluster, n *cluster.Node) int {
+	for i, m := range c.Nodes {
+		if m == n {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// createService starts a replicated service on network and removes it when the test ends.
+func createService(t *testing.T, c *cluster.Cluster, network string, replicas int, extra ...string) string {
+	t.Helper()
+	name := testutil.UniqueName("svc")
+	args := append([]string{"service", "create", "--detach", "--name", name, "--network", network,
+		"--replicas", fmt.Sprint(replicas)}, extra...)
+	c.Nodes[0].Docker(t, append(append(args, image), hostnameServer...)...)
+	t.Cleanup(func() {
+		_, _ = c.Nodes[0].DockerE("service", "rm", name)
+		cluster.Eventually(t, time.Minute, "service "+name+"'s containers gone from every node", func() bool {
+			for _, n := range c.Nodes {
+				if out, err := n.DockerE("ps", "-aq", "--filter", "label=com.docker.swarm.service.name="+name); err != nil || out != "" {
+					return false
+				}
+			}
+			return true
+		})
+	})
+	return name
+}
+
+// checkTasks checks what every running task got: an address from its node's range, unique in the cluster,
+// held by that node's CNI IPAM and nowhere else; and that every task reaches every other one by address.
+func checkTasks(t *testing.T, c *cluster.Cluster, w *cluster.Wiring, tasks []cluster.Task) {
+	t.Helper()
+	seen := map[string]string{}
+	perNode := map[string][]string{}
+	for _, task := range tasks {
+		if task.IP == nil || !w.Contains(c, nodeIndex(c, task.Node), task.IP) {
+			t.Errorf("%s: task %s has address %v, outside its node's range", task.Node.Name, task.Hostname, task.IP)
+		}
+		if other, dup := seen[task.IP.String()]; dup {
+			t.Errorf("address %s given to tasks on %s and %s", task.IP, other, task.Node.Name)
+		}
+		seen[task.IP.String()] = task.Node.Name
+		perNode[task.Node.Name] = append(perNode[task.Node.Name], task.IP.String())
+	}
+	// The node's CNI IPAM holds exactly its tasks' addresses: none leaked by a task that went, none released
+	// for one that runs. A background DEL may still be finishing: look again for a while.
+	for _, n := range c.Nodes {
+		want := perNode[n.Name]
+		sort.Strings(want)
+		var got []string
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			got = n.Reservations(w.CNIName)
+			if reflect.DeepEqual(got, want) || (len(got) == 0 && len(want) == 0) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%s: host-local holds %v for CNI network %s, want its running tasks' %v", n.Name, got, w.CNIName, want)
+				break
+			}
+		}
+	}
+	if len(tasks) < 2 {
+		return
+	}
+	from := tasks[0]
+	for _, to := range tasks[1:] {
+		got := fetch(t, from.Node, from.Container, fmt.Sprintf("http://%s/", to.IP))
+		if got != to.Hostname {
+			t.Errorf("%s (%s) -> %s (%s, %s): got %q", from.Node.Name, from.Hostname, to.Node.Name, to.Hostname, to.IP, got)
+		}
+	}
+}
+
+// resolve returns the sorted addresses a name resolves to inside a container (Docker's embedded DNS).
+func resolve(t *testing.T, n *cluster.Node, container, name string) []string {
+	t.Helper()
+	out, _ := n.DockerE("exec", container, "nslookup", name)
+	var ips []string
+	for _, l := range lines(out) {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "Address:" && net.ParseIP(f[1]) != nil && !strings.HasSuffix(l, ":53") {
+			ips = append(ips, f[1])
+		}
+	}
+	sort.Strings(ips)
+	return ips
+}
+
+func taskIPs(tasks []cluster.Task) []string {
+	var ips []string
+	for _, task := range tasks {
+		ips = append(ips, task.IP.String())
+	}
+	sort.Strings(ips)
+	return ips
+}
+
+// TestSwarmServices: a swarm-scoped cniplug network (config-only network on every node + --config-from) with
+// each addressing way that works for node-local swarm networks; `docker service create --replicas 6` spreads
+// over the three nodes, every task gets a working CNI attachment with a unique address from its node's range,
+// tasks reach each other across nodes, and the service's name and tasks.<service> resolve on every node (DNS
+// round robin: endpoint mode vip gets no VIP on a node-local network and answers like dnsrr). A container
+// started with `docker run` on the attachable network reaches the service by name. A swarm network made
+// without --config-from fails its tasks with the commands to use.
+func TestSwarmServices(t *testing.T) {
+	c := needSwarm(t)
+	for _, tc := range []struct {
+		name     string
+		topo     cluster.Topology
+		config   func(w *cluster.Wiring, i int) []string
+		endpoint string
+	}{
+		{name: "cni-ipam", topo: cluster.VXLAN, endpoint: "dnsrr", config: func(w *cluster.Wiring, i int) []string {
+			return []string{"--ipam-driver", c.Driver, "--ipam-opt", "cni=" + w.CNIName}
+		}},
+		{name: "null-ipam", topo: cluster.VXLAN, endpoint: "vip", config: func(w *cluster.Wiring, i int) []string {
+			return []string{"--ipam-driver", "null"}
+		}},
+		// Docker IPAM is per node on a node-local network: safe when each node's config names its own range.
+		{name: "docker-ipam", topo: cluster.Routed, endpoint: "dnsrr", config: func(w *cluster.Wiring, i int) []string {
+			sn := w.NodeSubnet(i)
+			return []string{"--subnet", sn, "--gateway", strings.TrimSuffix(sn, "0/24") + "1"}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := c.Snapshots(t)
+			t.Cleanup(func() { c.AssertNoLeaks(t, before) })
+			w := c.Wire(t, tc.topo, testutil.UniqueName("sw"))
+			network := testutil.UniqueName("swn")
+			c.SwarmNetwork(t, w, network, func(i int) []string { return tc.config(w, i) })
+			svc := createService(t, c, network, 6, "--endpoint-mode", tc.endpoint)
+			tasks := c.WaitRunning(t, svc, network, 6, 2*time.Minute)
+			for _, n := range c.Nodes {
+				count := 0
+				for _, task := range tasks {
+					if task.Node == n {
+						count++
+					}
+				}
+				if count == 0 {
+					t.Errorf("no task of 6 on %s", n.Name)
+				}
+			}
+			checkTasks(t, c, w, tasks)
+			want := taskIPs(tasks)
+			for _, task := range []cluster.Task{tasks[0], tasks[len(tasks)-1]} {
+				for _, name := range []string{svc, "tasks." + svc} {
+					var got []string
+					for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+						if got = resolve(t, task.Node, task.Container, name); reflect.DeepEqual(got, want) {
+							break
+						}
+					}
+					if !reflect.DeepEqual(got, want) {
+						t.Errorf("%s: %s resolves to %v, want the tasks' %v", task.Node.Name, name, got, want)
+					}
+				}
+			}
+			// A plain container on the attachable network, on a worker, reaches the service by name.
+			out, err := c.Nodes[1].DockerE("run", "--rm", "--network", network, image, "timeout", "5", "wget", "-q", "-O", "-", "http://"+svc+"/")
+			if err != nil || !strings.Contains(strings.Join(hostnames(tasks), " "), out) || out == "" {
+				t.Errorf("docker run on %s: wget http://%s/: %q, %v", c.Nodes[1].Name, svc, out, err)
+			}
+		})
+	}
+
+	t.Run("without-config-from", func(t *testing.T) {
+		before := c.Snapshots(t)
+		t.Cleanup(func() { c.AssertNoLeaks(t, before) })
+		w := c.Wire(t, cluster.VXLAN, testutil.UniqueName("sw"))
+		network := testutil.UniqueName("swn")
+		mgr := c.Nodes[0]
+		mgr.Docker(t, "network", "create", "-d", c.Driver, "--scope", "swarm", "--opt", "cni="+w.CNIName, network)
+		t.Cleanup(func() { _, _ = mgr.DockerE("network", "rm", network) })
+		svc := createService(t, c, network, 1)
+		var errText string
+		cluster.Eventually(t, time.Minute, "the task fails with the reason", func() bool {
+			errText, _ = mgr.DockerE("service", "ps", "--no-trunc", "--format", "{{.Error}}", svc)
+			return strings.Contains(errText, "--config-from")
+		})
+		for _, want := range []string{"this swarm network carries no --opt cni", "--config-only --opt cni=<CNI network>", "--scope swarm --config-from"} {
+			if !strings.Contains(errText, want) {
+				t.Errorf("task error %q does not contain %q", errText, want)
+			}
+		}
+	})
+}
+
+func hostnames(tasks []cluster.Task) []string {
+	var out []string
+	for _, task := range tasks {
+		out = append(out, task.Hostname)
+	}
+	return out
+}
