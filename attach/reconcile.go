@@ -57,11 +57,18 @@ type GCResult struct {
 	Error   string `json:"error,omitempty"`
 }
 
-// staleReason says why an attachment should be torn down, or "" to keep it.
-func staleReason(a *state.Attachment, o ReconcileOptions) string {
+// staleReason says why an attachment should be torn down, or "" to keep it. stagingLost: its staging netns
+// is gone.
+func staleReason(a *state.Attachment, o ReconcileOptions, stagingLost bool) string {
 	if a.Phase == state.PhaseDeleting {
 		// Removal is idempotent and serialized per attachment: finishing one a worker is running is harmless.
 		return "Docker deleted its endpoint; the background removal has not finished"
+	}
+	if o.Startup && stagingLost && a.Phase != state.PhaseAdding {
+		// The staging netns lives as long as the attachment, pinned in /run: only a reboot (or a /run wiped
+		// like one) loses it, and every container went with it. Docker does not tell: a swarm network is not
+		// restored after a reboot, so no DeleteEndpoint ever comes for its tasks' endpoints.
+		return "its staging network namespace is gone: the host rebooted, and the container with it"
 	}
 	if o.Now.Sub(a.Created) < o.MinAge && !(o.Startup && a.Phase == state.PhaseAdding) {
 		return ""
@@ -145,7 +152,7 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 		}
 	}
 	for _, a := range atts {
-		reason := staleReason(a, o)
+		reason := staleReason(a, o, m.cni.StagingLost(&a.Attachment))
 		if reason == "" {
 			continue
 		}

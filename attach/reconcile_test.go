@@ -21,23 +21,28 @@ func TestStaleReason(t *testing.T) {
 		live    dockerapi.Live
 		startup bool
 		stale   bool
+		lost    bool // its staging netns is gone
 	}{
-		{"young adding during operation is in flight", att(state.PhaseAdding, young, "", ""), nil, false, false},
-		{"adding at startup is a crash leftover", att(state.PhaseAdding, young, "", ""), nil, true, true},
-		{"old adding", att(state.PhaseAdding, old, "", ""), nil, false, true},
-		{"old unclaimed address", att(state.PhasePending, old, "", ""), nil, false, true},
-		{"young unclaimed address", att(state.PhasePending, young, "", ""), nil, true, false},
-		{"joined, Docker unknown: keep", att(state.PhaseJoined, old, "net1", "ep-gone"), nil, false, false},
-		{"joined and live", att(state.PhaseJoined, old, "net1", "ep-live"), live, false, false},
-		{"joined, endpoint gone", att(state.PhaseJoined, old, "net1", "ep-gone"), live, false, true},
-		{"endpoint, network gone", att(state.PhaseEndpoint, old, "net2", "ep"), live, false, true},
-		{"young endpoint not yet visible in Docker", att(state.PhaseEndpoint, young, "net1", "ep-new"), live, false, false},
-		{"young deleting: Docker deleted the endpoint", att(state.PhaseDeleting, young, "net1", "ep-live"), live, false, true},
-		{"deleting, Docker unknown", att(state.PhaseDeleting, old, "net1", "ep-live"), nil, false, true},
+		{"young adding during operation is in flight", att(state.PhaseAdding, young, "", ""), nil, false, false, false},
+		{"adding at startup is a crash leftover", att(state.PhaseAdding, young, "", ""), nil, true, true, false},
+		{"old adding", att(state.PhaseAdding, old, "", ""), nil, false, true, false},
+		{"old unclaimed address", att(state.PhasePending, old, "", ""), nil, false, true, false},
+		{"young unclaimed address", att(state.PhasePending, young, "", ""), nil, true, false, false},
+		{"joined, Docker unknown: keep", att(state.PhaseJoined, old, "net1", "ep-gone"), nil, false, false, false},
+		{"joined and live", att(state.PhaseJoined, old, "net1", "ep-live"), live, false, false, false},
+		{"joined, endpoint gone", att(state.PhaseJoined, old, "net1", "ep-gone"), live, false, true, false},
+		{"endpoint, network gone", att(state.PhaseEndpoint, old, "net2", "ep"), live, false, true, false},
+		{"young endpoint not yet visible in Docker", att(state.PhaseEndpoint, young, "net1", "ep-new"), live, false, false, false},
+		{"young deleting: Docker deleted the endpoint", att(state.PhaseDeleting, young, "net1", "ep-live"), live, false, true, false},
+		{"deleting, Docker unknown", att(state.PhaseDeleting, old, "net1", "ep-live"), nil, false, true, false},
+		{"startup after a reboot: young joined, Docker unknown", att(state.PhaseJoined, young, "net1", "ep-live"), nil, true, true, true},
+		{"startup after a reboot: unclaimed address", att(state.PhasePending, young, "", ""), nil, true, true, true},
+		{"staging lost during operation: left to Docker's word", att(state.PhaseJoined, old, "net1", "ep-live"), live, false, false, true},
+		{"startup, staging there, Docker unknown", att(state.PhaseJoined, young, "net1", "ep-live"), nil, true, false, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got := staleReason(tc.a, ReconcileOptions{Live: tc.live, Startup: tc.startup, MinAge: time.Minute, Now: now})
+			got := staleReason(tc.a, ReconcileOptions{Live: tc.live, Startup: tc.startup, MinAge: time.Minute, Now: now}, tc.lost)
 			if (got != "") != tc.stale {
 				t.Errorf("staleReason = %q, want stale=%v", got, tc.stale)
 			}

@@ -255,6 +255,9 @@ func (r *Runner) MoveToHost(att *Attachment) error {
 	})
 }
 
+// StagingLost reports whether the attachment's staging netns no longer exists.
+func (r *Runner) StagingLost(att *Attachment) bool { return !isNetNS(att.NetNS) }
+
 // Teardown is the one way an attachment is removed. It puts the link back into the staging netns under its
 // ADD-time name with its addresses (recreating the netns, or a stand-in link, when they are gone, e.g. after
 // a killed container or a reboot), runs CNI DEL with the recorded conflist and args, and removes the staging
