@@ -41,6 +41,11 @@ func run(m *testing.M) int {
 	}
 	testbed = c
 	code := m.Run()
+	if code != 0 {
+		if dir, err := c.SaveLogs(); err == nil {
+			fmt.Fprintf(os.Stderr, "cluster test-bed: the nodes' dockerd and cniplug logs are in %s\n", dir)
+		}
+	}
 	if err := c.Down(); err != nil {
 		fmt.Fprintf(os.Stderr, "cluster test-bed: %v\n", err)
 		return 1

@@ -224,3 +224,110 @@ func hostnames(tasks []cluster.Task) []string {
 	}
 	return out
 }
+
+// TestSwarmChurn: a service on a swarm cniplug network (CNI IPAM over vxlan) through scale up and down, a
+// rolling restart, a drained node, a node killed and booted again, and a node cut off the underlay and
+// reconnected. After each, the running tasks have working attachments and every node's CNI IPAM holds exactly
+// its running tasks' addresses: nothing leaked by a task that went (also the killed node's, released when it
+// returns), nothing released for a task that runs (a returning node's garbage collection never touches
+// another node's addresses).
+func TestSwarmChurn(t *testing.T) {
+	c := needSwarm(t)
+	before := c.Snapshots(t)
+	t.Cleanup(func() { c.AssertNoLeaks(t, before) })
+	w := c.Wire(t, cluster.VXLAN, testutil.UniqueName("sw"))
+	network := testutil.UniqueName("swn")
+	c.SwarmNetwork(t, w, network, func(int) []string {
+		return []string{"--ipam-driver", c.Driver, "--ipam-opt", "cni=" + w.CNIName}
+	})
+	svc := createService(t, c, network, 6, "--endpoint-mode", "dnsrr")
+	mgr := c.Nodes[0]
+	checkTasks(t, c, w, c.WaitRunning(t, svc, network, 6, 2*time.Minute))
+
+	t.Log("scale 6 -> 12 -> 3")
+	mgr.Docker(t, "service", "scale", "--detach", svc+"=12")
+	checkTasks(t, c, w, c.WaitRunning(t, svc, network, 12, 2*time.Minute))
+	mgr.Docker(t, "service", "scale", "--detach", svc+"=3")
+	checkTasks(t, c, w, c.WaitRunning(t, svc, network, 3, 2*time.Minute))
+
+	t.Log("rolling restart")
+	old := map[string]bool{}
+	for _, task := range c.Tasks(t, svc, network) {
+		old[task.Container] = true
+	}
+	mgr.Docker(t, "service", "update", "--detach", "--force", svc)
+	var tasks []cluster.Task
+	cluster.Eventually(t, 2*time.Minute, "every task replaced by update --force", func() bool {
+		tasks = c.WaitRunning(t, svc, network, 3, 2*time.Minute)
+		for _, task := range tasks {
+			if old[task.Container] {
+				return false
+			}
+		}
+		return true
+	})
+	checkTasks(t, c, w, tasks)
+
+	drained := c.Nodes[2]
+	t.Logf("drain %s", drained.Name)
+	mgr.Docker(t, "node", "update", "--availability", "drain", drained.Name)
+	cluster.Eventually(t, 2*time.Minute, "no task left on the drained node", func() bool {
+		tasks = c.WaitRunning(t, svc, network, 3, 2*time.Minute)
+		for _, task := range tasks {
+			if task.Node == drained {
+				return false
+			}
+		}
+		return true
+	})
+	checkTasks(t, c, w, tasks)
+	mgr.Docker(t, "node", "update", "--availability", "active", drained.Name)
+
+	killed := c.Nodes[1]
+	mgr.Docker(t, "service", "scale", "--detach", svc+"=6")
+	tasks = c.WaitRunning(t, svc, network, 6, 2*time.Minute)
+	onKilled := 0
+	for _, task := range tasks {
+		if task.Node == killed {
+			onKilled++
+		}
+	}
+	t.Logf("kill %s (%d tasks there) and boot it again", killed.Name, onKilled)
+	if onKilled == 0 {
+		t.Fatalf("no task on %s to lose: %v", killed.Name, tasks)
+	}
+	c.Kill(t, killed)
+	// Swarm notices the node is down and starts its tasks elsewhere.
+	cluster.Eventually(t, 2*time.Minute, "the killed node's tasks started on the others", func() bool {
+		out, _ := mgr.DockerE("node", "inspect", "-f", "{{.Status.State}}", killed.Name)
+		return out == "down" && len(c.Tasks(t, svc, network)) == 6
+	})
+	reservedBefore := killed.Reservations(w.CNIName)
+	if len(reservedBefore) != onKilled {
+		t.Errorf("%s holds %v while down, want its %d tasks' addresses", killed.Name, reservedBefore, onKilled)
+	}
+	c.Start(t, killed)
+	w.Rewire(t, c, killed)
+	cluster.Eventually(t, 2*time.Minute, "the rebooted node back in the swarm", func() bool {
+		out, _ := mgr.DockerE("node", "inspect", "-f", "{{.Status.State}}", killed.Name)
+		return out == "ready"
+	})
+	c.RebaseLinks(t, before, killed)
+	checkTasks(t, c, w, c.WaitRunning(t, svc, network, 6, 2*time.Minute))
+
+	isolated := c.Nodes[2]
+	t.Logf("cut %s off and reconnect it", isolated.Name)
+	mgr.Docker(t, "service", "scale", "--detach", svc+"=9")
+	c.WaitRunning(t, svc, network, 9, 2*time.Minute)
+	c.Isolate(t, isolated)
+	cluster.Eventually(t, 2*time.Minute, "the isolated node down for the manager", func() bool {
+		out, _ := mgr.DockerE("node", "inspect", "-f", "{{.Status.State}}", isolated.Name)
+		return out == "down"
+	})
+	c.Rejoin(t, isolated)
+	cluster.Eventually(t, 2*time.Minute, "the reconnected node ready", func() bool {
+		out, _ := mgr.DockerE("node", "inspect", "-f", "{{.Status.State}}", isolated.Name)
+		return out == "ready"
+	})
+	checkTasks(t, c, w, c.WaitRunning(t, svc, network, 9, 3*time.Minute))
+}

@@ -112,6 +112,23 @@ func (c *Cluster) Down() error {
 	return nil
 }
 
+// SaveLogs copies every node's dockerd, cniplug and boot logs to a new directory under /tmp (they go with
+// Down) and returns it.
+func (c *Cluster) SaveLogs() (string, error) {
+	dir, err := os.MkdirTemp("", c.Name+"-logs-")
+	if err != nil {
+		return "", err
+	}
+	for _, n := range c.Nodes {
+		for _, name := range []string{"dockerd.log", "cniplug.log", "init.log"} {
+			if b, err := os.ReadFile(filepath.Join(n.Dir, name)); err == nil {
+				_ = os.WriteFile(filepath.Join(dir, n.Name+"-"+name), b, 0o644)
+			}
+		}
+	}
+	return dir, nil
+}
+
 func (c *Cluster) run(timeout time.Duration, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
