@@ -108,8 +108,15 @@ func mainErr(o *options) error {
 	if err != nil {
 		return err
 	}
+	down := false
+	defer func() { // a panic
+		if !down {
+			_ = c.Down()
+		}
+	}()
 	runErr := measure(ctx, c, o, res)
 	logf("taking the cluster down")
+	down = true
 	downErr := c.Down()
 	if runErr != nil {
 		if downErr != nil {
@@ -135,6 +142,9 @@ func mainErr(o *options) error {
 // measure forms the swarm, makes both networks and measures; what it makes inside the nodes goes with them
 // at Down, except the wiring, which it removes itself.
 func measure(ctx context.Context, c *cluster.Cluster, o *options, res *results) (err error) {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("interrupted")
+	}
 	mgr := c.Nodes[0]
 	res.Host = hostInfo(mgr)
 	logf("forming the swarm")
@@ -171,6 +181,9 @@ func measure(ctx context.Context, c *cluster.Cluster, o *options, res *results) 
 	// Scale rounds alternate between the kinds, so that drift (caches, the machine's load) hits both alike.
 	for r := 1; r <= o.Reps; r++ {
 		for _, k := range kinds {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("interrupted")
+			}
 			up, down, err := scaleRound(ctx, c, o, k, r)
 			if err != nil {
 				return err
@@ -182,6 +195,9 @@ func measure(ctx context.Context, c *cluster.Cluster, o *options, res *results) 
 		}
 	}
 	for _, k := range kinds {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("interrupted")
+		}
 		if err := dataPath(ctx, c, o, k, res.Kinds[k.Name]); err != nil {
 			return err
 		}

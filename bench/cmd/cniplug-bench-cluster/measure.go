@@ -103,7 +103,7 @@ func removeService(ctx context.Context, c *cluster.Cluster, svc string) error {
 	if _, err := c.Nodes[0].DockerE("service", "rm", svc); err != nil {
 		return err
 	}
-	return poll(context.WithoutCancel(ctx), 2*time.Minute, svc+"'s containers removed", func() (bool, error) {
+	return poll(ctx, 2*time.Minute, svc+"'s containers removed", func() (bool, error) {
 		for _, n := range c.Nodes {
 			out, err := n.DockerE("ps", "-aq", "--filter", "label=com.docker.swarm.service.name="+svc)
 			if err != nil || out != "" {
