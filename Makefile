@@ -17,7 +17,7 @@ GOTESTFLAGS ?=
 # The end-to-end tests that exercise the host firewall: run again under dockerd --firewall-backend=nftables.
 FIREWALL_TESTS := TestDockerFirewall|TestPublishPorts|TestPublishPortRangesAndHostIP|TestAddressingModes|TestConnectDisconnect|TestMultipleNetworks
 
-.PHONY: build cni-plugins test test-unit test-e2e test-e2e-managed test-e2e-firewall test-engines vet fuzz bench clean plugin install
+.PHONY: build cni-plugins test test-unit test-e2e test-e2e-managed test-e2e-firewall test-engines vet fuzz bench bench-cluster clean plugin install
 
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/cniplug .
@@ -85,6 +85,14 @@ fuzz:
 bench: build cni-plugins
 	$(GO) build -o bin/cniplug-bench ./bench/cmd/cniplug-bench
 	$(TESTLOCK) bin/cniplug-bench -out bench/out $(BENCHFLAGS)
+
+# cniplug against Docker's overlay on a 3-node swarm of this machine (scripts/cluster.sh, its own cluster
+# cniplug-bench; root, iperf3; ~5 min on 2 cores): scaling a service 0 -> 30 -> 0, ping and iperf3 between task
+# containers on two nodes. Writes bench/out-cluster/results.md and results.json. Takes the test lock (it adds
+# netns, cgroups and dockerds to the host). E.g. make bench-cluster BENCHFLAGS='-reps 5'.
+bench-cluster: build cni-plugins
+	$(GO) build -o bin/cniplug-bench-cluster ./bench/cmd/cniplug-bench-cluster
+	$(TESTLOCK) bin/cniplug-bench-cluster -out bench/out-cluster $(BENCHFLAGS)
 
 clean:
 	rm -rf bin

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # From a fresh Debian machine to a working cniplug: installs what is missing (docker.io, docker-compose, iptables, iproute2,
-# busybox-static, dnsmasq-base), starts dockerd (today's engine by default, built and cached by scripts/install-engine.sh;
+# busybox-static, dnsmasq-base, iperf3), starts dockerd (today's engine by default, built and cached by scripts/install-engine.sh;
 # CNIPLUG_ENGINE=20.10 for Debian's), builds cniplug and the pinned reference CNI plugins, installs the plugins
 # into /opt/cni/bin (never overwriting existing ones), adds a demo CNI bridge network, starts cniplug as a host
 # (v1) plugin and shows two containers on that CNI network pinging each other. Safe to run again.
@@ -13,8 +13,9 @@ command -v go >/dev/null || { echo "Go (the version in go.mod) is required to bu
 say "packages"
 need=()
 # debootstrap makes the managed plugin's base image offline; docker-registry serves the plugin push/install test;
-# dnsmasq-base (the binary only, no service) is the DHCP server of the DHCP tests (cnibridge and e2e).
-for p in docker.io docker-compose iptables iproute2 busybox-static make debootstrap docker-registry dnsmasq-base; do
+# dnsmasq-base (the binary only, no service) is the DHCP server of the DHCP tests (cnibridge and e2e); iperf3 is
+# run inside containers' network namespaces by the cluster benchmark (make bench-cluster).
+for p in docker.io docker-compose iptables iproute2 busybox-static make debootstrap docker-registry dnsmasq-base iperf3; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -40,8 +40,26 @@ type Wiring struct {
 // the test's cleanup removes all of it. Wirings of one cluster must have distinct names.
 func (c *Cluster) Wire(t testing.TB, topo Topology, cniName string) *Wiring {
 	t.Helper()
+	w, cleanup, err := c.WireE(topo, cniName)
+	t.Cleanup(cleanup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// WireE is Wire for programs (benchmarks): cleanup removes what was set up, also when err is not nil (it
+// then undoes the part that was done).
+func (c *Cluster) WireE(topo Topology, cniName string) (w *Wiring, cleanup func(), err error) {
+	var undo []func() // run in reverse order, as t.Cleanup does
+	cleanup = func() {
+		for k := len(undo) - 1; k >= 0; k-- {
+			undo[k]()
+		}
+		undo = nil
+	}
 	c.wirings++ // each wiring gets its own octet, bridge and vxlan names
-	w := &Wiring{Topology: topo, CNIName: cniName, index: c.wirings % 50}
+	w = &Wiring{Topology: topo, CNIName: cniName, index: c.wirings % 50}
 	switch topo {
 	case Routed:
 		w.Subnet = fmt.Sprintf("10.%d.0.0/16", 100+w.index)
@@ -50,23 +68,20 @@ func (c *Cluster) Wire(t testing.TB, topo Topology, cniName string) *Wiring {
 	case Macvlan, MacvlanNoIPAM:
 		_, sn, err := net.ParseCIDR(c.Nodes[0].IP + "/24")
 		if err != nil {
-			t.Fatal(err)
+			return nil, cleanup, err
 		}
 		w.Subnet = sn.String()
 	default:
-		t.Fatalf("unknown topology %q", topo)
+		return nil, cleanup, fmt.Errorf("unknown topology %q", topo)
 	}
 	for i, n := range c.Nodes {
 		i, n := i+1, n
 		path := filepath.Join(n.ConfDir(), cniName+".conflist")
 		if err := os.WriteFile(path, []byte(w.conflist(c, i)), 0o644); err != nil {
-			t.Fatal(err)
+			return nil, cleanup, err
 		}
-		t.Cleanup(func() { _ = os.Remove(path) })
-		for _, cmd := range w.setup(c, i) {
-			n.Exec(t, "sh", "-c", cmd)
-		}
-		t.Cleanup(func() {
+		undo = append(undo, func() { _ = os.Remove(path) })
+		undo = append(undo, func() {
 			for _, cmd := range w.teardown(c, i) {
 				_ = n.Command("sh", "-c", cmd).Run()
 			}
@@ -80,8 +95,13 @@ func (c *Cluster) Wire(t testing.TB, topo Topology, cniName string) *Wiring {
 			}
 			_ = os.Remove(dir)
 		})
+		for _, cmd := range w.setup(c, i) {
+			if out, err := n.Command("sh", "-c", cmd).CombinedOutput(); err != nil {
+				return nil, cleanup, fmt.Errorf("%s: sh -c %s: %v\n%s", n.Name, cmd, err, strings.TrimSpace(string(out)))
+			}
+		}
 	}
-	return w
+	return w, cleanup, nil
 }
 
 // Rewire adds the wiring's links and routes on node n again, after n rebooted (`cluster.sh kill` and `start`
