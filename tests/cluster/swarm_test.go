@@ -3,6 +3,9 @@ package cluster_test
 import (
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
@@ -330,4 +333,95 @@ func TestSwarmChurn(t *testing.T) {
 		return out == "ready"
 	})
 	checkTasks(t, c, w, c.WaitRunning(t, svc, network, 9, 3*time.Minute))
+}
+
+// TestSwarmPluginUpgrade: `docker plugin upgrade` of cniplug:latest node by node (from a registry each node
+// runs on its own 127.0.0.1: upgrade only pulls) while a service runs on a swarm cniplug network. The
+// running tasks keep reaching each other throughout; the new version serves new tasks and tears down the old
+// version's attachments completely.
+func TestSwarmPluginUpgrade(t *testing.T) {
+	c := needSwarm(t)
+	if _, err := exec.LookPath("docker-registry"); err != nil {
+		t.Skip("skipping: docker-registry is not installed (scripts/setup.sh installs it)")
+	}
+	before := c.Snapshots(t)
+	t.Cleanup(func() { c.AssertNoLeaks(t, before) })
+	w := c.Wire(t, cluster.VXLAN, testutil.UniqueName("sw"))
+	network := testutil.UniqueName("swn")
+	c.SwarmNetwork(t, w, network, func(int) []string {
+		return []string{"--ipam-driver", c.Driver, "--ipam-opt", "cni=" + w.CNIName}
+	})
+	svc := createService(t, c, network, 6, "--endpoint-mode", "dnsrr")
+	tasks := c.WaitRunning(t, svc, network, 6, 2*time.Minute)
+	checkTasks(t, c, w, tasks)
+
+	// A second version: the same bundle with another release mark (dockerd refuses content it already has).
+	release := filepath.Join(c.Dir, "plugin", "rootfs", "etc", "cniplug-release")
+	testutil.Must(t, os.WriteFile(release, []byte("cniplug upgrade test "+testutil.UniqueName("v")+"\n"), 0o644))
+	for _, n := range c.Nodes {
+		ref := startNodeRegistry(t, n) + "/cniplug:v2"
+		n.Docker(t, "plugin", "create", ref, filepath.Join(c.Dir, "plugin"))
+		n.Docker(t, "plugin", "push", ref)
+		n.Docker(t, "plugin", "rm", ref)
+		n.Docker(t, "plugin", "disable", "-f", c.Driver)
+		// With the plugin disabled the data path still works: the links, routes and rules are the kernel's.
+		checkReach(t, tasks)
+		n.Docker(t, "plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", c.Driver, ref)
+		n.Docker(t, "plugin", "enable", c.Driver)
+		if got := n.Docker(t, "plugin", "inspect", "-f", "{{.PluginReference}}", c.Driver); got != ref {
+			t.Errorf("%s: after the upgrade the plugin comes from %q, want %q", n.Name, got, ref)
+		}
+		checkReach(t, tasks)
+	}
+	// The new version: new tasks on every node, and the old ones gone without a trace.
+	c.Nodes[0].Docker(t, "service", "update", "--detach", "--force", svc)
+	old := map[string]bool{}
+	for _, task := range tasks {
+		old[task.Container] = true
+	}
+	cluster.Eventually(t, 2*time.Minute, "every task replaced by the new version", func() bool {
+		tasks = c.WaitRunning(t, svc, network, 6, 2*time.Minute)
+		for _, task := range tasks {
+			if old[task.Container] {
+				return false
+			}
+		}
+		return true
+	})
+	checkTasks(t, c, w, tasks)
+}
+
+// checkReach fails the test unless the first task reaches every other one.
+func checkReach(t *testing.T, tasks []cluster.Task) {
+	t.Helper()
+	for _, to := range tasks[1:] {
+		if got := fetch(t, tasks[0].Node, tasks[0].Container, fmt.Sprintf("http://%s/", to.IP)); got != to.Hostname {
+			t.Errorf("%s -> %s (%s): got %q", tasks[0].Node.Name, to.Node.Name, to.IP, got)
+		}
+	}
+}
+
+// startNodeRegistry runs Debian's docker-registry inside a node, on the node's 127.0.0.1:5000 (a registry
+// on localhost needs no TLS), until the test ends, and returns its address.
+func startNodeRegistry(t *testing.T, n *cluster.Node) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5000\n", filepath.Join(dir, "data"))
+	cfgPath := testutil.WriteFile(t, dir, "config.yml", cfg)
+	cmd := n.Command("docker-registry", "serve", cfgPath)
+	logf, err := os.Create(filepath.Join(dir, "registry.log"))
+	testutil.Must(t, err)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	testutil.Must(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		// nsenter's child may outlive it: kill whatever still serves this config.
+		testutil.KillMatching(t, cfgPath)
+		logf.Close()
+	})
+	cluster.Eventually(t, 15*time.Second, n.Name+": docker-registry answers", func() bool {
+		return n.Command("busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:5000/v2/").Run() == nil
+	})
+	return "127.0.0.1:5000"
 }
