@@ -17,7 +17,7 @@ GOTESTFLAGS ?=
 # The end-to-end tests that exercise the host firewall: run again under dockerd --firewall-backend=nftables.
 FIREWALL_TESTS := TestDockerFirewall|TestPublishPorts|TestPublishPortRangesAndHostIP|TestAddressingModes|TestConnectDisconnect|TestMultipleNetworks
 
-.PHONY: build cni-plugins test test-unit test-e2e test-e2e-managed test-e2e-firewall test-engines vet fuzz bench bench-cluster clean plugin install
+.PHONY: build cni-plugins test test-unit test-e2e test-e2e-managed test-e2e-firewall test-cluster test-engines vet fuzz bench bench-cluster clean plugin install
 
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/cniplug .
@@ -30,12 +30,13 @@ cni-plugins:
 vet:
 	$(GO) vet ./...
 
-# The whole suite against the running dockerd: unit tests (real netns + real CNI plugins) and end-to-end tests
-# (real dockerd), the latter once with cniplug as a host (v1) plugin and once as a managed plugin built from
-# this checkout.
+# The whole suite against the running dockerd: unit tests (real netns + real CNI plugins), end-to-end tests
+# (real dockerd) and the multi-host tests on the cluster test-bed (scripts/cluster.sh: three Docker hosts
+# running the same engine), the latter two once with cniplug as a host (v1) plugin and once as a managed
+# plugin built from this checkout (swarm needs it).
 test: build cni-plugins vet
 	$(TESTLOCK) $(GO) test $(GOTESTFLAGS) -count=1 -p 1 -timeout 25m ./...
-	$(TESTLOCK) env CNIPLUG_E2E_MODE=managed $(GO) test $(GOTESTFLAGS) -count=1 -timeout 25m ./tests/
+	$(TESTLOCK) env CNIPLUG_E2E_MODE=managed $(GO) test $(GOTESTFLAGS) -count=1 -p 1 -timeout 35m ./tests/...
 
 # The suite on every supported engine, as CI runs it (scripts/ci-engines.sh): the current engine with both
 # plugin modes, its nftables firewall backend for the firewall tests, and Docker 20.10 with the host plugin.
@@ -46,11 +47,16 @@ test-unit: build cni-plugins
 	$(TESTLOCK) $(GO) test $(GOTESTFLAGS) -count=1 -p 1 -timeout 10m $$($(GO) list ./... | grep -v /tests)
 
 test-e2e: build cni-plugins
-	$(TESTLOCK) $(GO) test -count=1 -v -timeout 20m ./tests/
+	$(TESTLOCK) $(GO) test -count=1 -v -p 1 -timeout 25m ./tests/...
 
 # The end-to-end suite against the managed plugin (scripts/build-plugin.sh builds it; no registry needed).
 test-e2e-managed: build cni-plugins
-	$(TESTLOCK) env CNIPLUG_E2E_MODE=managed $(GO) test -count=1 -v -timeout 25m ./tests/
+	$(TESTLOCK) env CNIPLUG_E2E_MODE=managed $(GO) test -count=1 -v -p 1 -timeout 35m ./tests/...
+
+# The multi-host tests alone, on the cluster test-bed: per-host networks (host plugin), then swarm (managed).
+test-cluster: build cni-plugins
+	$(TESTLOCK) $(GO) test -count=1 -v -timeout 10m ./tests/cluster/
+	$(TESTLOCK) env CNIPLUG_E2E_MODE=managed $(GO) test -count=1 -v -timeout 25m ./tests/cluster/
 
 # The firewall-related end-to-end tests alone (host plugin), e.g. under another dockerd firewall backend.
 test-e2e-firewall: build cni-plugins

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole suite on every supported engine, one after the other (only one dockerd runs at a time):
-#   1. the current engine (iptables firewall backend): `make test` (unit, e2e host plugin, e2e managed plugin)
+#   1. the current engine (iptables firewall backend): `make test` (unit, e2e and cluster tests with the host
+#      plugin, e2e and cluster tests with the managed plugin)
 #   2. the current engine with --firewall-backend=nftables: the firewall-related e2e tests (host plugin)
-#   3. Docker 20.10 (Debian's docker.io): the e2e suite with the host plugin
+#   3. Docker 20.10 (Debian's docker.io): the e2e suite and the cluster tests (three 20.10 nodes) with the host
+#      plugin, and the swarm services test with the managed plugin
 # Every stage runs even if an earlier one failed; the last line counts every PASS/FAIL/SKIP of every stage,
 # and the exit status is non-zero if any stage failed. The current engine is running again at the end.
 set -uo pipefail
@@ -24,8 +26,8 @@ stage "current engine: unit + e2e (host and managed plugin)" \
   bash -c 'bash scripts/engine.sh start current && make test GOTESTFLAGS=-v'
 stage "current engine, nftables firewall backend: firewall e2e tests" \
   bash -c 'sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 && bash scripts/engine.sh start current --firewall-backend=nftables && make test-e2e-firewall'
-stage "Docker 20.10: e2e (host plugin)" \
-  bash -c 'bash scripts/engine.sh start 20.10 && make test-e2e'
+stage "Docker 20.10: e2e and cluster tests (host plugin), swarm services (managed plugin)" \
+  bash -c 'bash scripts/engine.sh start 20.10 && make test-e2e && flock -o /tmp/cniplug-tests.lock env CNIPLUG_E2E_MODE=managed go test -count=1 -v -timeout 15m -run TestSwarmServices ./tests/cluster/'
 stage "back to the current engine" bash scripts/engine.sh start current
 
 pass=$(grep -cE '^\s*--- PASS:' "$log")

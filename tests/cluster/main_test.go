@@ -5,6 +5,7 @@ package cluster_test
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -12,7 +13,8 @@ import (
 )
 
 // testbed is the cluster every test of this package runs on, brought up once by TestMain (~10 s; the
-// managed plugin's bundle is built first when CNIPLUG_E2E_MODE=managed).
+// managed plugin's bundle is built first when CNIPLUG_E2E_MODE=managed). Its nodes run the engine the host
+// runs (CNIPLUG_CLUSTER_ENGINE=current or 20.10 to choose).
 var testbed *cluster.Cluster
 
 // skipReason is why the test-bed is not there ("" when it is).
@@ -30,9 +32,13 @@ func run(m *testing.M) int {
 	if skipReason = cluster.Unavailable(); skipReason != "" {
 		return m.Run()
 	}
-	opts := cluster.Options{Nodes: 3, Managed: os.Getenv("CNIPLUG_E2E_MODE") == "managed"}
-	if e := os.Getenv("CNIPLUG_CLUSTER_ENGINE"); e != "" {
-		opts.Engine = e
+	opts := cluster.Options{Nodes: 3, Managed: os.Getenv("CNIPLUG_E2E_MODE") == "managed", Engine: os.Getenv("CNIPLUG_CLUSTER_ENGINE")}
+	if opts.Engine == "" {
+		// The engine the rest of the suite runs against (scripts/engine.sh): 20.10, or today's.
+		opts.Engine = "current"
+		if v, _ := exec.Command("docker", "version", "--format", "{{.Server.Version}}").Output(); strings.HasPrefix(string(v), "20.10.") {
+			opts.Engine = "20.10"
+		}
 	}
 	c, err := cluster.Up(opts)
 	if err != nil {
