@@ -220,8 +220,8 @@ func TestRoutingErrors(t *testing.T) {
 	t.Run("empty body is an empty request", func(t *testing.T) {
 		var caps network.CapabilitiesResponse
 		status, body := c.raw(http.MethodPost, "/NetworkDriver.GetCapabilities", nil)
-		if err := json.Unmarshal(body, &caps); err != nil || status != http.StatusOK || caps.Scope != "local" || caps.ConnectivityScope != "local" {
-			t.Fatalf("status %d body %s; want 200 with local scopes", status, body)
+		if err := json.Unmarshal(body, &caps); err != nil || status != http.StatusOK || caps.Scope != "local" || caps.ConnectivityScope != "global" {
+			t.Fatalf("status %d body %s; want 200 with local data and global connectivity scope", status, body)
 		}
 	})
 }
