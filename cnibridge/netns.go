@@ -9,11 +9,13 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/cniplug/cniplug/internal/dirs"
 )
 
 // createNetNS creates a new network namespace and pins it with a bind mount at path, as `ip netns add` does.
 func createNetNS(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := dirs.Make(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("creating netns dir: %w", err)
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)

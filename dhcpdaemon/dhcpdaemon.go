@@ -25,6 +25,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cniplug/cniplug/internal/dirs"
 )
 
 // DefaultSocket is where the dhcp plugin dials its daemon when the ipam section has no daemonSocketPath.
@@ -209,6 +211,10 @@ func (s *Supervisor) start(ctx context.Context, bin string) error {
 	}
 	if err := os.MkdirAll(s.cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("creating the DHCP daemon's state dir %s: %w", s.cfg.StateDir, err)
+	}
+	// The daemon makes its socket's dir itself, but not through a dangling symlink (the managed plugin's /run/cni).
+	if err := dirs.Make(filepath.Dir(s.SocketPath()), 0o755); err != nil {
+		return fmt.Errorf("creating the DHCP daemon's socket dir for %s: %w", s.SocketPath(), err)
 	}
 	logf, err := os.OpenFile(s.logPath(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {

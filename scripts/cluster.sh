@@ -129,7 +129,8 @@ node_boot() { # start node I's namespaces, cniplug (host mode) and dockerd
   mkdir -p /var/lib/docker /etc/docker /var/lib/cni /etc/cni/net.d /var/lib/cniplug
   # The node's init: a mount namespace that sees the host's mounts (slave) and shares its own among its
   # processes (as systemd's shared root does; the managed plugin needs dockerd's netns mounts), a sysfs of
-  # the node's network namespace with the host's cgroup hierarchies, and the node's own directories.
+  # the node's network namespace with the host's cgroup hierarchies, and the node's own directories. /run
+  # starts empty, as after a boot (no /run/netns, no /run/cni).
   local init
   init="set -e
 hostname node$i
@@ -143,7 +144,6 @@ mount --bind '$d/etc-docker' /etc/docker
 mount --bind '$d/cni' /var/lib/cni
 mount --bind '$d/net.d' /etc/cni/net.d
 mount --bind '$d/cniplug' /var/lib/cniplug
-mkdir -p /run/netns /run/docker/plugins
 echo \$\$ > '$d/anchor.pid'
 exec sleep infinity"
   setsid nsenter --net="/run/netns/$ns" unshare --mount --uts --propagation slave -- bash -c "$init" \
