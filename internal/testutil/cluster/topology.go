@@ -23,9 +23,9 @@ const (
 	// Macvlan: macvlan links over each node's underlay link, the underlay's subnet shared by all nodes; each
 	// node allocates from its own slice (containers are on the nodes' LAN).
 	Macvlan Topology = "macvlan"
-	// MacvlanNoIPAM: macvlan over the underlay with no IPAM: the addresses come from Docker (swarm's allocator
-	// hands out unique ones cluster-wide).
-	MacvlanNoIPAM Topology = "macvlan-noipam"
+	// MacvlanDHCP: macvlan over the underlay with the dhcp IPAM: one range shared by all nodes, unique because
+	// one DHCP server on the underlay allocates for the whole cluster (Docker 28+, as cniplug's DHCP).
+	MacvlanDHCP Topology = "macvlan-dhcp"
 )
 
 // Wiring is a CNI network wired across every node of the cluster.
@@ -34,6 +34,8 @@ type Wiring struct {
 	CNIName  string // the CNI network's name on every node
 	Subnet   string // the whole network
 	index    int
+	// leaseFile is the DHCP server's lease file (MacvlanDHCP).
+	leaseFile string
 }
 
 // Wire writes the CNI network on every node and adds what it needs there (routes, bridges, vxlan devices);
@@ -65,7 +67,7 @@ func (c *Cluster) WireE(topo Topology, cniName string) (w *Wiring, cleanup func(
 		w.Subnet = fmt.Sprintf("10.%d.0.0/16", 100+w.index)
 	case VXLAN:
 		w.Subnet = fmt.Sprintf("10.%d.0.0/16", 150+w.index)
-	case Macvlan, MacvlanNoIPAM:
+	case Macvlan, MacvlanDHCP:
 		_, sn, err := net.ParseCIDR(c.Nodes[0].IP + "/24")
 		if err != nil {
 			return nil, cleanup, err
@@ -73,6 +75,13 @@ func (c *Cluster) WireE(topo Topology, cniName string) (w *Wiring, cleanup func(
 		w.Subnet = sn.String()
 	default:
 		return nil, cleanup, fmt.Errorf("unknown topology %q", topo)
+	}
+	if topo == MacvlanDHCP {
+		stop, err := c.startDHCPServer(w)
+		undo = append(undo, stop)
+		if err != nil {
+			return nil, cleanup, err
+		}
 	}
 	for i, n := range c.Nodes {
 		i, n := i+1, n
@@ -146,6 +155,12 @@ func (w *Wiring) NodeRange(c *Cluster, i int) (net.IP, net.IP) {
 		last := append(net.IP(nil), base...)
 		first[3], last[3] = byte(100+20*(i-1)), byte(119+20*(i-1))
 		return first, last
+	case MacvlanDHCP: // every node: the DHCP server's pool
+		base := net.ParseIP(c.Nodes[0].IP).To4()
+		first := append(net.IP(nil), base...)
+		last := append(net.IP(nil), base...)
+		first[3], last[3] = dhcpFirst, dhcpLast
+		return first, last
 	}
 	_, sn, _ := net.ParseCIDR(w.Subnet)
 	return sn.IP, sn.IP
@@ -176,9 +191,9 @@ func (w *Wiring) conflist(c *Cluster, i int) string {
   {"type": "macvlan", "master": "eth0", "mode": "bridge",
    "ipam": {"type": "host-local", "ranges": [[{"subnet": %q, "rangeStart": %q, "rangeEnd": %q}]]}}]}`,
 			w.CNIName, w.Subnet, first, last)
-	case MacvlanNoIPAM:
+	case MacvlanDHCP:
 		return fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q, "plugins": [
-  {"type": "macvlan", "master": "eth0", "mode": "bridge"}]}`, w.CNIName)
+  {"type": "macvlan", "master": "eth0", "mode": "bridge", "ipam": {"type": "dhcp"}}]}`, w.CNIName)
 	}
 	return ""
 }
