@@ -73,24 +73,33 @@ events_logfile_path = %q
 	p.env = append(os.Environ(), "CONTAINERS_CONF="+filepath.Join(p.dir, "containers.conf"),
 		"CONTAINERS_STORAGE_CONF="+filepath.Join(p.dir, "storage.conf"))
 	e.onCleanup("removing podman state", p.cleanup)
-	// The same image: Docker's busybox image, saved and loaded.
-	save := exec.Command("docker", "save", e.image)
-	load := exec.Command("podman", "load")
-	load.Env = p.env
-	pipe, err := save.StdoutPipe()
+	// The same image: the filesystem of Docker's busybox image, exported from a container and imported. Not
+	// `docker save | podman load`: Docker 29's containerd image store saves an OCI index that Podman 4 does not
+	// load, and the image's filesystem is all the bench needs of it.
+	p.image = "localhost/" + strings.TrimPrefix(e.image, "docker.io/")
+	ctr, err := run("docker", "create", e.image, "true")
+	if err != nil {
+		return nil, fmt.Errorf("docker create %s for its filesystem: %w", e.image, err)
+	}
+	if f := strings.Fields(ctr); len(f) > 0 {
+		ctr = f[len(f)-1] // the ID is the last line, after any warning
+	}
+	defer func() { _, _ = run("docker", "rm", "-f", ctr) }()
+	export := exec.Command("docker", "export", ctr)
+	imp := p.cmd("import", "--change", `CMD ["/bin/sh"]`, "--change", "ENV PATH=/bin", "-", p.image)
+	pipe, err := export.StdoutPipe()
 	if err != nil {
 		return nil, err
 	}
-	load.Stdin = pipe
-	if err := save.Start(); err != nil {
+	imp.Stdin = pipe
+	if err := export.Start(); err != nil {
 		return nil, err
 	}
-	out, lerr := load.CombinedOutput()
-	serr := save.Wait()
-	if lerr != nil || serr != nil {
-		return nil, fmt.Errorf("docker save | podman load: %v %v: %s", serr, lerr, out)
+	out, ierr := imp.CombinedOutput()
+	eerr := export.Wait()
+	if ierr != nil || eerr != nil {
+		return nil, fmt.Errorf("docker export | podman import: %v %v: %s", eerr, ierr, out)
 	}
-	p.image = "localhost/" + strings.TrimPrefix(e.image, "docker.io/")
 	return p, nil
 }
 
