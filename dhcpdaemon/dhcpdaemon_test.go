@@ -309,10 +309,13 @@ func TestEnsureErrors(t *testing.T) {
 		{"socket path taken by a regular file", func(t *testing.T, cfg *Config) {
 			testutil.WriteFile(t, filepath.Dir(cfg.Socket), filepath.Base(cfg.Socket), "not a socket")
 		}, []string{"$SOCKET", "not a socket"}},
-		{"daemon exits at once", func(t *testing.T, cfg *Config) {
-			// Its socket's dir cannot be created: a file is in the way.
+		{"socket dir cannot be created", func(t *testing.T, cfg *Config) {
 			f := testutil.WriteFile(t, filepath.Dir(cfg.Socket), "file", "")
 			cfg.Socket = filepath.Join(f, "dhcp.sock")
+		}, []string{"$SOCKET", "socket dir", "not a directory"}},
+		{"daemon exits at once", func(t *testing.T, cfg *Config) {
+			// It cannot listen: the socket's path is longer than a unix socket address holds (108 bytes).
+			cfg.Socket = filepath.Join(filepath.Dir(cfg.Socket), strings.Repeat("s", 110)+".sock")
 		}, []string{"$BIN0/dhcp", "$SOCKET", "exited", "dhcp-daemon.log", "Error getting listener"}},
 	}
 	for _, tt := range tests {
