@@ -176,6 +176,10 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 			return err
 		}
 	}
+	// Without the pin teardown takes the link back to staging first, which works too: not worth failing Join.
+	if err := m.cni.PinSandbox(&a.Attachment); err != nil {
+		m.log.Warn("teardown will move the link back out of the container", "attachment", a.ID(), "cni_network", a.Network, "error", err)
+	}
 	m.log.Info("link moved into the container", "attachment", a.ID(), "cni_network", a.Network, "network", a.NetworkID,
 		"endpoint", a.EndpointID, "netns", a.Sandbox, "ifname", a.SandboxIfName, "dhcp", dhcp)
 	return nil

@@ -60,10 +60,36 @@ func createNetNS(path string) error {
 	return nil
 }
 
-// removeNetNS unpins and removes a namespace created by createNetNS. A missing path is not an error.
+// pinNetNSOver bind-mounts the network namespace at src over path, on top of the namespace pinned there: path
+// names src's namespace from then on, and keeps it alive after src is unmounted. There is no moment at which
+// path names no namespace. removeNetNS unpins both.
+func pinNetNSOver(src, path string) error {
+	if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mounting netns %s at %s: %w", src, path, err)
+	}
+	return nil
+}
+
+// sameNetNS reports whether the paths name the same network namespace.
+func sameNetNS(a, b string) bool {
+	var sa, sb unix.Stat_t
+	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+// removeNetNS unpins and removes a namespace created by createNetNS, with every namespace pinned over it
+// (pinNetNSOver). A missing path is not an error.
 func removeNetNS(path string) error {
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmounting netns %s: %w", path, err)
+	for pinned := true; pinned; {
+		switch err := unix.Unmount(path, unix.MNT_DETACH); {
+		case err == nil: // another may be stacked below
+		case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT):
+			pinned = false // not a mount point (any more), or no such file
+		default:
+			return fmt.Errorf("unmounting netns %s: %w", path, err)
+		}
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing netns %s: %w", path, err)

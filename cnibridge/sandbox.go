@@ -111,6 +111,24 @@ func (r *Runner) JoinSandbox(att *Attachment, mac string) error {
 	return configureLink(sb, l, att.Interface)
 }
 
+// PinSandbox makes the attachment's staging netns path name the container's netns, once the link is there
+// under its ADD-time name (JoinSandbox, first interface): teardown then finds CNI_IFNAME in CNI_NETNS, the same
+// path and name as at ADD, and runs CNI DEL where the link is, instead of first moving it back to staging
+// (another wait for the kernel's RCU grace period). The pin also keeps the container's netns, and the link
+// with its addresses (by which bridge and ptp remove their masquerade chain), alive after Docker has removed
+// the container, until the DEL. The staging netns stays pinned underneath until teardown, so the path names a
+// namespace at every moment: a crash before the pin leaves the usual path, where teardown takes the link back.
+// A link with another name (the container had an eth0 already) keeps that path, as does a repeated call.
+func (r *Runner) PinSandbox(att *Attachment) error {
+	if att.Sandbox == "" || att.SandboxIfName != att.IfName || sameNetNS(att.NetNS, att.Sandbox) {
+		return nil
+	}
+	if err := pinNetNSOver(att.Sandbox, att.NetNS); err != nil {
+		return fmt.Errorf("pinning the container's netns for teardown: %w", err)
+	}
+	return nil
+}
+
 // ownLink returns the attachment's link in the container's netns: named as planned and marked as this
 // instance's for this attachment (another link may carry the name after a failed move).
 func (r *Runner) ownLink(sb *netlink.Handle, att *Attachment) netlink.Link {
@@ -160,7 +178,10 @@ func configureLink(h *netlink.Handle, l netlink.Link, iface Interface) error {
 // joined with JoinSandbox.
 func (r *Runner) takeBackFromSandbox(att *Attachment) error {
 	if att.Sandbox == "" || !isNetNS(att.Sandbox) {
-		return nil // the container's netns is gone, and the link with it
+		return nil // the container's netns is gone, and the link with it (or pinned at NetNS: PinSandbox)
+	}
+	if sameNetNS(att.Sandbox, att.NetNS) {
+		return nil // PinSandbox: DEL runs where the link is
 	}
 	stage, err := netns.GetFromPath(att.NetNS)
 	if err != nil {

@@ -13,8 +13,10 @@ import (
 
 // TestJoinSandbox: the link goes from the staging netns straight into the container's netns, named after the
 // links already there, with its addresses, connected routes and up state, so that Docker's gateway and
-// next-hop routes can be added on top; a repeated Join changes nothing. Teardown then takes it back (or,
-// when the container's netns is already gone, cleans up without it), and nothing is left.
+// next-hop routes can be added on top; a repeated Join changes nothing. Under its ADD-time name the link is
+// then deleted in place: the staging path pins the container's netns, which outlives the container for the
+// DEL. Under another name teardown takes it back (or, when the container's netns is already gone, cleans up
+// without it). Nothing is left either way.
 func TestJoinSandbox(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.CNIBinDir(t)
@@ -51,6 +53,13 @@ func TestJoinSandbox(t *testing.T) {
 				}
 				testutil.Must(t, a.r.JoinSandbox(a.att, tc.mac))
 				testutil.Must(t, a.r.JoinSandbox(a.att, tc.mac)) // repeated Join
+				testutil.Must(t, a.r.PinSandbox(a.att))
+				testutil.Must(t, a.r.PinSandbox(a.att)) // repeated Join
+				// Only a link under its ADD-time name can be deleted in place: DEL names it by CNI_IFNAME.
+				pinned := tc.wantName == a.att.IfName
+				if sameNetNS(a.att.NetNS, sandbox) != pinned {
+					t.Fatalf("staging path names the container's netns: %v, want %v", !pinned, pinned)
+				}
 				wantMAC := a.att.Interface.MAC
 				if tc.mac != "" {
 					wantMAC = tc.mac
@@ -90,6 +99,20 @@ func TestJoinSandbox(t *testing.T) {
 
 				if tc.gone {
 					testutil.Must(t, removeNetNS(sandbox))
+					if pinned {
+						// The pin keeps the container's netns, and the link with its addresses, for the DEL.
+						inNetNS(t, a.att.NetNS, func(h *netlink.Handle) {
+							l, err := h.LinkByName(a.att.IfName)
+							if err != nil {
+								t.Fatalf("the link went with the container's netns although it is pinned: %v", err)
+							}
+							addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+							testutil.Must(t, err)
+							if len(addrs) == 0 {
+								t.Errorf("the pinned link lost its addresses")
+							}
+						})
+					}
 				}
 				testutil.Must(t, a.r.Teardown(context.Background(), a.att))
 				a.checkGone(t)
