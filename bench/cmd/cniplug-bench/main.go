@@ -312,28 +312,32 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	} else {
 		profileDone <- nil
 	}
+	// One lifecycle of a kind: the cniplug networks costed from the metrics (default and direct-join), the
+	// sync-DEL one settled but not costed, the others plain.
+	lifecycleOf := func(kind string, args []string, more ...[]string) (time.Duration, error) {
+		switch kind {
+		case "cniplug", kindDirect:
+			d, cost, err := cniplugLifecycle(args, more...)
+			if err == nil && kind == kindDirect {
+				res.addDirectCost(cost)
+			} else if err == nil {
+				res.addCost(cost)
+			}
+			return d, err
+		case kindSync:
+			return uncostedLifecycle(args, more...)
+		default:
+			return plain(args, more...)
+		}
+	}
 	res.RunRM = map[string]samples{}
 	for i := 0; i < o.Seq; i++ {
 		for _, k := range kinds {
-			args := e.dockerRunArgs(k.network, false)
-			if k.name != "cniplug" {
-				lifecycle := plain
-				if k.name == kindSync || k.name == kindDirect {
-					lifecycle = uncostedLifecycle
-				}
-				d, err := lifecycle(args)
-				if err != nil {
-					return err
-				}
-				res.RunRM[k.name] = append(res.RunRM[k.name], d.Seconds())
-				continue
-			}
-			d, cost, err := cniplugLifecycle(args)
+			d, err := lifecycleOf(k.name, e.dockerRunArgs(k.network, false))
 			if err != nil {
 				return err
 			}
 			res.RunRM[k.name] = append(res.RunRM[k.name], d.Seconds())
-			res.addCost(cost)
 		}
 	}
 	if err := <-profileDone; err != nil {
@@ -346,25 +350,11 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 		for _, k := range kinds {
 			name := fmt.Sprintf("bench-%s-pair-%s-%d", e.runID, k.name, i)
 			args := append([]string{"run", "--name", name}, e.dockerRunArgs(k.network, true)[1:]...)
-			rm := []string{"rm", "-f", name}
-			if k.name != "cniplug" {
-				lifecycle := plain
-				if k.name == kindSync || k.name == kindDirect {
-					lifecycle = uncostedLifecycle
-				}
-				d, err := lifecycle(args, rm)
-				if err != nil {
-					return err
-				}
-				res.Pair[k.name] = append(res.Pair[k.name], d.Seconds())
-				continue
-			}
-			d, cost, err := cniplugLifecycle(args, rm)
+			d, err := lifecycleOf(k.name, args, []string{"rm", "-f", name})
 			if err != nil {
 				return err
 			}
 			res.Pair[k.name] = append(res.Pair[k.name], d.Seconds())
-			res.addCost(cost)
 		}
 	}
 

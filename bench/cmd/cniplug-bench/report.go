@@ -38,10 +38,10 @@ type results struct {
 	RunRM map[string]samples // by network kind: none, bridge, cniplug, cniplug-async
 	Pair  map[string]samples
 
-	// Per cniplug lifecycle, from its metrics.
-	InPlugin samples
-	InCNI    samples
-	Overhead samples
+	// Per cniplug lifecycle, from its metrics (InPlugin, InCNI, Overhead).
+	cost
+	// The same for the lifecycles on the direct-join network (the speed-up options). Earlier results lack it.
+	Direct *cost `json:",omitempty"`
 
 	Throughput map[string]map[int]float64 // kind -> parallelism -> lifecycles/s
 	Scale      map[int]*scalePoint        // live endpoints -> measurements
@@ -76,10 +76,27 @@ type target struct {
 	Note     string
 }
 
-func (r *results) addCost(c lifecycleCost) {
-	r.InPlugin = append(r.InPlugin, c.inPlugin)
-	r.InCNI = append(r.InCNI, c.inCNI)
-	r.Overhead = append(r.Overhead, c.overhead())
+// cost is what lifecycles cost inside cniplug, from its metrics.
+type cost struct {
+	InPlugin samples
+	InCNI    samples
+	Overhead samples
+}
+
+func (c *cost) add(l lifecycleCost) {
+	c.InPlugin = append(c.InPlugin, l.inPlugin)
+	c.InCNI = append(c.InCNI, l.inCNI)
+	c.Overhead = append(c.Overhead, l.overhead())
+}
+
+func (r *results) addCost(c lifecycleCost) { r.cost.add(c) }
+
+// addDirectCost records a lifecycle on the direct-join network.
+func (r *results) addDirectCost(c lifecycleCost) {
+	if r.Direct == nil {
+		r.Direct = &cost{}
+	}
+	r.Direct.add(c)
 }
 
 func ms(s float64) string {
@@ -126,6 +143,10 @@ func (r *results) evaluate() {
 	}
 	add("cniplug overhead per lifecycle, p50", ms(r.Overhead.p50()), "≤ 10 ms", r.Overhead.p50()/0.010, "time in cniplug's handlers minus time in CNI plugin execs")
 	add("cniplug overhead per lifecycle, p99", ms(r.Overhead.p99()), "≤ 25 ms", r.Overhead.p99()/0.025, "")
+	if d := r.Direct; d != nil && len(d.Overhead) > 0 {
+		add("cniplug overhead per lifecycle with the speed-up options, p50", ms(d.Overhead.p50()), "≤ 10 ms", d.Overhead.p50()/0.010, "`--opt direct-join=true`")
+		add("cniplug overhead per lifecycle with the speed-up options, p99", ms(d.Overhead.p99()), "≤ 25 ms", d.Overhead.p99()/0.025, "")
+	}
 	if p := r.Podman; p != nil && p.Error == "" {
 		ours := r.RunRM["cniplug"].p50() - r.RunRM["none"].p50()
 		theirs := p.CNI.p50() - p.None.p50()
@@ -222,10 +243,18 @@ func (r *results) markdown() string {
 	row("`docker run --rm … true`", r.RunRM, o.Seq)
 	row("`docker run -d … sleep` + `docker rm -f`", r.Pair, o.Pairs)
 
-	w("\n### Inside cniplug, per lifecycle (from its /metrics; n=%d)\n\n| | p50 | p99 |\n|---|---|---|\n", len(r.Overhead))
-	w("| time in cniplug's handlers | %s | %s |\n", ms(r.InPlugin.p50()), ms(r.InPlugin.p99()))
-	w("| of which inside CNI plugin execs | %s | %s |\n", ms(r.InCNI.p50()), ms(r.InCNI.p99()))
-	w("| **cniplug's own overhead** (handlers minus execs) | %s | %s |\n", ms(r.Overhead.p50()), ms(r.Overhead.p99()))
+	if d := r.Direct; d != nil && len(d.Overhead) > 0 {
+		w("\n### Inside cniplug, per lifecycle (from its /metrics; n=%d default, n=%d direct-join)\n\n", len(r.Overhead), len(d.Overhead))
+		w("| | default p50 | default p99 | direct-join p50 | direct-join p99 |\n|---|---|---|---|---|\n")
+		w("| time in cniplug's handlers | %s | %s | %s | %s |\n", ms(r.InPlugin.p50()), ms(r.InPlugin.p99()), ms(d.InPlugin.p50()), ms(d.InPlugin.p99()))
+		w("| of which inside CNI plugin execs | %s | %s | %s | %s |\n", ms(r.InCNI.p50()), ms(r.InCNI.p99()), ms(d.InCNI.p50()), ms(d.InCNI.p99()))
+		w("| **cniplug's own overhead** (handlers minus execs) | %s | %s | %s | %s |\n", ms(r.Overhead.p50()), ms(r.Overhead.p99()), ms(d.Overhead.p50()), ms(d.Overhead.p99()))
+	} else {
+		w("\n### Inside cniplug, per lifecycle (from its /metrics; n=%d)\n\n| | p50 | p99 |\n|---|---|---|\n", len(r.Overhead))
+		w("| time in cniplug's handlers | %s | %s |\n", ms(r.InPlugin.p50()), ms(r.InPlugin.p99()))
+		w("| of which inside CNI plugin execs | %s | %s |\n", ms(r.InCNI.p50()), ms(r.InCNI.p99()))
+		w("| **cniplug's own overhead** (handlers minus execs) | %s | %s |\n", ms(r.Overhead.p50()), ms(r.Overhead.p99()))
+	}
 	if r.GoBench != nil {
 		lib, rl := r.GoBench["BenchmarkLibcniAddDel"], r.GoBench["BenchmarkRunnerLifecycle"]
 		w("\nThe same conflist without Docker (Go benchmarks in `cnibridge/bench_test.go`, %d iterations): raw libcni ADD+DEL **%s**; "+
