@@ -155,11 +155,17 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 	if err := m.store.PutAttachment(a); err != nil {
 		return fmt.Errorf("recording the join: %w", err)
 	}
-	if allowForward != nil {
-		if err := allowForward(); err != nil {
-			return err
-		}
+	// The FORWARD rules (an iptables-restore, ~10 ms) and the link's move (an RCU grace period, ~20 ms) are
+	// independent: they run side by side, and Join answers once both are done.
+	forwarded := alongside(allowForward)
+	if err := m.placeLink(ctx, a, nw, intoSandbox, dhcp); err != nil {
+		return errors.Join(err, <-forwarded)
 	}
+	return <-forwarded
+}
+
+// placeLink puts the joined attachment's link where the container gets it (Join's choice, see there).
+func (m *Manager) placeLink(ctx context.Context, a *state.Attachment, nw *cnibridge.Network, intoSandbox, dhcp bool) error {
 	if !intoSandbox {
 		return m.cni.MoveToHost(&a.Attachment)
 	}
@@ -204,10 +210,9 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 	if err := m.unpublish(ctx, a); err != nil {
 		return err
 	}
-	if err := m.revokeForward(a); err != nil {
-		return err
-	}
-	if err := m.cni.Teardown(ctx, &a.Attachment); err != nil {
+	// Independent too, as at Join: the FORWARD rules go while the CNI DEL runs.
+	revoked := alongside(func() error { return m.revokeForward(a) })
+	if err := errors.Join(m.cni.Teardown(ctx, &a.Attachment), <-revoked); err != nil {
 		return err
 	}
 	forgetNeighbours(a.Interface.Addresses())
@@ -304,6 +309,17 @@ func (m *Manager) WaitRemovals(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("background removals still running: %w", ctx.Err())
 	}
+}
+
+// alongside runs fn (when set) in a goroutine of its own and delivers its error.
+func alongside(fn func() error) <-chan error {
+	done := make(chan error, 1)
+	if fn == nil {
+		done <- nil
+		return done
+	}
+	go func() { done <- fn() }()
+	return done
 }
 
 // keyedRWMutex is a set of read-write mutexes created on demand and dropped when unused.
