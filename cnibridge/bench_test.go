@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,5 +103,60 @@ func BenchmarkRunnerLifecycle(b *testing.B) {
 		if err := r.Teardown(ctx, att); err != nil {
 			b.Fatalf("Teardown: %v", err)
 		}
+	}
+}
+
+// BenchmarkLibcniAddDelLive is BenchmarkLibcniAddDel with other attachments of the conflist alive around it
+// (sub-benchmark live=N; CNIPLUG_BENCH_LIVE lists the sizes, default 10,200): how much of a lifecycle's
+// growth with live endpoints is the CNI plugins' own (bridge's ipMasq keeps one iptables chain per container).
+func BenchmarkLibcniAddDelLive(b *testing.B) {
+	bin := requireBenchEnv(b)
+	nw := benchNetwork(b)
+	sizes := []int{10, 200}
+	if v := os.Getenv("CNIPLUG_BENCH_LIVE"); v != "" {
+		sizes = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 0 {
+				b.Fatalf("CNIPLUG_BENCH_LIVE=%q: want sizes like 10,200", v)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{bin}, b.TempDir(), nil)
+	ctx := context.Background()
+	// The live attachments share one netns (eth<i>); the measured one has its own.
+	liveNS, ns := testutil.UniqueName("bnchlv"), testutil.UniqueName("bnchns")
+	for _, n := range []string{liveNS, ns} {
+		testutil.Run(b, "ip", "netns", "add", n)
+		b.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n).Run() })
+	}
+	var live []*libcni.RuntimeConf
+	b.Cleanup(func() {
+		for _, rt := range live {
+			if err := cni.DelNetworkList(ctx, nw.List, rt); err != nil {
+				b.Errorf("DEL of a live attachment: %v", err)
+			}
+		}
+	})
+	for _, size := range sizes {
+		for len(live) < size {
+			rt := &libcni.RuntimeConf{ContainerID: benchContainerID(len(live)), NetNS: filepath.Join("/run/netns", liveNS), IfName: fmt.Sprintf("eth%d", len(live))}
+			if _, err := cni.AddNetworkList(ctx, nw.List, rt); err != nil {
+				b.Fatalf("ADD of live attachment %d: %v", len(live), err)
+			}
+			live = append(live, rt)
+		}
+		b.Run(fmt.Sprintf("live=%d", size), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				rt := &libcni.RuntimeConf{ContainerID: benchContainerID(i), NetNS: filepath.Join("/run/netns", ns), IfName: "eth0"}
+				if _, err := cni.AddNetworkList(ctx, nw.List, rt); err != nil {
+					b.Fatalf("ADD: %v", err)
+				}
+				if err := cni.DelNetworkList(ctx, nw.List, rt); err != nil {
+					b.Fatalf("DEL: %v", err)
+				}
+			}
+		})
 	}
 }

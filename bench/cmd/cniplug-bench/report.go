@@ -117,6 +117,9 @@ func ratio(a, b float64) string {
 	return "n/a"
 }
 
+// liveBench names the result of BenchmarkLibcniAddDelLive at n live attachments.
+func liveBench(n int) string { return fmt.Sprintf("BenchmarkLibcniAddDelLive/live=%d", n) }
+
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
 // evaluate computes the targets as ratios from this run.
@@ -295,6 +298,11 @@ func (r *results) markdown() string {
 			}
 		}
 		w("%s.\n", strings.Join(parts, ", "))
+		small, large := r.GoBench[liveBench(points[0])], r.GoBench[liveBench(points[1])]
+		if small > 0 && large > 0 {
+			w("\nThe CNI plugins alone (Go benchmark, raw libcni ADD+DEL of the same conflist with that many other attachments alive, no Docker, no cniplug): "+
+				"%s at %d, %s at %d, **%.2fx**.\n", ms(small), points[0], ms(large), points[1], large/small)
+		}
 	}
 
 	w("\n### Podman, same conflist (n=%d each)\n\n", o.PodmanN)

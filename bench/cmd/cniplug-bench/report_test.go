@@ -35,7 +35,7 @@ func fakeResults() *results {
 			200: {Wall: samples{1.1, 1.1}, InPlugin: samples{0.22, 0.22}, Overhead: samples{0.01, 0.01}, PerCall: map[string]float64{"NetworkDriver.Join": 0.012}},
 		},
 		RSS:     map[int]int64{0: 15 << 20, 10: 16 << 20, 200: 30 << 20},
-		GoBench: map[string]float64{"BenchmarkLibcniAddDel": 0.19, "BenchmarkRunnerLifecycle": 0.22},
+		GoBench: map[string]float64{"BenchmarkLibcniAddDel": 0.19, "BenchmarkRunnerLifecycle": 0.22, liveBench(10): 0.15, liveBench(200): 0.2},
 		Podman:  &podmanResult{None: samples{0.4, 0.4}, CNI: samples{0.6, 0.6}},
 	}
 }
@@ -77,7 +77,8 @@ func TestReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range []string{"**PASS**", "**MISS**", "| 1 | 1.20 /s | 1.10 /s | 0.92x |", "raw libcni ADD+DEL **190 ms**", "| 200 | 1100 ms | 220 ms |",
-		"| 860 ms / 870 ms | 960 ms / 970 ms | 790 ms / 800 ms | 1.07x | 1.20x | 0.99x |", "| 1100 ms / 1100 ms | 1200 ms / 1200 ms | 880 ms / 880 ms | 1.22x | 1.33x | 0.98x |", "1.22x (1100 ms vs 900 ms)"} {
+		"| 860 ms / 870 ms | 960 ms / 970 ms | 790 ms / 800 ms | 1.07x | 1.20x | 0.99x |", "| 1100 ms / 1100 ms | 1200 ms / 1200 ms | 880 ms / 880 ms | 1.22x | 1.33x | 0.98x |", "1.22x (1100 ms vs 900 ms)",
+		"150 ms at 10, 200 ms at 200, **1.33x**", "| default p50 | default p99 | direct-join p50 | direct-join p99 |"} {
 		if !strings.Contains(string(md), s) {
 			t.Errorf("results.md lacks %q:\n%s", s, md)
 		}
