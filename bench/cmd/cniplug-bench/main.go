@@ -365,6 +365,10 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 			if _, ok := res.Throughput[k.name]; !ok {
 				continue // Docker bridge and cniplug only
 			}
+			before, err := e.cpuTimes()
+			if err != nil {
+				return err
+			}
 			wall, err := parallel(o.ThroughputN, p, func(int) error {
 				_, err := timed(exec.CommandContext(ctx, "docker", e.dockerRunArgs(k.network, false)...))
 				return err
@@ -373,6 +377,13 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 				return err
 			}
 			res.Throughput[k.name][p] = float64(o.ThroughputN) / wall.Seconds()
+			// The CPU of the cell includes its background removals.
+			e.quiesce()
+			after, err := e.cpuTimes()
+			if err != nil {
+				return err
+			}
+			res.addCPU(k.name, after.machine-before.machine, after.plugin-before.plugin, o.ThroughputN)
 		}
 	}
 	if lifecycles, err = e.settle(deletes + float64(o.ThroughputN*len(o.Parallelism))); err != nil {

@@ -44,10 +44,13 @@ type results struct {
 	Direct *cost `json:",omitempty"`
 
 	Throughput map[string]map[int]float64 // kind -> parallelism -> lifecycles/s
-	Scale      map[int]*scalePoint        // live endpoints -> measurements
-	RSS        map[int]int64              // live endpoints -> bytes
-	GoBench    map[string]float64         // benchmark -> seconds/op
-	Podman     *podmanResult
+	// CPU seconds per lifecycle over the throughput runs, by kind: the whole machine's, and cniplug's with the
+	// CNI plugins and commands it ran. Earlier results lack it.
+	CPU     map[string]*cpuUse  `json:",omitempty"`
+	Scale   map[int]*scalePoint // live endpoints -> measurements
+	RSS     map[int]int64       // live endpoints -> bytes
+	GoBench map[string]float64  // benchmark -> seconds/op
+	Podman  *podmanResult
 
 	Targets []target
 	Leaks   []string
@@ -90,6 +93,25 @@ func (c *cost) add(l lifecycleCost) {
 }
 
 func (r *results) addCost(c lifecycleCost) { r.cost.add(c) }
+
+// cpuUse is CPU time spent over a number of lifecycles.
+type cpuUse struct {
+	Lifecycles      int
+	Machine, Plugin float64 // seconds
+}
+
+func (r *results) addCPU(kind string, machine, plugin float64, lifecycles int) {
+	if r.CPU == nil {
+		r.CPU = map[string]*cpuUse{}
+	}
+	if r.CPU[kind] == nil {
+		r.CPU[kind] = &cpuUse{}
+	}
+	c := r.CPU[kind]
+	c.Lifecycles += lifecycles
+	c.Machine += machine
+	c.Plugin += plugin
+}
 
 // addDirectCost records a lifecycle on the direct-join network.
 func (r *results) addDirectCost(c lifecycleCost) {
@@ -269,6 +291,12 @@ func (r *results) markdown() string {
 	for _, p := range o.Parallelism {
 		br, cn := r.Throughput["bridge"][p], r.Throughput["cniplug"][p]
 		w("| %d | %.2f /s | %.2f /s | %.2fx |\n", p, br, cn, cn/br)
+	}
+	if br, cn := r.CPU["bridge"], r.CPU["cniplug"]; br != nil && cn != nil && br.Lifecycles > 0 && cn.Lifecycles > 0 {
+		w("\nCPU per lifecycle over these runs (the whole machine, from /proc/stat, background removals included): "+
+			"Docker bridge **%s**, cniplug **%s**; of cniplug's, **%s** in cniplug and the CNI plugins and commands it ran "+
+			"(its own CPU time and its children's).\n",
+			ms(br.Machine/float64(br.Lifecycles)), ms(cn.Machine/float64(cn.Lifecycles)), ms(cn.Plugin/float64(cn.Lifecycles)))
 	}
 
 	w("\n### Scale: cniplug with many live endpoints (n=%d per point)\n\n", o.LiveSamples)

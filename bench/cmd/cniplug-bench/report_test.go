@@ -30,6 +30,7 @@ func fakeResults() *results {
 		cost:       cost{InPlugin: samples{0.2, 0.21}, InCNI: samples{0.19, 0.2}, Overhead: samples{0.008, 0.03}},
 		Direct:     &cost{InPlugin: samples{0.18, 0.19}, InCNI: samples{0.17, 0.18}, Overhead: samples{0.009, 0.02}},
 		Throughput: map[string]map[int]float64{"bridge": {1: 1.2, 4: 1.5}, "cniplug": {1: 1.1, 4: 1.4}},
+		CPU:        map[string]*cpuUse{"bridge": {Lifecycles: 8, Machine: 2.4, Plugin: 0.01}, "cniplug": {Lifecycles: 8, Machine: 3.2, Plugin: 1.2}},
 		Scale: map[int]*scalePoint{
 			10:  {Wall: samples{1, 1}, InPlugin: samples{0.2, 0.2}, Overhead: samples{0.01, 0.01}, PerCall: map[string]float64{"NetworkDriver.Join": 0.01}},
 			200: {Wall: samples{1.1, 1.1}, InPlugin: samples{0.22, 0.22}, Overhead: samples{0.01, 0.01}, PerCall: map[string]float64{"NetworkDriver.Join": 0.012}},
@@ -78,7 +79,7 @@ func TestReport(t *testing.T) {
 	}
 	for _, s := range []string{"**PASS**", "**MISS**", "| 1 | 1.20 /s | 1.10 /s | 0.92x |", "raw libcni ADD+DEL **190 ms**", "| 200 | 1100 ms | 220 ms |",
 		"| 860 ms / 870 ms | 960 ms / 970 ms | 790 ms / 800 ms | 1.07x | 1.20x | 0.99x |", "| 1100 ms / 1100 ms | 1200 ms / 1200 ms | 880 ms / 880 ms | 1.22x | 1.33x | 0.98x |", "1.22x (1100 ms vs 900 ms)",
-		"150 ms at 10, 200 ms at 200, **1.33x**", "| default p50 | default p99 | direct-join p50 | direct-join p99 |"} {
+		"150 ms at 10, 200 ms at 200, **1.33x**", "Docker bridge **300 ms**, cniplug **400 ms**; of cniplug's, **150 ms** in cniplug", "| default p50 | default p99 | direct-join p50 | direct-join p99 |"} {
 		if !strings.Contains(string(md), s) {
 			t.Errorf("results.md lacks %q:\n%s", s, md)
 		}
