@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/hostports"
@@ -25,6 +26,9 @@ type Plan struct {
 	// PortsByPlugin: the chain's portmap plugin does the DNAT (portMappings capability); cniplug adds only the
 	// FORWARD accepts.
 	PortsByPlugin bool
+	// AddAtJoin: Docker chose the addresses (Want) and the MAC, so the ADD waits for Join, which runs it in the
+	// container's netns when that exists then (Docker 28+): no staging netns, no link move.
+	AddAtJoin bool
 }
 
 // Claim names a pending attachment by its address on a CNI network.
@@ -69,11 +73,18 @@ func (m *Manager) Attach(ctx context.Context, p Plan) (*state.Attachment, error)
 		if err := m.finishRemovalsHolding(ctx, p.Add.Network.Name, p.Want.Address, p.Want.AddressIPv6); err != nil {
 			return nil, err
 		}
-		if a, err = m.Add(ctx, p.Add, p.Owner); err != nil {
+		if p.AddAtJoin {
+			a, err = m.recordForJoin(p)
+		} else {
+			a, err = m.Add(ctx, p.Add, p.Owner)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
-	err = p.Want.check(a.Interface)
+	if !p.AddAtJoin {
+		err = p.Want.check(a.Interface)
+	}
 	if err == nil {
 		if err = m.publishPorts(a, p.Ports, !p.PortsByPlugin); err != nil {
 			err = fmt.Errorf("cannot publish ports: %w", err)
@@ -86,6 +97,66 @@ func (m *Manager) Attach(ctx context.Context, p Plan) (*state.Attachment, error)
 		err = fmt.Errorf("%w; removing the attachment also failed: %v", err, rerr)
 	}
 	return nil, err
+}
+
+// recordForJoin records an attachment whose ADD waits for Join (Plan.AddAtJoin): its planned names, the
+// addresses Docker chose and the MAC CreateEndpoint answers. Teardown of such a record (the endpoint went
+// before Join) finds nothing to remove and releases nothing that is not its own.
+func (m *Manager) recordForJoin(p Plan) (*state.Attachment, error) {
+	planned, err := m.cni.Plan(p.Add)
+	if err != nil {
+		return nil, err
+	}
+	rec := p.Owner
+	rec.Attachment = *planned
+	rec.Attachment.Interface = cnibridge.Interface{IPv4: p.Want.Address, IPv6: p.Want.AddressIPv6, MAC: p.Want.MAC}
+	rec.Created = time.Now().UTC()
+	rec.AddAtJoin = true
+	rec.RequestMAC = p.Want.MAC
+	unlock := m.locks.lock(rec.ID())
+	defer unlock()
+	if err := m.store.PutAttachment(&rec); err != nil {
+		return nil, fmt.Errorf("recording attachment: %w", err)
+	}
+	return &rec, nil
+}
+
+// addAtJoin runs the ADD that CreateEndpoint left to Join (AddAtJoin): into the container's netns when it
+// exists at Join (Docker 28+) and has no other network yet, else into a staging netns as Add does. It records where before it applies, and
+// a failed ADD leaves nothing of the CNI side (the record goes with the endpoint's DeleteEndpoint). The
+// link gets the MAC CreateEndpoint answered, and the result must carry the addresses Docker chose.
+func (m *Manager) addAtJoin(ctx context.Context, a *state.Attachment, sandboxKey string) (inContainer bool, err error) {
+	want := Want{Address: a.Interface.IPv4, AddressIPv6: a.Interface.IPv6, MAC: a.RequestMAC, NeedIPv4: a.Interface.IPv4 != ""}
+	add := m.cni.Add
+	if inContainer = cnibridge.SandboxReady(sandboxKey) && cnibridge.SandboxEmpty(sandboxKey); inContainer {
+		if err := m.cni.PlanSandboxJoin(&a.Attachment, sandboxKey); err != nil {
+			return false, err
+		}
+		a.IfName = a.SandboxIfName // CNI_IFNAME: the link is created under its name in the container
+		add = m.cni.AddInSandbox
+	}
+	a.Phase = state.PhaseAdding
+	if err := m.store.PutAttachment(a); err != nil {
+		return false, fmt.Errorf("recording attachment: %w", err)
+	}
+	if err := add(ctx, &a.Attachment); err != nil {
+		return false, err
+	}
+	a.AddAtJoin = false
+	if err := m.cni.SetMAC(&a.Attachment, a.RequestMAC); err != nil {
+		return false, err
+	}
+	if inContainer {
+		if err := m.cni.ClearNextHopRoutes(&a.Attachment); err != nil {
+			return false, err
+		}
+	}
+	if err := want.check(a.Interface); err != nil {
+		return false, err
+	}
+	m.log.Info("attachment added", "attachment", a.ID(), "cni_network", a.Network, "network", a.NetworkID,
+		"endpoint", a.EndpointID, "address", a.Interface.IPv4, "address_v6", a.Interface.IPv6, "in_container", inContainer)
+	return inContainer, nil
 }
 
 // finishRemovalsHolding completes the background removals of attachments on the CNI network that still hold

@@ -122,13 +122,26 @@ func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state
 // else: when the engine created the container's netns before Join (Docker 28+, sandboxKey names it) and the
 // policy asks for it, or the chain leases its address by DHCP, cniplug moves the link straight into it;
 // otherwise (Docker 20.10-27 create it later) the link is handed to Docker in the host netns for Docker to
-// move. Teardown finds the link either way.
+// move. An attachment whose ADD waited for Join (AddAtJoin: Docker chose its address) is added first, straight
+// into the container's netns when that exists, which leaves no link to move. Teardown finds the link either
+// way.
 func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, sandboxKey string) error {
+	if a.AddAtJoin {
+		// An ADD, as in Add: shared with the network's CNI GC, taken before the attachment's lock.
+		runlock := m.nets.rlock(a.Network)
+		defer runlock()
+	}
 	unlock := m.locks.lock(a.ID())
 	defer unlock()
 	nw, err := cnibridge.ParseNetwork(a.Conflist)
 	if err != nil {
 		return fmt.Errorf("recorded conflist of CNI network %q: %w", a.Network, err)
+	}
+	addedInContainer := false
+	if a.AddAtJoin {
+		if addedInContainer, err = m.addAtJoin(ctx, a, sandboxKey); err != nil {
+			return err
+		}
 	}
 	// The dhcp daemon renews a lease from the netns it was acquired in: the lease must follow the link into
 	// the container, which only a netns that exists at Join allows.
@@ -158,6 +171,9 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 	// The FORWARD rules (an iptables-restore, ~10 ms) and the link's move (an RCU grace period, ~20 ms) are
 	// independent: they run side by side, and Join answers once both are done.
 	forwarded := alongside(allowForward)
+	if addedInContainer {
+		return <-forwarded // the link was created where the container gets it
+	}
 	if err := m.placeLink(ctx, a, nw, intoSandbox, dhcp); err != nil {
 		return errors.Join(err, <-forwarded)
 	}

@@ -76,10 +76,8 @@ func (r *Runner) HandOverLease(ctx context.Context, att *Attachment) error {
 		return fmt.Errorf("CNI network %q leases its address by DHCP, which only works on the container's first interface (%s), not %s: the DHCP client ID includes the interface name",
 			att.Network, att.IfName, att.SandboxIfName)
 	}
-	for _, ipam := range nw.dhcpSections() {
-		if err := r.execDHCP(ctx, "DEL", nw, ipam, att, att.NetNS, att.IfName, nil); err != nil {
-			return fmt.Errorf("handing the DHCP lease over to the container: %w", err)
-		}
+	if err := r.endLeases(ctx, nw, att, att.NetNS, att.IfName); err != nil {
+		return fmt.Errorf("handing the DHCP lease over to the container: %w", err)
 	}
 	return r.TakeUpLease(ctx, att)
 }
@@ -113,11 +111,7 @@ func (r *Runner) releaseLease(ctx context.Context, nw *Network, att *Attachment)
 	if !att.LeaseInSandbox {
 		return nil
 	}
-	var errs []error
-	for _, ipam := range nw.dhcpSections() {
-		errs = append(errs, r.execDHCP(ctx, "DEL", nw, ipam, att, att.Sandbox, att.SandboxIfName, nil))
-	}
-	return errors.Join(errs...)
+	return r.endLeases(ctx, nw, att, att.Sandbox, att.SandboxIfName)
 }
 
 // releaseStagingLease ends a DHCP lease still held with the staging key (never handed over: Join failed or
@@ -126,9 +120,15 @@ func (r *Runner) releaseLease(ctx context.Context, nw *Network, att *Attachment)
 // calls its IPAM plugin. For a lease handed over to the container the daemon holds nothing under this key,
 // and the call does nothing. Part of Teardown, before the chain's DEL.
 func (r *Runner) releaseStagingLease(ctx context.Context, nw *Network, att *Attachment) error {
+	return r.endLeases(ctx, nw, att, att.NetNS, att.IfName)
+}
+
+// endLeases runs the dhcp plugin's DEL for each of the chain's dhcp IPAM sections with the key (netns,
+// ifname): the daemon sends DHCPRELEASE from that netns and forgets the lease. Every section is tried.
+func (r *Runner) endLeases(ctx context.Context, nw *Network, att *Attachment, netnsPath, ifName string) error {
 	var errs []error
 	for _, ipam := range nw.dhcpSections() {
-		errs = append(errs, r.execDHCP(ctx, "DEL", nw, ipam, att, att.NetNS, att.IfName, nil))
+		errs = append(errs, r.execDHCP(ctx, "DEL", nw, ipam, att, netnsPath, ifName, nil))
 	}
 	return errors.Join(errs...)
 }

@@ -13,8 +13,8 @@ import (
 	"github.com/cniplug/cniplug/internal/dirs"
 )
 
-// createNetNS creates a new network namespace and pins it with a bind mount at path, as `ip netns add` does.
-func createNetNS(path string) error {
+// netnsMountPoint creates the empty file a namespace is pinned on.
+func netnsMountPoint(path string) error {
 	if err := dirs.Make(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("creating netns dir: %w", err)
 	}
@@ -22,7 +22,26 @@ func createNetNS(path string) error {
 	if err != nil {
 		return fmt.Errorf("creating netns file %s: %w", path, err)
 	}
-	f.Close()
+	return f.Close()
+}
+
+// pinNetNS pins the existing network namespace at src at path too, as `ip netns attach` does.
+func pinNetNS(src, path string) error {
+	if err := netnsMountPoint(path); err != nil {
+		return err
+	}
+	if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("bind-mounting netns %s at %s: %w", src, path, err)
+	}
+	return nil
+}
+
+// createNetNS creates a new network namespace and pins it with a bind mount at path, as `ip netns add` does.
+func createNetNS(path string) error {
+	if err := netnsMountPoint(path); err != nil {
+		return err
+	}
 
 	errCh := make(chan error, 1)
 	go func() {

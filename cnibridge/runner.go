@@ -187,6 +187,82 @@ func (r *Runner) Plan(req AddRequest) (*Attachment, error) {
 // Add creates the planned staging netns, runs CNI ADD into it and reads back the link into att.Interface. On
 // any failure everything it created is torn down again and the error carries the plugin's message.
 func (r *Runner) Add(ctx context.Context, att *Attachment) error {
+	return r.add(ctx, att, func() error {
+		if err := createNetNS(att.NetNS); err != nil {
+			return fmt.Errorf("creating staging netns: %w", err)
+		}
+		return nil
+	})
+}
+
+// AddInSandbox is Add straight into the container's netns, for an attachment whose ADD can wait for Join
+// (its address is Docker's): no staging netns and no link move. PlanSandboxJoin has named the link there;
+// CNI_IFNAME is that name. The container's netns must hold no other link yet (SandboxEmpty): CNI plugins
+// expect a netns of their own, and their default route would collide with another network's. The
+// container's netns is pinned at the planned staging path, which teardown then finds as after PinSandbox:
+// the DEL runs in the container's netns, also after Docker removed it. Join then calls ClearNextHopRoutes.
+func (r *Runner) AddInSandbox(ctx context.Context, att *Attachment) error {
+	if att.Sandbox == "" || att.SandboxIfName == "" {
+		return errors.New("no sandbox planned for the attachment")
+	}
+	att.IfName = att.SandboxIfName
+	return r.add(ctx, att, func() error {
+		if err := pinNetNS(att.Sandbox, att.NetNS); err != nil {
+			return fmt.Errorf("pinning the container's netns: %w", err)
+		}
+		return nil
+	})
+}
+
+// ClearNextHopRoutes takes the routes via a next hop (the default route among them) off the link of an
+// attachment added in the container's netns, as a move between namespaces would: libnetwork adds them from
+// Join's answer, and fails on one that exists ("failed to set gateway: file exists"). Att.Interface keeps
+// them.
+func (r *Runner) ClearNextHopRoutes(att *Attachment) error {
+	return r.inStaging(att, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(att.IfName)
+		if err != nil {
+			return err
+		}
+		routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: l.Attrs().Index, Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return err
+		}
+		for _, rt := range routes {
+			if rt.Gw == nil || rt.Protocol == unix.RTPROT_KERNEL {
+				continue
+			}
+			if err := h.RouteDel(&rt); err != nil {
+				return fmt.Errorf("removing route %s via %s for Docker to add: %w", rt.Dst, rt.Gw, err)
+			}
+		}
+		return nil
+	})
+}
+
+// SandboxEmpty reports whether the netns at path has no link but loopback: a container's netns before its
+// first network joins.
+func SandboxEmpty(path string) bool {
+	empty := false
+	_ = withNetNS(path, func(h *netlink.Handle) error {
+		links, err := h.LinkList()
+		if err != nil {
+			return err
+		}
+		empty = true
+		for _, l := range links {
+			if l.Attrs().Flags&net.FlagLoopback == 0 {
+				empty = false
+			}
+		}
+		return nil
+	})
+	return empty
+}
+
+// add runs CNI ADD into the netns that makeNetNS pins at att.NetNS.
+func (r *Runner) add(ctx context.Context, att *Attachment, makeNetNS func() error) error {
 	nw, err := ParseNetwork(att.Conflist)
 	if err != nil {
 		return fmt.Errorf("conflist of CNI network %q: %w", att.Network, err)
@@ -194,8 +270,8 @@ func (r *Runner) Add(ctx context.Context, att *Attachment) error {
 	if err := r.status(ctx, nw); err != nil {
 		return err
 	}
-	if err := createNetNS(att.NetNS); err != nil {
-		return fmt.Errorf("creating staging netns: %w", err)
+	if err := makeNetNS(); err != nil {
+		return err
 	}
 	addCtx, cancel := context.WithTimeout(ctx, r.timeout)
 	_, err = r.cni.AddNetworkList(addCtx, nw.List, att.runtimeConf())

@@ -344,6 +344,13 @@ func attach(t *testing.T, kind netKind, request func(nw *Network, subnet *net.IP
 // attachAt is attach with a conflist of the given CNI spec version.
 func attachAt(t *testing.T, kind netKind, version string, request func(nw *Network, subnet *net.IPNet) ([][2]string, map[string]any)) *attached {
 	t.Helper()
+	return attachWith(t, kind, version, request, func(r *Runner, att *Attachment) error { return r.Add(context.Background(), att) })
+}
+
+// attachWith is attachAt with the runner's method that applies the planned attachment (Add, AddInSandbox).
+func attachWith(t *testing.T, kind netKind, version string, request func(nw *Network, subnet *net.IPNet) ([][2]string, map[string]any),
+	add func(*Runner, *Attachment) error) *attached {
+	t.Helper()
 	subnet := pickSubnet(t)
 	ipam := hostLocal(subnet)
 	var subnet6 *net.IPNet
@@ -379,7 +386,7 @@ func attachAt(t *testing.T, kind netKind, version string, request func(nw *Netwo
 			_ = r.Teardown(context.Background(), att)
 		}
 	})
-	if err := r.Add(context.Background(), att); err != nil {
+	if err := add(r, att); err != nil {
 		t.Fatalf("Add: %v", err)
 	}
 	t.Logf("attached %s: %+v", att.HostIfName, att.Interface)

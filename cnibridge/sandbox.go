@@ -57,6 +57,9 @@ func (r *Runner) JoinSandbox(att *Attachment, mac string) error {
 	if att.Sandbox == "" || att.SandboxIfName == "" {
 		return errors.New("no sandbox planned for the attachment")
 	}
+	if sameNetNS(att.NetNS, att.Sandbox) {
+		return nil // the link is there under its ADD-time name already: AddInSandbox, or PinSandbox (a repeated Join)
+	}
 	sbNS, err := netns.GetFromPath(att.Sandbox)
 	if err != nil {
 		return fmt.Errorf("opening the container's netns %s: %w", att.Sandbox, err)
@@ -99,16 +102,45 @@ func (r *Runner) JoinSandbox(att *Attachment, mac string) error {
 	if l == nil {
 		return fmt.Errorf("link %s vanished from the container's netns %s", att.SandboxIfName, att.Sandbox)
 	}
-	if mac != "" && !strings.EqualFold(mac, l.Attrs().HardwareAddr.String()) {
-		hw, err := net.ParseMAC(mac)
-		if err != nil {
-			return fmt.Errorf("MAC %q: %w", mac, err)
-		}
-		if err := sb.LinkSetHardwareAddr(l, hw); err != nil {
-			return fmt.Errorf("setting MAC %s on %s: %w", mac, att.SandboxIfName, err)
-		}
+	if err := setMAC(sb, l, mac); err != nil {
+		return err
 	}
 	return configureLink(sb, l, att.Interface)
+}
+
+// SetMAC gives the attachment's link (CNI_IFNAME in its netns) the MAC Docker was told, when the chain gave it
+// another (ptp ignores MAC=), as libnetwork does for the links it moves. "" changes nothing.
+func (r *Runner) SetMAC(att *Attachment, mac string) error {
+	if mac == "" || strings.EqualFold(mac, att.Interface.MAC) {
+		return nil
+	}
+	err := r.inStaging(att, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(att.IfName)
+		if err != nil {
+			return fmt.Errorf("link %s not found in netns %s: %w", att.IfName, att.NetNS, err)
+		}
+		return setMAC(h, l, mac)
+	})
+	if err != nil {
+		return err
+	}
+	att.Interface.MAC = strings.ToLower(mac)
+	return nil
+}
+
+// setMAC sets mac on l unless it has it already, or mac is "".
+func setMAC(h *netlink.Handle, l netlink.Link, mac string) error {
+	if mac == "" || strings.EqualFold(mac, l.Attrs().HardwareAddr.String()) {
+		return nil
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return fmt.Errorf("MAC %q: %w", mac, err)
+	}
+	if err := h.LinkSetHardwareAddr(l, hw); err != nil {
+		return fmt.Errorf("setting MAC %s on %s: %w", mac, l.Attrs().Name, err)
+	}
+	return nil
 }
 
 // PinSandbox makes the attachment's staging netns path name the container's netns, once the link is there

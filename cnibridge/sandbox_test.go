@@ -127,3 +127,92 @@ func TestJoinSandbox(t *testing.T) {
 		}
 	}
 }
+
+// TestAddInSandbox: an attachment whose address Docker chose is added at Join straight into the container's
+// netns, under the name planned there (eth1 when the container has an eth0), with no staging netns and no
+// move; the MAC CreateEndpoint answered is set when the chain gave another. Its DEL runs there too, also
+// after the container's netns is gone from Docker (the pin keeps it), and nothing is left.
+func TestAddInSandbox(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.CNIBinDir(t)
+	for _, kind := range netKinds {
+		for _, tc := range []struct {
+			name  string
+			taken bool // the container has an eth0 already (another network)
+			gone  bool // Docker removes the container's netns before teardown
+		}{
+			{"eth0 free", false, false},
+			{"eth0 taken", true, false},
+			{"netns gone before teardown", false, true},
+		} {
+			t.Run(kind.name+"/"+tc.name, func(t *testing.T) {
+				startLeakCheck(t)
+				sandbox := filepath.Join(t.TempDir(), "sandbox")
+				testutil.Must(t, createNetNS(sandbox))
+				t.Cleanup(func() { _ = removeNetNS(sandbox) })
+				if !SandboxEmpty(sandbox) {
+					t.Fatal("SandboxEmpty: false for a fresh netns")
+				}
+				wantName := "eth0"
+				if tc.taken {
+					wantName = "eth1"
+					inNetNS(t, sandbox, func(h *netlink.Handle) {
+						testutil.Must(t, h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}))
+					})
+				}
+				a := attachWith(t, kind, "1.0.0", nil, func(r *Runner, att *Attachment) error {
+					if err := r.PlanSandboxJoin(att, sandbox); err != nil {
+						return err
+					}
+					return r.AddInSandbox(context.Background(), att)
+				})
+				if a.att.IfName != wantName || !sameNetNS(a.att.NetNS, sandbox) {
+					t.Fatalf("added as %s in %s, want %s in the container's netns", a.att.IfName, a.att.NetNS, wantName)
+				}
+				a.checkInterface(t, kind)
+				testutil.Must(t, a.r.ClearNextHopRoutes(a.att))
+				const mac = "02:42:c0:ff:ee:09"
+				testutil.Must(t, a.r.SetMAC(a.att, mac))
+				testutil.Must(t, a.r.JoinSandbox(a.att, mac)) // Join: nothing left to move
+				inNetNS(t, sandbox, func(h *netlink.Handle) {
+					l, err := h.LinkByName(wantName)
+					if err != nil {
+						t.Fatalf("no %s in the container's netns: %v", wantName, err)
+					}
+					if l.Attrs().HardwareAddr.String() != mac || a.att.Interface.MAC != mac {
+						t.Errorf("MAC %s (recorded %s), want %s", l.Attrs().HardwareAddr, a.att.Interface.MAC, mac)
+					}
+					// What libnetwork adds from Join's answer must not be there yet (it fails on EEXIST).
+					for _, gw := range []string{a.att.Interface.Gateway, a.att.Interface.GatewayIPv6} {
+						if gw == "" {
+							continue
+						}
+						if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP(gw)}); err != nil {
+							t.Errorf("default route via %s cannot be added: %v", gw, err)
+						}
+					}
+				})
+				if SandboxEmpty(sandbox) {
+					t.Errorf("SandboxEmpty: true for a netns with %s", wantName)
+				}
+				if tc.gone {
+					testutil.Must(t, removeNetNS(sandbox))
+				}
+				testutil.Must(t, a.r.Teardown(context.Background(), a.att))
+				a.checkGone(t)
+				if !tc.gone {
+					inNetNS(t, sandbox, func(h *netlink.Handle) {
+						if _, err := h.LinkByName(wantName); err == nil {
+							t.Errorf("%s still in the container's netns after teardown", wantName)
+						}
+						if tc.taken {
+							if _, err := h.LinkByName("eth0"); err != nil {
+								t.Errorf("teardown removed the other network's eth0: %v", err)
+							}
+						}
+					})
+				}
+			})
+		}
+	}
+}

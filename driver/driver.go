@@ -25,7 +25,7 @@ import (
 // Option keys understood in `docker network create --opt`, besides cniconf.OptCNI and the cni.* arguments.
 const (
 	// OptAsyncDelete: DeleteEndpoint returns once the removal is recorded and CNI DEL runs in the background.
-	// On by default with CNI or null IPAM; refused with Docker's IPAM.
+	// On by default.
 	OptAsyncDelete = "async-delete"
 	// OptHostFirewall=false: cniplug adds no FORWARD rules; the CNI network manages its own firewall.
 	OptHostFirewall = "host-firewall"
@@ -135,9 +135,10 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 	if v6 := firstIPAM(req.IPv6Data); v6 != nil {
 		rec.IPv6Pool = v6.Pool
 	}
-	// DEL runs in the background by default wherever the addresses come from CNI: the CNI IPAM keeps the
-	// address reserved until DEL releases it, so nothing can reuse it early. With Docker's IPAM it could.
-	if rec.AsyncDelete, err = boolOption(opts, OptAsyncDelete, rec.Mode != state.ModeDocker); err != nil {
+	// DEL runs in the background by default. The CNI IPAM keeps the address reserved until DEL releases it;
+	// an ADD that asks for an address a background removal still holds (Docker's IPAM hands a released
+	// address out again at once; --ip) finishes that removal first (attach.Manager.Attach).
+	if rec.AsyncDelete, err = boolOption(opts, OptAsyncDelete, true); err != nil {
 		return nil, nil, err
 	}
 	return rec, nw, nil
@@ -192,12 +193,6 @@ func (d *Driver) checkAddressing(rec *state.Network, nw *cnibridge.Network, req 
 func (d *Driver) validateNetwork(rec *state.Network) error {
 	if rec.Internal && rec.NoHostFirewall {
 		return fmt.Errorf("--internal needs cniplug's FORWARD rules to keep traffic inside the network: drop --opt %s=false", OptHostFirewall)
-	}
-	if rec.AsyncDelete && rec.Mode == state.ModeDocker {
-		// Docker's IPAM may hand the address to the next container before a background DEL has released it in
-		// the CNI IPAM, whose ADD would then fail.
-		return fmt.Errorf("--opt %s=true needs addresses from CNI (--ipam-driver %s) or none (--ipam-driver null): with Docker's IPAM an address could be reused before its CNI DEL ran",
-			OptAsyncDelete, d.name)
 	}
 	return nil
 }
@@ -343,6 +338,13 @@ func (d *Driver) planEndpoint(nw *state.Network, req *network.CreateEndpointRequ
 		Want: attach.Want{Address: want.Address, AddressIPv6: want.AddressIPv6, MAC: want.MacAddress},
 		// With portmap in the chain, the CNI network publishes the ports itself (portMappings capability).
 		PortsByPlugin: len(ports) > 0 && cniNet.Capabilities()["portMappings"],
+		// Docker chose the addresses, so with direct join the ADD can wait for Join and run in the
+		// container's netns. CreateEndpoint must still answer a MAC for Docker to show: one generated here,
+		// which the ADD asks for (and Join sets when the chain ignores it, as direct join does).
+		AddAtJoin: nw.Mode == state.ModeDocker && nw.DirectJoin && !cniNet.UsesDHCP(),
+	}
+	if plan.AddAtJoin && plan.Want.MAC == "" {
+		plan.Want.MAC = naming.RandomMAC()
 	}
 	plan.Add, err = addRequest(req.EndpointID, cniNet, extra, plan)
 	return plan, err

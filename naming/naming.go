@@ -1,10 +1,11 @@
 // Package naming holds the naming rules every other package shares: how an ID is shortened, how an address
-// is read out of a CIDR, and how a fresh ID is made.
+// is read out of a CIDR, and how a fresh ID or MAC is made.
 package naming
 
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"net"
 	"strings"
 )
 
@@ -34,4 +35,14 @@ func RandomID() string {
 		panic(err) // crypto/rand never fails on Linux
 	}
 	return hex.EncodeToString(b)
+}
+
+// RandomMAC returns a random locally administered unicast MAC address, as Docker generates for endpoints.
+func RandomMAC() string {
+	hw := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(hw); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	hw[0] = hw[0]&0xfe | 0x02
+	return hw.String()
 }

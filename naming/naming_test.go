@@ -1,6 +1,7 @@
 package naming
 
 import (
+	"net"
 	"regexp"
 	"testing"
 )
@@ -36,5 +37,16 @@ func TestRandomID(t *testing.T) {
 	a, b := RandomID(), RandomID()
 	if !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(a) || a == b {
 		t.Errorf("RandomID: %q, %q", a, b)
+	}
+}
+
+func TestRandomMAC(t *testing.T) {
+	a, b := RandomMAC(), RandomMAC()
+	if !regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`).MatchString(a) || a == b {
+		t.Fatalf("RandomMAC: %q, %q", a, b)
+	}
+	hw, err := net.ParseMAC(a)
+	if err != nil || hw[0]&0x01 != 0 || hw[0]&0x02 == 0 {
+		t.Errorf("RandomMAC %s is not a locally administered unicast address", a)
 	}
 }

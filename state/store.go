@@ -115,8 +115,12 @@ type Attachment struct {
 	// an internal network), recorded before they are programmed, like HostPorts.
 	Forward *hostports.Forward `json:"forward,omitempty"`
 	// RequestMAC is the MAC Docker generated (or the user asked for) and passed to cniplug IPAM's
-	// RequestAddress: it pairs the endpoint's IPv6 request with the attachment its IPv4 request created.
+	// RequestAddress: it pairs the endpoint's IPv6 request with the attachment its IPv4 request created. For
+	// an ADD at Join, it is the MAC CreateEndpoint answered.
 	RequestMAC string `json:"requestMAC,omitempty"`
+	// AddAtJoin: the CNI ADD has not run yet; Join runs it, into the container's netns when that exists. The
+	// Interface holds the addresses Docker chose, which the ADD asks for.
+	AddAtJoin bool `json:"addAtJoin,omitempty"`
 	// V6Taken: Docker's IPv6 RequestAddress already received this pending attachment's IPv6 address.
 	V6Taken bool `json:"v6Taken,omitempty"`
 }

@@ -45,8 +45,6 @@ func TestNetworkCreateErrors(t *testing.T) {
 			[]string{"missing --ipam-opt cni="}},
 		{"cni IPAM subnet mismatch", []string{"-d", driverName, "--opt", "cni=" + good.Name, "--ipam-driver", driverName,
 			"--ipam-opt", "cni=" + good.Name, "--subnet", "10.254.254.0/24"}, []string{"--subnet " + good.Subnet}},
-		{"async delete with Docker IPAM", []string{"-d", driverName, "--opt", "cni=" + good.Name, "--opt", "async-delete=true",
-			"--subnet", good.Subnet, "--gateway", good.Gateway}, []string{"async-delete=true needs addresses from CNI"}},
 		{"async delete not a bool", []string{"-d", driverName, "--opt", "cni=" + good.Name, "--opt", "async-delete=soon",
 			"--ipam-driver", "null"}, []string{`async-delete="soon": want true or false`}},
 	}

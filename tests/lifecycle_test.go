@@ -6,6 +6,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cniplug/cniplug/internal/testutil"
 )
@@ -107,28 +108,41 @@ func TestRequestedAddress(t *testing.T) {
 	}
 }
 
-// TestRequestedAddressAtOnce: on a network that deletes in the background (the default with CNI IPAM), a
-// container re-created with the same --ip right after `docker rm -f` gets it, although the old container's
-// CNI DEL (3 s here) has not run yet: cniplug finishes that DEL first.
+// TestRequestedAddressAtOnce: DEL runs in the background by default, so `docker rm -f` does not wait for it
+// (3 s here), with CNI IPAM and with Docker's IPAM. A container re-created with the same --ip right after
+// gets the address although the old container's CNI DEL has not run yet: cniplug finishes that DEL first.
+// With Docker's IPAM that is every address Docker hands out again.
 func TestRequestedAddressAtOnce(t *testing.T) {
-	requireSuite(t)
-	br := testutil.UniqueName("e2ebr")
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
-	n := writeConflist(t, "slow", func(ipam string) string {
-		return fmt.Sprintf(`{"type":"e2e-slowdel"},{"type":"bridge","bridge":"%s","isGateway":true,"ipMasq":true,"ipam":%s}`, br, ipam)
-	})
-	net := createNetwork(t, n, cniIPAM, "--subnet", n.Subnet)
-	want := n.Prefix + "77"
-	for i := 0; i < 2; i++ {
-		c := runContainer(t, net, "--ip", want)
-		if ep := checkEndpoint(t, c, net, n); ep.IPAddress != want {
-			t.Fatalf("container %d: --ip %s got %s", i, want, ep.IPAddress)
-		}
-		ping(t, c, n.Gateway)
-		docker(t, "rm", "-f", c)
-	}
-	if !releasedByHostLocal(n.Name, want) {
-		t.Errorf("%s still reserved after docker rm -f", want)
+	for _, tc := range []struct {
+		mode  addressing
+		flags func(n cniNet) []string
+	}{
+		{cniIPAM, func(n cniNet) []string { return []string{"--subnet", n.Subnet} }},
+		{dockerIPAM, func(cniNet) []string { return nil }},
+	} {
+		t.Run(string(tc.mode), func(t *testing.T) {
+			requireSuite(t)
+			br := testutil.UniqueName("e2ebr")
+			t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
+			n := writeConflist(t, "slow", func(ipam string) string {
+				return fmt.Sprintf(`{"type":"e2e-slowdel"},{"type":"bridge","bridge":"%s","isGateway":true,"ipMasq":true,"ipam":%s}`, br, ipam)
+			})
+			net := createNetwork(t, n, tc.mode, tc.flags(n)...)
+			want := n.Prefix + "77"
+			for i := 0; i < 2; i++ {
+				c := runContainer(t, net, "--ip", want)
+				if ep := checkEndpoint(t, c, net, n); ep.IPAddress != want {
+					t.Fatalf("container %d: --ip %s got %s", i, want, ep.IPAddress)
+				}
+				ping(t, c, n.Gateway)
+				start := time.Now()
+				docker(t, "rm", "-f", c)
+				if took := time.Since(start); took > 2500*time.Millisecond {
+					t.Errorf("docker rm -f took %s: it waited for the 3 s CNI DEL", took)
+				}
+			}
+			waitFor(t, 15*time.Second, want+" released by host-local", func() bool { return releasedByHostLocal(n.Name, want) })
+		})
 	}
 }
 
@@ -260,8 +274,9 @@ func TestTwoNetworksOnOneCNINetwork(t *testing.T) {
 
 // TestDirectJoin: on a network created with --opt direct-join=true, containers get working networking in
 // every addressing way, with a second such network connected and disconnected at run time. On Docker 28+
-// (the container's netns exists at Join) cniplug moves the link into the container itself; on 20.10, or a
-// managed plugin that cannot see the container's netns, it hands the link to Docker as usual.
+// (the container's netns exists at Join) cniplug moves the link into the container itself, or with Docker's
+// IPAM runs the ADD there at Join; on 20.10, or a managed plugin that cannot see the container's netns, it
+// hands the link to Docker as usual.
 func TestDirectJoin(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -285,9 +300,14 @@ func TestDirectJoin(t *testing.T) {
 			}
 			ping(t, a, epB.IPAddress)
 			ping(t, a, n.Gateway)
+			// Docker chose the address: the ADD waits for Join and creates the link in the container itself.
+			addedThere := direct && tc.mode == dockerIPAM
 			for _, ep := range []endpoint{epA, epB} {
-				if moved := pluginLogHas("link moved into the container", "endpoint="+ep.EndpointID); moved != direct {
-					t.Errorf("endpoint %s: moved into the container by cniplug: %v, want %v", ep.EndpointID[:12], moved, direct)
+				if moved := pluginLogHas("link moved into the container", "endpoint="+ep.EndpointID); moved != (direct && !addedThere) {
+					t.Errorf("endpoint %s: moved into the container by cniplug: %v, want %v", ep.EndpointID[:12], moved, direct && !addedThere)
+				}
+				if added := pluginLogHas("attachment added", "endpoint="+ep.EndpointID, "in_container=true"); added != addedThere {
+					t.Errorf("endpoint %s: CNI ADD in the container's netns: %v, want %v", ep.EndpointID[:12], added, addedThere)
 				}
 			}
 

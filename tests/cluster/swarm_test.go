@@ -255,6 +255,30 @@ func hostnames(tasks []cluster.Task) []string {
 	return out
 }
 
+// vxlanService is the churn tests' start: 6 dnsrr tasks on a swarm network over a vxlan wiring with cniplug
+// IPAM (one range slice per node), and a leak check on every node at the end of the test.
+type vxlanService struct {
+	before  map[string]testutil.Snapshot // every node's, before the wiring
+	w       *cluster.Wiring
+	network string
+	svc     string
+	tasks   []cluster.Task // running
+}
+
+func startVXLANService(t *testing.T, c *cluster.Cluster) vxlanService {
+	t.Helper()
+	v := vxlanService{before: c.Snapshots(t)}
+	t.Cleanup(func() { c.AssertNoLeaks(t, v.before) })
+	v.w = c.Wire(t, cluster.VXLAN, testutil.UniqueName("sw"))
+	v.network = testutil.UniqueName("swn")
+	c.SwarmNetwork(t, v.w, v.network, func(int) []string {
+		return []string{"--ipam-driver", c.Driver, "--ipam-opt", "cni=" + v.w.CNIName}
+	})
+	v.svc = createService(t, c, v.network, 6, "--endpoint-mode", "dnsrr")
+	v.tasks = c.WaitRunning(t, v.svc, v.network, 6, 2*time.Minute)
+	return v
+}
+
 // TestSwarmChurn: a service on a swarm cniplug network (CNI IPAM over vxlan) through scale up and down, a
 // rolling restart, a drained node, a node killed and booted again, and a node cut off the underlay and
 // reconnected. After each, the running tasks have working attachments and every node's CNI IPAM holds exactly
@@ -263,16 +287,10 @@ func hostnames(tasks []cluster.Task) []string {
 // another node's addresses).
 func TestSwarmChurn(t *testing.T) {
 	c := needSwarm(t)
-	before := c.Snapshots(t)
-	t.Cleanup(func() { c.AssertNoLeaks(t, before) })
-	w := c.Wire(t, cluster.VXLAN, testutil.UniqueName("sw"))
-	network := testutil.UniqueName("swn")
-	c.SwarmNetwork(t, w, network, func(int) []string {
-		return []string{"--ipam-driver", c.Driver, "--ipam-opt", "cni=" + w.CNIName}
-	})
-	svc := createService(t, c, network, 6, "--endpoint-mode", "dnsrr")
+	v := startVXLANService(t, c)
+	w, network, svc, before := v.w, v.network, v.svc, v.before
 	mgr := c.Nodes[0]
-	checkTasks(t, c, w, c.WaitRunning(t, svc, network, 6, 2*time.Minute))
+	checkTasks(t, c, w, v.tasks)
 
 	t.Log("scale 6 -> 12 -> 3")
 	mgr.Docker(t, "service", "scale", "--detach", svc+"=12")
@@ -357,15 +375,8 @@ func TestSwarmPluginUpgrade(t *testing.T) {
 	if _, err := exec.LookPath("docker-registry"); err != nil {
 		t.Skip("skipping: docker-registry is not installed (scripts/setup.sh installs it)")
 	}
-	before := c.Snapshots(t)
-	t.Cleanup(func() { c.AssertNoLeaks(t, before) })
-	w := c.Wire(t, cluster.VXLAN, testutil.UniqueName("sw"))
-	network := testutil.UniqueName("swn")
-	c.SwarmNetwork(t, w, network, func(int) []string {
-		return []string{"--ipam-driver", c.Driver, "--ipam-opt", "cni=" + w.CNIName}
-	})
-	svc := createService(t, c, network, 6, "--endpoint-mode", "dnsrr")
-	tasks := c.WaitRunning(t, svc, network, 6, 2*time.Minute)
+	v := startVXLANService(t, c)
+	w, network, svc, tasks := v.w, v.network, v.svc, v.tasks
 	checkTasks(t, c, w, tasks)
 
 	// A second version: the same bundle with another release mark (dockerd refuses content it already has).
