@@ -122,10 +122,12 @@ func (m *Manager) recordForJoin(p Plan) (*state.Attachment, error) {
 }
 
 // addAtJoin runs the ADD that CreateEndpoint left to Join (AddAtJoin): into the container's netns when it
-// exists at Join (Docker 28+) and has no other network yet, else into a staging netns as Add does. It records where before it applies, and
-// a failed ADD leaves nothing of the CNI side (the record goes with the endpoint's DeleteEndpoint). The
-// link gets the MAC CreateEndpoint answered, and the result must carry the addresses Docker chose.
-func (m *Manager) addAtJoin(ctx context.Context, a *state.Attachment, sandboxKey string) (inContainer bool, err error) {
+// exists at Join (Docker 28+) and has no other network yet, else into a staging netns as Add does. It records
+// where before it applies, and a failed ADD leaves nothing of the CNI side (the record goes with the
+// endpoint's DeleteEndpoint). The link gets the MAC CreateEndpoint answered, and the result must carry the
+// addresses Docker chose. The FORWARD rules need only those addresses: they are programmed while the ADD
+// runs (and again if the result routes to other prefixes of the network, see routedPrefixes).
+func (m *Manager) addAtJoin(ctx context.Context, a *state.Attachment, p JoinPolicy, sandboxKey string) (inContainer bool, err error) {
 	want := Want{Address: a.Interface.IPv4, AddressIPv6: a.Interface.IPv6, MAC: a.RequestMAC, NeedIPv4: a.Interface.IPv4 != ""}
 	add := m.cni.Add
 	if inContainer = cnibridge.SandboxReady(sandboxKey) && cnibridge.SandboxEmpty(sandboxKey); inContainer {
@@ -135,24 +137,39 @@ func (m *Manager) addAtJoin(ctx context.Context, a *state.Attachment, sandboxKey
 		a.IfName = a.SandboxIfName // CNI_IFNAME: the link is created under its name in the container
 		add = m.cni.AddInSandbox
 	}
+	allowForward, err := m.planForward(a, p)
+	if err != nil {
+		return false, err
+	}
 	a.Phase = state.PhaseAdding
 	if err := m.store.PutAttachment(a); err != nil {
 		return false, fmt.Errorf("recording attachment: %w", err)
 	}
-	if err := add(ctx, &a.Attachment); err != nil {
+	forwarded := alongside(allowForward)
+	err = add(ctx, &a.Attachment)
+	if err == nil {
+		a.AddAtJoin = false
+		err = m.cni.SetMAC(&a.Attachment, a.RequestMAC)
+	}
+	if err == nil && inContainer {
+		err = m.cni.ClearNextHopRoutes(&a.Attachment)
+	}
+	if err == nil {
+		err = want.check(a.Interface)
+	}
+	if err := errors.Join(err, <-forwarded); err != nil {
 		return false, err
 	}
-	a.AddAtJoin = false
-	if err := m.cni.SetMAC(&a.Attachment, a.RequestMAC); err != nil {
-		return false, err
-	}
-	if inContainer {
-		if err := m.cni.ClearNextHopRoutes(&a.Attachment); err != nil {
+	if a.Forward != nil && len(routedPrefixes(a.Interface)) > 0 {
+		if allowForward, err = m.planForward(a, p); err != nil {
 			return false, err
 		}
-	}
-	if err := want.check(a.Interface); err != nil {
-		return false, err
+		if err := m.store.PutAttachment(a); err != nil {
+			return false, fmt.Errorf("recording attachment: %w", err)
+		}
+		if err := allowForward(); err != nil {
+			return false, err
+		}
 	}
 	m.log.Info("attachment added", "attachment", a.ID(), "cni_network", a.Network, "network", a.NetworkID,
 		"endpoint", a.EndpointID, "address", a.Interface.IPv4, "address_v6", a.Interface.IPv6, "in_container", inContainer)

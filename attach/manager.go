@@ -137,9 +137,10 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 	if err != nil {
 		return fmt.Errorf("recorded conflist of CNI network %q: %w", a.Network, err)
 	}
-	addedInContainer := false
-	if a.AddAtJoin {
-		if addedInContainer, err = m.addAtJoin(ctx, a, sandboxKey); err != nil {
+	// An ADD at Join programs the FORWARD rules itself, while it runs.
+	addedAtJoin, addedInContainer := a.AddAtJoin, false
+	if addedAtJoin {
+		if addedInContainer, err = m.addAtJoin(ctx, a, p, sandboxKey); err != nil {
 			return err
 		}
 	}
@@ -150,9 +151,11 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 	if dhcp && !intoSandbox {
 		return fmt.Errorf("CNI network %q leases its address by DHCP, and the DHCP lease must be renewed from the container's network namespace, which cniplug cannot see at Join (%s): Docker creates it only after Join before 28.0, and a managed plugin sees it only where the host's mounts propagate (a shared root mount, as systemd makes it)", a.Network, orNone(sandboxKey))
 	}
-	allowForward, err := m.planForward(a, p)
-	if err != nil {
-		return err
+	var allowForward func() error
+	if !addedAtJoin {
+		if allowForward, err = m.planForward(a, p); err != nil {
+			return err
+		}
 	}
 	if intoSandbox {
 		if err := m.cni.PlanSandboxJoin(&a.Attachment, sandboxKey); err != nil {

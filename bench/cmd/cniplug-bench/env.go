@@ -38,12 +38,15 @@ type env struct {
 	plugin      *exec.Cmd
 	pluginLog   string
 
-	cniplugNet   string // Docker network on cniplug
-	syncNet      string // the same on cniplug with --opt async-delete=false (CNI DEL inside DeleteEndpoint)
-	directNet    string // the same with the speed-up option --opt direct-join=true
-	floorNet     string // Docker network on the veth-only floor driver (vethfloor.go)
-	dockerBridge string // Docker's own user-defined bridge network
-	podman       *podman
+	cniplugNet string // Docker network on cniplug
+	syncNet    string // the same on cniplug with --opt async-delete=false (CNI DEL inside DeleteEndpoint)
+	directNet  string // the same with the speed-up option --opt direct-join=true
+	// dockerDirectNet: on the same CNI network with Docker's IPAM (--subnet, --ip-range the upper half, clear
+	// of host-local's allocations for the other networks) and --opt direct-join=true: ADD at Join, in place
+	dockerDirectNet string
+	floorNet        string // Docker network on the veth-only floor driver (vethfloor.go)
+	dockerBridge    string // Docker's own user-defined bridge network
+	podman          *podman
 
 	cleanups []func() error
 }
@@ -211,19 +214,32 @@ func (e *env) startPlugin() error {
 }
 
 // createNetworks creates the Docker network on cniplug (CNI IPAM, as the README recommends, default options),
-// a second one without the default background DEL (--opt async-delete=false) and a third with the speed-up
-// option (--opt direct-join=true) on the same CNI network, and Docker's own user-defined bridge network.
-func (e *env) createNetworks(bridgeSubnet string) error {
+// a second one without the default background DEL (--opt async-delete=false), a third with the speed-up
+// option (--opt direct-join=true) and a fourth with Docker's IPAM and direct join on the same CNI network
+// (cniSubnet), and Docker's own user-defined bridge network.
+func (e *env) createNetworks(bridgeSubnet, cniSubnet string) error {
 	e.cniplugNet = "cnibench-" + e.runID
 	e.syncNet = "cnibenchsync-" + e.runID
 	e.directNet = "cnibenchdirect-" + e.runID
+	e.dockerDirectNet = "cnibenchdd-" + e.runID
+	_, sub, err := net.ParseCIDR(cniSubnet)
+	if err != nil {
+		return err
+	}
+	ones, _ := sub.Mask.Size()
+	upper := &net.IPNet{IP: append(net.IP(nil), sub.IP.To4()...), Mask: net.CIDRMask(ones+1, 32)}
+	upper.IP[ones/8] |= 0x80 >> (ones % 8)
+	gateway := append(net.IP(nil), sub.IP.To4()...)
+	gateway[3]++ // the bridge plugin's gateway: the subnet's first address
+	cniIPAM := []string{"--ipam-driver", e.driver, "--ipam-opt", "cni=" + e.cniName}
 	for _, n := range []struct {
 		name  string
 		extra []string
-	}{{e.cniplugNet, nil}, {e.syncNet, []string{"--opt", "async-delete=false"}},
-		{e.directNet, []string{"--opt", "direct-join=true"}}} {
+	}{{e.cniplugNet, cniIPAM}, {e.syncNet, append([]string{"--opt", "async-delete=false"}, cniIPAM...)},
+		{e.directNet, append([]string{"--opt", "direct-join=true"}, cniIPAM...)},
+		{e.dockerDirectNet, []string{"--opt", "direct-join=true", "--subnet", cniSubnet, "--gateway", gateway.String(), "--ip-range", upper.String()}}} {
 		args := append([]string{"network", "create", "-d", e.driver, "--opt", "cni=" + e.cniName}, n.extra...)
-		args = append(args, "--ipam-driver", e.driver, "--ipam-opt", "cni="+e.cniName, n.name)
+		args = append(args, n.name)
 		if _, err := docker(args...); err != nil {
 			return err
 		}

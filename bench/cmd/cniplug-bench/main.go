@@ -222,14 +222,14 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	if err := e.startPlugin(); err != nil {
 		return err
 	}
-	if err := e.createNetworks(bridgeSubnet); err != nil {
+	if err := e.createNetworks(bridgeSubnet, subnet); err != nil {
 		return err
 	}
 	if err := e.createFloorNetwork(floorSubnet); err != nil {
 		return err
 	}
 	kinds := []struct{ name, network string }{
-		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}, {kindFloor, e.floorNet}}
+		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}, {kindDockerDirect, e.dockerDirectNet}, {kindFloor, e.floorNet}}
 
 	e.logf("warming up")
 	const warmups = 2
@@ -316,12 +316,12 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	// sync-DEL one settled but not costed, the others plain.
 	lifecycleOf := func(kind string, args []string, more ...[]string) (time.Duration, error) {
 		switch kind {
-		case "cniplug", kindDirect:
+		case "cniplug", kindDirect, kindDockerDirect:
 			d, cost, err := cniplugLifecycle(args, more...)
-			if err == nil && kind == kindDirect {
-				res.addDirectCost(cost)
-			} else if err == nil {
+			if err == nil && kind == "cniplug" {
 				res.addCost(cost)
+			} else if err == nil {
+				res.addKindCost(kind, cost)
 			}
 			return d, err
 		case kindSync:

@@ -24,6 +24,16 @@ const kindSync = "cniplug-sync"
 // kindDirect is the network kind of a cniplug network with the speed-up option --opt direct-join=true.
 const kindDirect = "cniplug-direct"
 
+// kindDockerDirect is the network kind of a cniplug network with Docker's IPAM (--subnet) and direct join,
+// whose CNI ADD runs at Join in the container's netns.
+const kindDockerDirect = "cniplug-docker-direct"
+
+// speedUps are the cniplug kinds with speed-up options, each costed from the metrics like the default one.
+var speedUps = []struct{ kind, label, opts string }{
+	{kindDirect, "direct-join", "`--opt direct-join=true`"},
+	{kindDockerDirect, "Docker IPAM + direct-join", "`--subnet … --opt direct-join=true`: Docker's IPAM, the ADD at Join in the container's netns"},
+}
+
 // kindFloor is the network kind of the veth-only remote driver, the floor for any remote driver that hands a
 // link to Docker.
 const kindFloor = "veth-floor"
@@ -40,8 +50,8 @@ type results struct {
 
 	// Per cniplug lifecycle, from its metrics (InPlugin, InCNI, Overhead).
 	cost
-	// The same for the lifecycles on the direct-join network (the speed-up options). Earlier results lack it.
-	Direct *cost `json:",omitempty"`
+	// The same for the lifecycles on the networks with speed-up options, by kind. Earlier results lack it.
+	KindCosts map[string]*cost `json:",omitempty"`
 
 	Throughput map[string]map[int]float64 // kind -> parallelism -> lifecycles/s
 	// CPU seconds per lifecycle over the throughput runs, by kind: the whole machine's, and cniplug's with the
@@ -113,12 +123,15 @@ func (r *results) addCPU(kind string, machine, plugin float64, lifecycles int) {
 	c.Plugin += plugin
 }
 
-// addDirectCost records a lifecycle on the direct-join network.
-func (r *results) addDirectCost(c lifecycleCost) {
-	if r.Direct == nil {
-		r.Direct = &cost{}
+// addKindCost records a lifecycle on a network with speed-up options.
+func (r *results) addKindCost(kind string, c lifecycleCost) {
+	if r.KindCosts == nil {
+		r.KindCosts = map[string]*cost{}
 	}
-	r.Direct.add(c)
+	if r.KindCosts[kind] == nil {
+		r.KindCosts[kind] = &cost{}
+	}
+	r.KindCosts[kind].add(c)
 }
 
 func ms(s float64) string {
@@ -161,16 +174,20 @@ func (r *results) evaluate() {
 		}
 		cn := life.m["cniplug"].p50()
 		add(life.name+" on cniplug, default options, vs Docker's bridge (p50)", fmt.Sprintf("%.2fx (%s vs %s)", cn/br, ms(cn), ms(br)), "≤ 1.2x", cn/br/1.2, "")
-		if dj := life.m[kindDirect]; len(dj) > 0 {
-			x := dj.p50() / br
-			add(life.name+" on cniplug with the speed-up options vs Docker's bridge (p50)", fmt.Sprintf("%.2fx (%s vs %s)", x, ms(dj.p50()), ms(br)), "≤ 1.0x", x, "`--opt direct-join=true`")
+		for _, su := range speedUps {
+			if dj := life.m[su.kind]; len(dj) > 0 {
+				x := dj.p50() / br
+				add(life.name+" on cniplug with the speed-up options vs Docker's bridge (p50)", fmt.Sprintf("%.2fx (%s vs %s)", x, ms(dj.p50()), ms(br)), "≤ 1.0x", x, su.opts)
+			}
 		}
 	}
 	add("cniplug overhead per lifecycle, p50", ms(r.Overhead.p50()), "≤ 10 ms", r.Overhead.p50()/0.010, "time in cniplug's handlers minus time in CNI plugin execs")
 	add("cniplug overhead per lifecycle, p99", ms(r.Overhead.p99()), "≤ 25 ms", r.Overhead.p99()/0.025, "")
-	if d := r.Direct; d != nil && len(d.Overhead) > 0 {
-		add("cniplug overhead per lifecycle with the speed-up options, p50", ms(d.Overhead.p50()), "≤ 10 ms", d.Overhead.p50()/0.010, "`--opt direct-join=true`")
-		add("cniplug overhead per lifecycle with the speed-up options, p99", ms(d.Overhead.p99()), "≤ 25 ms", d.Overhead.p99()/0.025, "")
+	for _, su := range speedUps {
+		if d := r.KindCosts[su.kind]; d != nil && len(d.Overhead) > 0 {
+			add("cniplug overhead per lifecycle with the speed-up options, p50", ms(d.Overhead.p50()), "≤ 10 ms", d.Overhead.p50()/0.010, su.opts)
+			add("cniplug overhead per lifecycle with the speed-up options, p99", ms(d.Overhead.p99()), "≤ 25 ms", d.Overhead.p99()/0.025, su.opts)
+		}
 	}
 	if p := r.Podman; p != nil && p.Error == "" {
 		ours := r.RunRM["cniplug"].p50() - r.RunRM["none"].p50()
@@ -220,6 +237,9 @@ func (r *results) markdown() string {
 	if len(r.RunRM[kindDirect]) > 0 {
 		w("; cniplug direct-join: a third with the speed-up option `--opt direct-join=true`")
 	}
+	if len(r.RunRM[kindDockerDirect]) > 0 {
+		w("; cniplug Docker IPAM + direct-join: a fourth with Docker's IPAM (`--subnet` of the conflist, `--ip-range` its upper half, clear of host-local's allocations for the others) and `--opt direct-join=true`")
+	}
 	if len(r.RunRM[kindFloor]) > 0 {
 		w("; veth-only remote driver: a remote driver served by the bench that only creates a veth pair and hands one end to Docker (Docker's IPAM), the floor for a remote driver that hands a link over")
 	}
@@ -245,9 +265,11 @@ func (r *results) markdown() string {
 		kinds, heads = append(kinds, kindSync), append(heads, "cniplug, sync DEL")
 		ratios, ratioHeads = append(ratios, kindSync), append(ratioHeads, "sync DEL / bridge (p50)")
 	}
-	if len(r.RunRM[kindDirect]) > 0 || len(r.Pair[kindDirect]) > 0 {
-		kinds, heads = append(kinds, kindDirect), append(heads, "cniplug, direct-join")
-		ratios, ratioHeads = append(ratios, kindDirect), append(ratioHeads, "direct-join / bridge (p50)")
+	for _, su := range speedUps {
+		if len(r.RunRM[su.kind]) > 0 || len(r.Pair[su.kind]) > 0 {
+			kinds, heads = append(kinds, su.kind), append(heads, "cniplug, "+su.label)
+			ratios, ratioHeads = append(ratios, su.kind), append(ratioHeads, su.label+" / bridge (p50)")
+		}
 	}
 	if len(r.RunRM[kindFloor]) > 0 || len(r.Pair[kindFloor]) > 0 {
 		kinds, heads = append(kinds, kindFloor), append(heads, "veth-only remote driver")
@@ -268,18 +290,27 @@ func (r *results) markdown() string {
 	row("`docker run --rm … true`", r.RunRM, o.Seq)
 	row("`docker run -d … sleep` + `docker rm -f`", r.Pair, o.Pairs)
 
-	if d := r.Direct; d != nil && len(d.Overhead) > 0 {
-		w("\n### Inside cniplug, per lifecycle (from its /metrics; n=%d default, n=%d direct-join)\n\n", len(r.Overhead), len(d.Overhead))
-		w("| | default p50 | default p99 | direct-join p50 | direct-join p99 |\n|---|---|---|---|---|\n")
-		w("| time in cniplug's handlers | %s | %s | %s | %s |\n", ms(r.InPlugin.p50()), ms(r.InPlugin.p99()), ms(d.InPlugin.p50()), ms(d.InPlugin.p99()))
-		w("| of which inside CNI plugin execs | %s | %s | %s | %s |\n", ms(r.InCNI.p50()), ms(r.InCNI.p99()), ms(d.InCNI.p50()), ms(d.InCNI.p99()))
-		w("| **cniplug's own overhead** (handlers minus execs) | %s | %s | %s | %s |\n", ms(r.Overhead.p50()), ms(r.Overhead.p99()), ms(d.Overhead.p50()), ms(d.Overhead.p99()))
-	} else {
-		w("\n### Inside cniplug, per lifecycle (from its /metrics; n=%d)\n\n| | p50 | p99 |\n|---|---|---|\n", len(r.Overhead))
-		w("| time in cniplug's handlers | %s | %s |\n", ms(r.InPlugin.p50()), ms(r.InPlugin.p99()))
-		w("| of which inside CNI plugin execs | %s | %s |\n", ms(r.InCNI.p50()), ms(r.InCNI.p99()))
-		w("| **cniplug's own overhead** (handlers minus execs) | %s | %s |\n", ms(r.Overhead.p50()), ms(r.Overhead.p99()))
+	costs, labels := []*cost{&r.cost}, []string{"default"}
+	for _, su := range speedUps {
+		if d := r.KindCosts[su.kind]; d != nil && len(d.Overhead) > 0 {
+			costs, labels = append(costs, d), append(labels, su.label)
+		}
 	}
+	w("\n### Inside cniplug, per lifecycle (from its /metrics; n=%d each)\n\n|", len(r.Overhead))
+	for _, l := range labels {
+		w(" | %s p50 | %s p99", l, l)
+	}
+	w(" |\n|---%s|\n", strings.Repeat("|---|---", len(labels)))
+	costRow := func(name string, of func(*cost) samples) {
+		w("| %s |", name)
+		for _, c := range costs {
+			w(" %s | %s |", ms(of(c).p50()), ms(of(c).p99()))
+		}
+		w("\n")
+	}
+	costRow("time in cniplug's handlers", func(c *cost) samples { return c.InPlugin })
+	costRow("of which inside CNI plugin execs", func(c *cost) samples { return c.InCNI })
+	costRow("**cniplug's own overhead** (handlers minus execs)", func(c *cost) samples { return c.Overhead })
 	if r.GoBench != nil {
 		lib, rl := r.GoBench["BenchmarkLibcniAddDel"], r.GoBench["BenchmarkRunnerLifecycle"]
 		w("\nThe same conflist without Docker (Go benchmarks in `cnibridge/bench_test.go`, %d iterations): raw libcni ADD+DEL **%s**; "+
@@ -357,6 +388,7 @@ var (
 	colPodman  = color.RGBA{R: 44, G: 160, B: 44, A: 255}
 	colAsync   = color.RGBA{R: 148, G: 103, B: 189, A: 255}
 	colDirect  = color.RGBA{R: 214, G: 39, B: 40, A: 255}
+	colDocker  = color.RGBA{R: 140, G: 86, B: 75, A: 255}
 )
 
 // chart draws the lifecycle wall times and the throughput side by side.
@@ -372,11 +404,13 @@ func (r *results) chart(path string) error {
 		{"run --rm: cniplug", r.RunRM["cniplug"].p50(), colCniplug},
 		{"run --rm: cniplug sync DEL", r.RunRM[kindSync].p50(), colAsync},
 		{"run --rm: cniplug direct-join", r.RunRM[kindDirect].p50(), colDirect},
+		{"run --rm: cniplug Docker IPAM + direct-join", r.RunRM[kindDockerDirect].p50(), colDocker},
 		{"run -d + rm -f: none", r.Pair["none"].p50(), colNone},
 		{"run -d + rm -f: Docker bridge", r.Pair["bridge"].p50(), colBridge},
 		{"run -d + rm -f: cniplug", r.Pair["cniplug"].p50(), colCniplug},
 		{"run -d + rm -f: cniplug sync DEL", r.Pair[kindSync].p50(), colAsync},
 		{"run -d + rm -f: cniplug direct-join", r.Pair[kindDirect].p50(), colDirect},
+		{"run -d + rm -f: cniplug Docker IPAM + direct-join", r.Pair[kindDockerDirect].p50(), colDocker},
 	}
 	if p := r.Podman; p != nil && p.Error == "" {
 		bars = append(bars, bar{"podman run --rm: none", p.None.p50(), colNone}, bar{"podman run --rm: CNI", p.CNI.p50(), colPodman})

@@ -28,7 +28,7 @@ func fakeResults() *results {
 		RunRM:      map[string]samples{"none": {0.5, 0.5, 0.5}, "bridge": {0.8, 0.8, 0.8}, "cniplug": {0.85, 0.86, 0.87}, kindSync: {0.95, 0.96, 0.97}, kindDirect: {0.78, 0.79, 0.8}},
 		Pair:       map[string]samples{"none": {0.6, 0.6, 0.6}, "bridge": {0.9, 0.9, 0.9}, "cniplug": {1.1, 1.1, 1.1}, kindSync: {1.2, 1.2, 1.2}, kindDirect: {0.88, 0.88, 0.88}},
 		cost:       cost{InPlugin: samples{0.2, 0.21}, InCNI: samples{0.19, 0.2}, Overhead: samples{0.008, 0.03}},
-		Direct:     &cost{InPlugin: samples{0.18, 0.19}, InCNI: samples{0.17, 0.18}, Overhead: samples{0.009, 0.02}},
+		KindCosts:  map[string]*cost{kindDirect: {InPlugin: samples{0.18, 0.19}, InCNI: samples{0.17, 0.18}, Overhead: samples{0.009, 0.02}}},
 		Throughput: map[string]map[int]float64{"bridge": {1: 1.2, 4: 1.5}, "cniplug": {1: 1.1, 4: 1.4}},
 		CPU:        map[string]*cpuUse{"bridge": {Lifecycles: 8, Machine: 2.4, Plugin: 0.01}, "cniplug": {Lifecycles: 8, Machine: 3.2, Plugin: 1.2}},
 		Scale: map[int]*scalePoint{
@@ -111,7 +111,7 @@ func TestReportWithoutNewKinds(t *testing.T) {
 		delete(old.RunRM, k)
 		delete(old.Pair, k)
 	}
-	old.Direct = nil
+	old.KindCosts = nil
 	old.evaluate()
 	for _, tg := range old.Targets {
 		if math.IsNaN(tg.Ratio) {
