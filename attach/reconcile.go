@@ -64,7 +64,8 @@ func staleReason(a *state.Attachment, o ReconcileOptions, stagingLost bool) stri
 		// Removal is idempotent and serialized per attachment: finishing one a worker is running is harmless.
 		return "Docker deleted its endpoint; the background removal has not finished"
 	}
-	if o.Startup && stagingLost && a.Phase != state.PhaseAdding {
+	// An attachment whose ADD waits for Join (AddAtJoin) has no netns yet.
+	if o.Startup && stagingLost && a.Phase != state.PhaseAdding && !a.AddAtJoin {
 		// The staging netns lives as long as the attachment, pinned in /run: only a reboot (or a /run wiped
 		// like one) loses it, and every container went with it. Docker does not tell: a swarm network is not
 		// restored after a reboot, so no DeleteEndpoint ever comes for its tasks' endpoints.

@@ -15,6 +15,7 @@ func TestStaleReason(t *testing.T) {
 	att := func(phase state.Phase, created time.Time, netID, epID string) *state.Attachment {
 		return &state.Attachment{Phase: phase, Created: created, NetworkID: netID, EndpointID: epID}
 	}
+	addAtJoin := func(a *state.Attachment) *state.Attachment { a.AddAtJoin = true; return a }
 	cases := []struct {
 		name    string
 		a       *state.Attachment
@@ -39,6 +40,7 @@ func TestStaleReason(t *testing.T) {
 		{"startup after a reboot: unclaimed address", att(state.PhasePending, young, "", ""), nil, true, true, true},
 		{"staging lost during operation: left to Docker's word", att(state.PhaseJoined, old, "net1", "ep-live"), live, false, false, true},
 		{"startup, staging there, Docker unknown", att(state.PhaseJoined, young, "net1", "ep-live"), nil, true, false, false},
+		{"startup, ADD waiting for Join: no netns yet", addAtJoin(att(state.PhaseEndpoint, young, "net1", "ep-live")), nil, true, false, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
