@@ -62,8 +62,13 @@ func BenchmarkLibcniAddDel(b *testing.B) {
 	testutil.Run(b, "ip", "netns", "add", ns)
 	b.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	cni := libcni.NewCNIConfigWithCacheDir([]string{bin}, b.TempDir(), nil)
-	ctx := context.Background()
 	b.ResetTimer()
+	addDelLoop(b, cni, nw, ns)
+}
+
+// addDelLoop runs b.N libcni ADD+DEL of the network into the named netns.
+func addDelLoop(b *testing.B, cni *libcni.CNIConfig, nw *cnibridge.Network, ns string) {
+	ctx := context.Background()
 	for i := 0; i < b.N; i++ {
 		rt := &libcni.RuntimeConf{ContainerID: benchContainerID(i), NetNS: filepath.Join("/run/netns", ns), IfName: "eth0"}
 		if _, err := cni.AddNetworkList(ctx, nw.List, rt); err != nil {
@@ -147,16 +152,6 @@ func BenchmarkLibcniAddDelLive(b *testing.B) {
 			}
 			live = append(live, rt)
 		}
-		b.Run(fmt.Sprintf("live=%d", size), func(b *testing.B) {
-			for i := 0; i < b.N; i++ {
-				rt := &libcni.RuntimeConf{ContainerID: benchContainerID(i), NetNS: filepath.Join("/run/netns", ns), IfName: "eth0"}
-				if _, err := cni.AddNetworkList(ctx, nw.List, rt); err != nil {
-					b.Fatalf("ADD: %v", err)
-				}
-				if err := cni.DelNetworkList(ctx, nw.List, rt); err != nil {
-					b.Fatalf("DEL: %v", err)
-				}
-			}
-		})
+		b.Run(fmt.Sprintf("live=%d", size), func(b *testing.B) { addDelLoop(b, cni, nw, ns) })
 	}
 }

@@ -11,6 +11,19 @@ import (
 	"github.com/cniplug/cniplug/internal/testutil"
 )
 
+// sandboxStates are the states of the container's netns the sandbox tests run in.
+var sandboxStates = []struct {
+	name     string
+	taken    bool   // the container has an eth0 already (another network)
+	gone     bool   // the container's netns is destroyed before teardown (container killed)
+	wantName string // the attachment's link there
+	mac      string // the MAC Docker chose, "" = CNI's
+}{
+	{"eth0 free", false, false, "eth0", ""},
+	{"eth0 taken", true, false, "eth1", "02:42:c0:ff:ee:07"},
+	{"netns gone before teardown", false, true, "eth0", ""},
+}
+
 // TestJoinSandbox: the link goes from the staging netns straight into the container's netns, named after the
 // links already there, with its addresses, connected routes and up state, so that Docker's gateway and
 // next-hop routes can be added on top; a repeated Join changes nothing. Under its ADD-time name the link is
@@ -21,17 +34,7 @@ func TestJoinSandbox(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.CNIBinDir(t)
 	for _, kind := range netKinds {
-		for _, tc := range []struct {
-			name     string
-			taken    bool // the container has an eth0 already (another network)
-			gone     bool // the container's netns is destroyed before teardown (container killed)
-			wantName string
-			mac      string // the MAC Docker chose, "" = CNI's
-		}{
-			{"eth0 free", false, false, "eth0", ""},
-			{"eth0 taken", true, false, "eth1", "02:42:c0:ff:ee:07"},
-			{"netns gone before teardown", false, true, "eth0", ""},
-		} {
+		for _, tc := range sandboxStates {
 			t.Run(kind.name+"/"+tc.name, func(t *testing.T) {
 				startLeakCheck(t)
 				a := attach(t, kind, nil)
@@ -136,15 +139,7 @@ func TestAddInSandbox(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.CNIBinDir(t)
 	for _, kind := range netKinds {
-		for _, tc := range []struct {
-			name  string
-			taken bool // the container has an eth0 already (another network)
-			gone  bool // Docker removes the container's netns before teardown
-		}{
-			{"eth0 free", false, false},
-			{"eth0 taken", true, false},
-			{"netns gone before teardown", false, true},
-		} {
+		for _, tc := range sandboxStates {
 			t.Run(kind.name+"/"+tc.name, func(t *testing.T) {
 				startLeakCheck(t)
 				sandbox := filepath.Join(t.TempDir(), "sandbox")
@@ -153,9 +148,8 @@ func TestAddInSandbox(t *testing.T) {
 				if !SandboxEmpty(sandbox) {
 					t.Fatal("SandboxEmpty: false for a fresh netns")
 				}
-				wantName := "eth0"
+				wantName := tc.wantName
 				if tc.taken {
-					wantName = "eth1"
 					inNetNS(t, sandbox, func(h *netlink.Handle) {
 						testutil.Must(t, h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}))
 					})
