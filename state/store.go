@@ -3,6 +3,7 @@
 package state
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -81,6 +82,8 @@ type Pool struct {
 	V6       bool   `json:"v6"`
 	// Extra is the allow-listed CNI_ARGS / capability args given with --ipam-opt cni.<...>.
 	Extra cniargs.Extra `json:"extra,omitempty"`
+	// Warm (--ipam-opt warm-pool=N) is how many attachments cniplug keeps added ahead of RequestAddress.
+	Warm int `json:"warm,omitempty"`
 }
 
 // Phase is where an attachment is in Docker's lifecycle.
@@ -89,6 +92,8 @@ type Phase string
 const (
 	// PhaseAdding: recorded before CNI ADD runs; a crash leaves this for reconciliation to tear down.
 	PhaseAdding Phase = "adding"
+	// PhaseWarm: added ahead of any request for a pool's warm pool; RequestAddress claims it (as pending).
+	PhaseWarm Phase = "warm"
 	// PhasePending: added by IPAM RequestAddress, not yet claimed by an endpoint.
 	PhasePending Phase = "pending"
 	// PhaseEndpoint: owned by a Docker endpoint; the link waits in the staging netns.
@@ -135,6 +140,7 @@ var (
 	bucketEndpoints   = []byte("endpoints") // endpoint ID -> attachment ID
 	bucketPending     = []byte("pending")   // cniName/ip -> attachment ID, for addresses not yet claimed
 	bucketReleases    = []byte("releases")  // cniName/ip -> count of ReleaseAddress calls owed to claimed addresses
+	bucketWarm        = []byte("warm")      // poolID/attachment ID -> "", for warm attachments no request took yet
 )
 
 // ErrNotFound is returned for missing records.
@@ -156,7 +162,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("opening state store %s (is another cniplug running?): %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketNetworks, bucketPools, bucketAttachments, bucketEndpoints, bucketPending, bucketReleases} {
+		for _, b := range [][]byte{bucketNetworks, bucketPools, bucketAttachments, bucketEndpoints, bucketPending, bucketReleases, bucketWarm} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -246,6 +252,8 @@ func (s *Store) DeletePool(id string) error {
 
 func addressKey(cniName, ip string) string { return cniName + "/" + ip }
 
+func warmKey(a *Attachment) []byte { return []byte(a.PoolID + "/" + a.ID()) }
+
 // PutAttachment records an attachment and keeps the endpoint and pending-address indexes in step with it.
 func (s *Store) PutAttachment(a *Attachment) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return putAttachment(tx, a) })
@@ -260,10 +268,59 @@ func putAttachment(tx *bolt.Tx, a *Attachment) error {
 			return err
 		}
 	}
+	if a.Phase == PhaseWarm {
+		if err := tx.Bucket(bucketWarm).Put(warmKey(a), nil); err != nil {
+			return err
+		}
+	} else if err := tx.Bucket(bucketWarm).Delete(warmKey(a)); err != nil {
+		return err
+	}
 	if a.Phase == PhasePending {
 		return tx.Bucket(bucketPending).Put([]byte(addressKey(a.Network, naming.Address(a.Interface.IPv4))), []byte(a.ID()))
 	}
 	return nil
+}
+
+// ClaimWarm takes one warm attachment of the pool for a RequestAddress: it becomes pending under its address,
+// asked for by the endpoint's MAC, in one transaction, so two requests never take the same one. address, when
+// set, takes only the warm attachment holding that address. It fails with ErrNotFound when none is warm. Its
+// creation time becomes the claim's: reconciliation measures a pending attachment's age from the request.
+func (s *Store) ClaimWarm(poolID, address, mac string) (*Attachment, error) {
+	var a *Attachment
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		prefix := []byte(poolID + "/")
+		c := tx.Bucket(bucketWarm).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			cand := &Attachment{}
+			if err := get(tx, bucketAttachments, string(k[len(prefix):]), cand); err != nil {
+				return fmt.Errorf("warm attachment %s: %w", k[len(prefix):], err)
+			}
+			if address == "" || naming.Address(cand.Interface.IPv4) == naming.Address(address) {
+				a = cand
+				break
+			}
+		}
+		if a == nil {
+			return ErrNotFound
+		}
+		a.Phase, a.RequestMAC, a.Created = PhasePending, mac, time.Now().UTC()
+		return putAttachment(tx, a)
+	})
+	return a, err
+}
+
+// WarmCount is the number of warm attachments of the pool.
+func (s *Store) WarmCount(poolID string) (int, error) {
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		prefix := []byte(poolID + "/")
+		c := tx.Bucket(bucketWarm).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
 }
 
 // ClaimPending moves the pending attachment holding ip on CNI network cniName to an endpoint, and records
@@ -359,6 +416,9 @@ func (s *Store) DeleteAttachment(a *Attachment) error {
 					return err
 				}
 			}
+		}
+		if err := tx.Bucket(bucketWarm).Delete(warmKey(a)); err != nil {
+			return err
 		}
 		key := []byte(addressKey(a.Network, naming.Address(a.Interface.IPv4)))
 		if id := tx.Bucket(bucketPending).Get(key); string(id) == a.ID() {

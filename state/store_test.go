@@ -483,3 +483,57 @@ func TestModeOf(t *testing.T) {
 		}
 	}
 }
+
+// Warm attachments are indexed by pool: ClaimWarm takes each once (as pending under its address, with the
+// endpoint's MAC), by address when one is asked for, never another pool's; deleting or claiming one drops it
+// from the count.
+func TestClaimWarm(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	warm := func(id, pool, ip string) *Attachment {
+		a := att(id, "cni", PhaseWarm, ip)
+		a.PoolID = pool
+		if err := s.PutAttachment(a); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	count := func(pool string, want int) {
+		t.Helper()
+		if n, err := s.WarmCount(pool); err != nil || n != want {
+			t.Fatalf("WarmCount(%s) = %d, %v; want %d", pool, n, err, want)
+		}
+	}
+	a1 := warm("a1aaaaaaaaaaaaaa", "p1", "10.0.0.2/24")
+	warm("a2aaaaaaaaaaaaaa", "p1", "10.0.0.3/24")
+	other := warm("b1bbbbbbbbbbbbbb", "p10", "10.0.0.4/24") // a pool ID the first is a prefix of
+	count("p1", 2)
+	count("p10", 1)
+
+	if _, err := s.ClaimWarm("p1", "10.0.0.4", "02:00:00:00:00:01"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("claiming another pool's address: %v, want ErrNotFound", err)
+	}
+	got, err := s.ClaimWarm("p1", "10.0.0.3", "02:00:00:00:00:01")
+	if err != nil || got.ID() != "a2aaaaaaaaaaaaaa" || got.Phase != PhasePending || got.RequestMAC != "02:00:00:00:00:01" {
+		t.Fatalf("ClaimWarm by address = %+v, %v", got, err)
+	}
+	if !got.Created.After(a1.Created) {
+		t.Errorf("a claimed attachment keeps its warm creation time %s: reconciliation would take it for an old unclaimed one", got.Created)
+	}
+	count("p1", 1)
+	// Now pending under its address, as an ADD at RequestAddress would leave it.
+	if claimed, err := s.ClaimPending("cni", "10.0.0.3", "net", "ep"); err != nil || claimed.ID() != got.ID() {
+		t.Fatalf("ClaimPending of the claimed warm address = %+v, %v", claimed, err)
+	}
+	got, err = s.ClaimWarm("p1", "", "02:00:00:00:00:02")
+	if err != nil || got.ID() != a1.ID() {
+		t.Fatalf("ClaimWarm = %+v, %v; want %s", got, err, a1.ID())
+	}
+	if _, err := s.ClaimWarm("p1", "", "02:00:00:00:00:03"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("claiming from an empty pool: %v, want ErrNotFound", err)
+	}
+	count("p1", 0)
+	if err := s.DeleteAttachment(other); err != nil {
+		t.Fatal(err)
+	}
+	count("p10", 0)
+}
