@@ -154,6 +154,10 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)
+	// After it: a warm attachment the reboot or crash took was removed and is added again.
+	if err := mgr.StartWarmPools(); err != nil {
+		log.Error("warm pools not started; RequestAddress runs its own ADD", "error", err)
+	}
 	svc := newAdmin(c, name, mgr)
 	chooser := cniconf.Chooser{ConfDirs: c.confDir, DefaultNetwork: c.defaultNetwork, Validator: runner}
 	drv, ipd := driver.New(name, chooser, mgr, log), ipam.New(name, chooser, mgr, log)
@@ -174,6 +178,9 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	defer cancel()
 	if werr := mgr.WaitRemovals(wctx); werr != nil {
 		log.Warn("stopping with removals unfinished; the next start finishes them", "error", werr)
+	}
+	if werr := mgr.StopWarmPools(wctx); werr != nil {
+		log.Warn("stopping with a warm pool's ADD unfinished; the next start removes it", "error", werr)
 	}
 	return err
 }

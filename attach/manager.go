@@ -26,6 +26,7 @@ type Manager struct {
 	nets keyedRWMutex
 
 	removals sync.WaitGroup // background removals (RemoveLater)
+	warm     warmFillers    // the warm pools' fillers (warm.go)
 
 	removalObserver RemovalObserver
 	leaseDaemon     LeaseDaemon

@@ -58,8 +58,8 @@ type GCResult struct {
 }
 
 // staleReason says why an attachment should be torn down, or "" to keep it. stagingLost: its staging netns
-// is gone.
-func staleReason(a *state.Attachment, o ReconcileOptions, stagingLost bool) string {
+// is gone; poolReleased: no pool of that ID is recorded.
+func staleReason(a *state.Attachment, o ReconcileOptions, stagingLost, poolReleased bool) string {
 	if a.Phase == state.PhaseDeleting {
 		// Removal is idempotent and serialized per attachment: finishing one a worker is running is harmless.
 		return "Docker deleted its endpoint; the background removal has not finished"
@@ -70,6 +70,13 @@ func staleReason(a *state.Attachment, o ReconcileOptions, stagingLost bool) stri
 		// like one) loses it, and every container went with it. Docker does not tell: a swarm network is not
 		// restored after a reboot, so no DeleteEndpoint ever comes for its tasks' endpoints.
 		return "its staging network namespace is gone: the host rebooted, and the container with it"
+	}
+	if a.Phase == state.PhaseWarm {
+		// No Docker object owns a warm attachment: only its pool does, whatever its age.
+		if poolReleased {
+			return "warm attachment of a pool Docker released"
+		}
+		return ""
 	}
 	if o.Now.Sub(a.Created) < o.MinAge && !(o.Startup && a.Phase == state.PhaseAdding) {
 		return ""
@@ -152,8 +159,16 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 			errs = append(errs, err)
 		}
 	}
+	pools, err := m.store.Pools()
+	if err != nil {
+		return rep, fmt.Errorf("reading pools: %w", err)
+	}
+	poolIDs := make(map[string]bool, len(pools))
+	for _, p := range pools {
+		poolIDs[p.ID] = true
+	}
 	for _, a := range atts {
-		reason := staleReason(a, o, m.cni.StagingLost(&a.Attachment))
+		reason := staleReason(a, o, m.cni.StagingLost(&a.Attachment), !poolIDs[a.PoolID])
 		if reason == "" {
 			continue
 		}

@@ -167,7 +167,7 @@ func phases(by map[string]int) string {
 	if len(by) == 0 {
 		return ""
 	}
-	order := map[string]int{"joined": 0, "endpoint": 1, "pending": 2, "adding": 3}
+	order := map[string]int{"joined": 0, "endpoint": 1, "pending": 2, "warm": 3, "adding": 4}
 	names := make([]string, 0, len(by))
 	for p := range by {
 		names = append(names, p)

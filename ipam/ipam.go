@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cnibridge"
@@ -26,6 +27,12 @@ const (
 	// endpointNameOption: the endpoint's name (the container's name), sent with RequestAddress since Docker 29.
 	endpointNameOption = "com.docker.network.endpoint.name"
 )
+
+// OptWarmPool (--ipam-opt warm-pool=N) keeps N attachments added ahead of RequestAddress.
+const OptWarmPool = "warm-pool"
+
+// maxWarmPool bounds a warm pool: each warm attachment holds an address, a staging netns and a veth pair.
+const maxWarmPool = 64
 
 // Ipam implements the IpamDriver side of cniplug.
 type Ipam struct {
@@ -66,7 +73,11 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 	if req.SubPool != "" {
 		return nil, p.errorf("--ip-range is not supported: the CNI network chooses addresses from its own ranges")
 	}
-	nw, extra, err := p.chooser.Choose(ctx, cniconf.Options{Flag: "--ipam-opt", Values: req.Options, Purpose: "allocates the addresses"})
+	nw, extra, err := p.chooser.Choose(ctx, cniconf.Options{Flag: "--ipam-opt", Values: req.Options, Known: []string{OptWarmPool}, Purpose: "allocates the addresses"})
+	if err != nil {
+		return nil, p.errorf("%w", err)
+	}
+	warm, err := warmPoolOption(req.Options, nw)
 	if err != nil {
 		return nil, p.errorf("%w", err)
 	}
@@ -99,11 +110,34 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 		cidr, gateway = "0.0.0.0/0", "0.0.0.0/0"
 	}
 	pool := &state.Pool{ID: "cniplug-" + naming.RandomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr, V6: req.V6, Extra: extra}
+	if !req.V6 {
+		pool.Warm = warm // the IPv4 request runs the ADD, which assigns both families
+	}
 	if err := p.store.PutPool(pool); err != nil {
 		return nil, p.errorf("recording pool: %w", err)
 	}
-	p.log.Info("pool requested", "pool", pool.ID, "cni_network", nw.Name, "cidr", cidr, "v6", req.V6)
+	p.log.Info("pool requested", "pool", pool.ID, "cni_network", nw.Name, "cidr", cidr, "v6", req.V6, "warm", pool.Warm)
+	p.mgr.StartWarmPool(pool)
 	return &ipam.RequestPoolResponse{PoolID: pool.ID, Pool: cidr, Data: map[string]string{poolGatewayKey: gateway}}, nil
+}
+
+// warmPoolOption reads --ipam-opt warm-pool=N and checks that the CNI network's attachments can be added
+// before their container is known.
+func warmPoolOption(opts map[string]string, nw *cnibridge.Network) (int, error) {
+	v, ok := opts[OptWarmPool]
+	if !ok {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > maxWarmPool {
+		return 0, fmt.Errorf("--ipam-opt %s=%q: want a number of attachments from 0 to %d", OptWarmPool, v, maxWarmPool)
+	}
+	if n > 0 {
+		if err := nw.CheckWarmPool(); err != nil {
+			return 0, fmt.Errorf("--ipam-opt %s: %w", OptWarmPool, err)
+		}
+	}
+	return n, nil
 }
 
 // releasedPool looks up the pool a release names. A pool cniplug does not know is already released (Docker
@@ -124,6 +158,9 @@ func (p *Ipam) ReleasePool(ctx context.Context, req *ipam.ReleasePoolRequest) (*
 	pool, err := p.releasedPool(req.PoolID)
 	if pool == nil {
 		return nil, err
+	}
+	if err := p.mgr.ReleaseWarmPool(ctx, pool.ID); err != nil {
+		return nil, p.errorf("pool %s: its warm pool: %w", pool.ID, err)
 	}
 	if err := p.mgr.RemovePending(ctx, pool.ID); err != nil {
 		return nil, p.errorf("pool %s: %w", pool.ID, err)
@@ -151,6 +188,13 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 	mac := req.Options[macAddressOption]
 	if pool.V6 {
 		return p.requestV6(pool, req.Address, mac)
+	}
+	warm, err := p.mgr.ClaimWarm(ctx, pool, req.Address, mac)
+	if err != nil {
+		return nil, p.errorf("CNI network %q: %w", pool.CNIName, err)
+	}
+	if warm != nil {
+		return &ipam.RequestAddressResponse{Address: warm.Interface.IPv4}, nil
 	}
 	nw, err := cnibridge.ParseNetwork(pool.Conflist)
 	if err != nil {

@@ -276,7 +276,7 @@ func TestIPAMErrors(t *testing.T) {
 			[]string{"missing --ipam-opt cni=<name>", s.ConfDir}},
 		{"RequestPool unknown option", "IpamDriver.RequestPool",
 			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "alpha", "zzz": "1", "aaa": "2"}},
-			[]string{"unknown option(s) aaa, zzz", "--ipam-opt accepts cni=<CNI network>, cni.args."}},
+			[]string{"unknown option(s) aaa, zzz", "--ipam-opt accepts cni=<CNI network>, warm-pool, cni.args."}},
 		{"RequestPool unknown CNI network", "IpamDriver.RequestPool",
 			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "gamma"}},
 			[]string{`no CNI network named "gamma"`, "networks found: alpha, beta"}},
@@ -965,4 +965,114 @@ func TestAsyncDeleteDefault(t *testing.T) {
 			})
 		}
 	}
+}
+
+// waitWarm waits until the pool holds n warm attachments (its filler runs in the background) and returns them.
+func (e *cniEnv) waitWarm(t *testing.T, poolID string, n int) []*state.Attachment {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var warm []*state.Attachment
+		atts, err := e.Store.Attachments()
+		testutil.Must(t, err)
+		for _, a := range atts {
+			if a.PoolID == poolID && a.Phase == state.PhaseWarm {
+				warm = append(warm, a)
+			}
+		}
+		if len(warm) == n {
+			return warm
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool %s holds %d warm attachments after 30 s, want %d", poolID, len(warm), n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestCNIIPAMWarmPool is `docker network create --ipam-driver cniplug --ipam-opt warm-pool=2`: attachments are
+// added before any request; RequestAddress takes one (a requested address takes the one holding it, or runs
+// its own ADD), gives its link the endpoint's MAC, and the pool is refilled; the endpoint's lifecycle is the
+// usual one; ReleasePool removes the warm ones, leaving nothing.
+func TestCNIIPAMWarmPool(t *testing.T) {
+	e := newCNIEnv(t)
+	c := e.c
+	var pool dipam.RequestPoolResponse
+	c.call("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace,
+		Options: map[string]string{"cni": e.name, "warm-pool": "2"}}, &pool)
+	warm := e.waitWarm(t, pool.PoolID, 2)
+	if ents, _ := os.ReadDir(e.NetNSDir); len(ents) != 2 {
+		t.Fatalf("staging netns dir holds %d entries for 2 warm attachments", len(ents))
+	}
+
+	nid := naming.RandomID()
+	c.call("NetworkDriver.CreateNetwork", network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": e.name}),
+		IPv4Data: []*network.IPAMData{{AddressSpace: state.LocalAddressSpace, Pool: pool.Pool, Gateway: pool.Data["com.docker.network.gateway"]}}}, nil)
+
+	const mac = "02:42:0a:c9:00:42"
+	var addr dipam.RequestAddressResponse
+	c.call("IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: pool.PoolID,
+		Options: map[string]string{"com.docker.network.endpoint.macaddress": mac}}, &addr)
+	if addr.Address != warm[0].Interface.IPv4 && addr.Address != warm[1].Interface.IPv4 {
+		t.Fatalf("RequestAddress gave %s, not a warm attachment's address (%s, %s)", addr.Address, warm[0].Interface.IPv4, warm[1].Interface.IPv4)
+	}
+	ip := e.inSubnet(t, addr.Address)
+	e.waitWarm(t, pool.PoolID, 2) // refilled
+
+	// --ip of an address a warm attachment holds takes that one; another address runs an ADD of its own.
+	var held *state.Attachment
+	for _, a := range e.waitWarm(t, pool.PoolID, 2) {
+		held = a
+	}
+	heldIP := naming.Address(held.Interface.IPv4)
+	var got dipam.RequestAddressResponse
+	c.call("IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: pool.PoolID, Address: heldIP}, &got)
+	if a, err := e.Store.Attachment(held.ID()); err != nil || a.Phase != state.PhasePending || got.Address != held.Interface.IPv4 {
+		t.Fatalf("RequestAddress of warm %s gave %s; its attachment %+v, %v", heldIP, got.Address, a, err)
+	}
+	c.call("IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: pool.PoolID, Address: e.ip(77)}, &got)
+	if got.Address != e.ip(77)+"/24" {
+		t.Fatalf("RequestAddress of %s gave %s", e.ip(77), got.Address)
+	}
+	c.call("IpamDriver.ReleaseAddress", dipam.ReleaseAddressRequest{PoolID: pool.PoolID, Address: heldIP}, nil)
+	c.call("IpamDriver.ReleaseAddress", dipam.ReleaseAddressRequest{PoolID: pool.PoolID, Address: e.ip(77)}, nil)
+
+	// The claimed one is an ordinary endpoint from here, with the MAC Docker chose.
+	eid := naming.RandomID()
+	var ep network.CreateEndpointResponse
+	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+		Interface: &network.EndpointInterface{Address: addr.Address, MacAddress: mac}, Options: map[string]any{}}, &ep)
+	if a, err := e.Store.AttachmentByEndpoint(eid); err != nil || a.Interface.MAC != mac || a.Phase != state.PhaseEndpoint {
+		t.Fatalf("endpoint's attachment = %+v, %v; want MAC %s", a, err, mac)
+	}
+	src := srcNameOf(t, e.Stack, eid)
+	e.joinAndLeave(t, nid, eid, mac)
+	e.deleteEndpoint(t, nid, eid, src)
+	c.call("IpamDriver.ReleaseAddress", dipam.ReleaseAddressRequest{PoolID: pool.PoolID, Address: ip.String()}, nil)
+	e.waitWarm(t, pool.PoolID, 2)
+	c.call("IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: pool.PoolID}, nil)
+	c.call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil)
+	e.finish(t)
+}
+
+// TestWarmPoolRefused: a warm pool is refused, naming the cause, where an attachment made before its container
+// is known would be wrong or the number makes no sense; nothing is recorded.
+func TestWarmPoolRefused(t *testing.T) {
+	e := newCNIEnv(t)
+	for _, tc := range []struct {
+		name, value, want string
+	}{
+		{"not a number", "many", `warm-pool="many": want a number of attachments from 0 to 64`},
+		{"too many", "65", "from 0 to 64"},
+		{"negative", "-1", "from 0 to 64"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wantContains(t, "RequestPool", e.c.callErr("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace,
+				Options: map[string]string{"cni": e.name, "warm-pool": tc.value}}), tc.want)
+		})
+	}
+	if pools, _ := e.Store.Pools(); len(pools) != 0 {
+		t.Errorf("refused pools recorded: %+v", pools)
+	}
+	e.finish(t)
 }

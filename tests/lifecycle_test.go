@@ -2,7 +2,10 @@ package tests
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -331,6 +334,68 @@ func TestDirectJoin(t *testing.T) {
 					t.Errorf("%s still reserved after docker rm -f", ip)
 				}
 			}
+		})
+	}
+}
+
+// TestWarmPool: a network with --ipam-opt warm-pool=2 keeps two attachments added ahead of any container.
+// `docker run` takes one: the container has its address, the MAC Docker chose (inspect and the link agree),
+// its gateway and route, and the pool is refilled. After cniplug is killed with the warm attachments' staging
+// namespaces lost (a reboot), they are released and added again. Network removal leaves nothing (the leak
+// check).
+func TestWarmPool(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		net   func(*testing.T) cniNet
+		extra []string
+	}{
+		{"bridge", func(t *testing.T) cniNet { return bridgeNet(t) }, nil},
+		{"ptp/direct-join", ptpNet, []string{"--opt", "direct-join=true"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			requireSuite(t)
+			n := tc.net(t)
+			net := createNetwork(t, n, cniIPAM, append([]string{"--ipam-opt", "warm-pool=2"}, tc.extra...)...)
+			reserved := func(want int) []string {
+				var got []string
+				waitFor(t, 30*time.Second, fmt.Sprintf("%d reservations on %s", want, n.Name), func() bool {
+					got = reservations(n.Name)
+					return len(got) == want
+				})
+				return got
+			}
+			warm := reserved(2)
+
+			c := runContainer(t, net)
+			ep := checkEndpoint(t, c, net, n)
+			if !slices.Contains(warm, filepath.Join(filepath.Dir(warm[0]), ep.IPAddress)) {
+				t.Errorf("the container got %s, not a warm attachment's address (%v)", ep.IPAddress, warm)
+			}
+			if !pluginLogHas("warm attachment claimed", "address="+ep.IPAddress+"/") {
+				t.Errorf("no warm attachment claimed for %s in the plugin's log", ep.IPAddress)
+			}
+			ping(t, c, n.Gateway)
+			reserved(3)
+			docker(t, "rm", "-f", c)
+			warm = reserved(2)
+
+			// A reboot: cniplug dies and /run with it, so the warm attachments' staging namespaces are gone.
+			stopPluginWith(syscall.SIGKILL)
+			staging, _ := filepath.Glob("/run/netns/cniplug-*")
+			for _, s := range staging {
+				_ = syscall.Unmount(s, syscall.MNT_DETACH)
+				_ = os.Remove(s)
+			}
+			if err := startPlugin(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 30*time.Second, "the warm attachments lost with their namespaces to be released and added again", func() bool {
+				now := reservations(n.Name)
+				return len(now) == 2 && !slices.Contains(now, warm[0]) && !slices.Contains(now, warm[1])
+			})
+			c2 := runContainer(t, net)
+			checkEndpoint(t, c2, net, n)
+			ping(t, c2, n.Gateway)
 		})
 	}
 }

@@ -105,6 +105,12 @@ func New(t testing.TB, o Options) *Stack {
 			}
 		}
 	})
+	// Runs before the safety net: no warm pool's filler adds one after it looked.
+	t.Cleanup(func() {
+		if err := s.Manager.StopWarmPools(context.Background()); err != nil {
+			t.Errorf("cleanup: stopping warm pools: %v", err)
+		}
+	})
 	s.Admin = admin.New(admin.Config{Driver: "cniplug", ConfDir: s.ConfDirs, Manager: s.Manager, MinAge: o.MinAge})
 	var opts []plugin.Option
 	if !o.NoAdmin {
