@@ -150,7 +150,7 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	leases := dhcpdaemon.New(dhcpdaemon.Config{BinDirs: filepath.SplitList(c.binDirs), StateDir: c.stateDir, Logger: log,
 		RequestTimeout: max(c.cniTimeout/4, time.Second)})
 	mgr := attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6,
-		RemovalObserver: m, LeaseDaemon: leases})
+		RemovalObserver: m, WarmFillObserver: m, LeaseDaemon: leases})
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)

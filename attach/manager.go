@@ -28,8 +28,9 @@ type Manager struct {
 	removals sync.WaitGroup // background removals (RemoveLater)
 	warm     warmFillers    // the warm pools' fillers (warm.go)
 
-	removalObserver RemovalObserver
-	leaseDaemon     LeaseDaemon
+	removalObserver  RemovalObserver
+	warmFillObserver WarmFillObserver
+	leaseDaemon      LeaseDaemon
 
 	ports     portsState // host port publishing (ports.go)
 	iptables  string     // the commands that publish ports; "" looks them up in PATH
@@ -46,6 +47,8 @@ type Config struct {
 	IPTables, IP6Tables string
 	// RemovalObserver, when set, is told the duration of every background removal (metrics).
 	RemovalObserver RemovalObserver
+	// WarmFillObserver, when set, is told the duration of every ADD that refilled a warm pool (metrics).
+	WarmFillObserver WarmFillObserver
 	// LeaseDaemon, when set, is the dhcp daemon on its default socket, started before any CNI operation on a
 	// chain that needs it (dhcpdaemon.Supervisor).
 	LeaseDaemon LeaseDaemon
@@ -63,10 +66,15 @@ type RemovalObserver interface {
 	ObserveBackgroundRemoval(d time.Duration, err error)
 }
 
+// WarmFillObserver is told about each ADD that refilled a warm pool.
+type WarmFillObserver interface {
+	ObserveWarmFill(d time.Duration, err error)
+}
+
 // NewManager returns a Manager over the store and runner.
 func NewManager(cfg Config) *Manager {
 	return &Manager{store: cfg.Store, cni: cfg.Runner, log: cfg.Logger, iptables: cfg.IPTables, ip6tables: cfg.IP6Tables,
-		removalObserver: cfg.RemovalObserver, leaseDaemon: cfg.LeaseDaemon}
+		removalObserver: cfg.RemovalObserver, warmFillObserver: cfg.WarmFillObserver, leaseDaemon: cfg.LeaseDaemon}
 }
 
 // Store returns the state store the manager records into.

@@ -96,7 +96,11 @@ func (m *Manager) addWarm(ctx context.Context, pool *state.Pool) error {
 	}
 	req := cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw}
 	req.Args, req.CapabilityArgs = pool.Extra.Apply(cnibridge.RequestArgs(nw, nil, ""))
+	start := time.Now()
 	_, err = m.Add(context.WithoutCancel(ctx), req, state.Attachment{Phase: state.PhaseWarm, PoolID: pool.ID})
+	if m.warmFillObserver != nil {
+		m.warmFillObserver.ObserveWarmFill(time.Since(start), err)
+	}
 	return err
 }
 

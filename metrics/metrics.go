@@ -20,6 +20,7 @@ const (
 	CNIExecDuration       = "cniplug_cni_exec_duration_seconds"
 	CNIExecErrorsTotal    = "cniplug_cni_exec_errors_total"
 	BackgroundRemoval     = "cniplug_background_removal_duration_seconds"
+	WarmFill              = "cniplug_warm_fill_duration_seconds"
 	AttachmentsGauge      = "cniplug_attachments"
 	AttachmentsScrapeFail = "cniplug_attachments_scrape_errors_total"
 )
@@ -53,6 +54,8 @@ type Metrics struct {
 	// backgroundRemoval: removals after DeleteEndpoint answered, so that handler time plus this is all of
 	// cniplug's time per lifecycle.
 	backgroundRemoval *prometheus.HistogramVec
+	// warmFill: the ADDs that refill warm pools, off every request's path but cniplug's time all the same.
+	warmFill *prometheus.HistogramVec
 }
 
 // New creates cniplug's metrics in a registry of their own, together with the Go runtime and process
@@ -83,12 +86,17 @@ func New(o Options) *Metrics {
 			Help:    "Duration of each attachment removal run after DeleteEndpoint answered (async-delete networks; CNI DEL included), by result (ok, error).",
 			Buckets: durationBuckets(),
 		}, []string{"result"}),
+		warmFill: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    WarmFill,
+			Help:    "Duration of each ADD that refilled a warm pool (--ipam-opt warm-pool; CNI ADD included), by result (ok, error).",
+			Buckets: durationBuckets(),
+		}, []string{"result"}),
 		execErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: CNIExecErrorsTotal,
 			Help: "CNI plugin execs that failed (including those killed at the CNI timeout), by plugin type and command.",
 		}, []string{"plugin", "command"}),
 	}
-	m.reg.MustRegister(m.requests, m.requestErrors, m.requestSeconds, m.execSeconds, m.execErrors, m.backgroundRemoval,
+	m.reg.MustRegister(m.requests, m.requestErrors, m.requestSeconds, m.execSeconds, m.execErrors, m.backgroundRemoval, m.warmFill,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if o.Attachments != nil {
 		m.reg.MustRegister(newAttachmentCollector(o.Attachments))
@@ -120,11 +128,19 @@ func (m *Metrics) ObserveExec(plugin, command string, d time.Duration, err error
 // ObserveBackgroundRemoval records one removal that ran after Docker had its answer (it implements
 // attach.RemovalObserver).
 func (m *Metrics) ObserveBackgroundRemoval(d time.Duration, err error) {
-	result := "ok"
+	m.backgroundRemoval.WithLabelValues(resultLabel(err)).Observe(d.Seconds())
+}
+
+// ObserveWarmFill records one ADD that refilled a warm pool (it implements attach.WarmFillObserver).
+func (m *Metrics) ObserveWarmFill(d time.Duration, err error) {
+	m.warmFill.WithLabelValues(resultLabel(err)).Observe(d.Seconds())
+}
+
+func resultLabel(err error) string {
 	if err != nil {
-		result = "error"
+		return "error"
 	}
-	m.backgroundRemoval.WithLabelValues(result).Observe(d.Seconds())
+	return "ok"
 }
 
 // attachmentCollector reads the live attachment counts at scrape time.

@@ -713,17 +713,7 @@ func TestNullIPAMFlow(t *testing.T) {
 	e.joinAndLeave(t, nid, eid, ep.Interface.MacAddress)
 	e.deleteEndpoint(t, nid, eid, src)
 	// The removal ran in the background (the default with null IPAM) and is measured as such.
-	fams, err := e.Metrics.Registry().Gather()
-	testutil.Must(t, err)
-	var removals uint64
-	for _, f := range fams {
-		if f.GetName() == metrics.BackgroundRemoval {
-			for _, m := range f.GetMetric() {
-				removals += m.GetHistogram().GetSampleCount()
-			}
-		}
-	}
-	if removals != 1 {
+	if removals := e.observations(t, metrics.BackgroundRemoval); removals != 1 {
 		t.Errorf("%s counted %d background removals, want 1", metrics.BackgroundRemoval, removals)
 	}
 	c.call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil)
@@ -967,6 +957,22 @@ func TestAsyncDeleteDefault(t *testing.T) {
 	}
 }
 
+// observations is how many times the histogram called name was observed, over all its labels.
+func (e *cniEnv) observations(t *testing.T, name string) uint64 {
+	t.Helper()
+	fams, err := e.Metrics.Registry().Gather()
+	testutil.Must(t, err)
+	var n uint64
+	for _, f := range fams {
+		if f.GetName() == name {
+			for _, m := range f.GetMetric() {
+				n += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	return n
+}
+
 // waitWarm waits until the pool holds n warm attachments (its filler runs in the background) and returns them.
 func (e *cniEnv) waitWarm(t *testing.T, poolID string, n int) []*state.Attachment {
 	t.Helper()
@@ -1050,6 +1056,10 @@ func TestCNIIPAMWarmPool(t *testing.T) {
 	e.deleteEndpoint(t, nid, eid, src)
 	c.call("IpamDriver.ReleaseAddress", dipam.ReleaseAddressRequest{PoolID: pool.PoolID, Address: ip.String()}, nil)
 	e.waitWarm(t, pool.PoolID, 2)
+	// Two to fill the pool, and one for each of the two claims.
+	if fills := e.observations(t, metrics.WarmFill); fills != 4 {
+		t.Errorf("%s counted %d ADDs, want 4", metrics.WarmFill, fills)
+	}
 	c.call("IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: pool.PoolID}, nil)
 	c.call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil)
 	e.finish(t)

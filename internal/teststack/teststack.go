@@ -91,7 +91,7 @@ func New(t testing.TB, o Options) *Stack {
 		t.Skipf("skipping: cannot build the CNI runner: %v", err)
 	}
 	t.Cleanup(func() { _ = runner.Close() })
-	s.Manager = attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, RemovalObserver: s.Metrics})
+	s.Manager = attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, RemovalObserver: s.Metrics, WarmFillObserver: s.Metrics})
 	// Safety net: whatever a test left attached is torn down through cniplug's own teardown path. Tests that
 	// assert an empty store do so before this runs, so it cannot hide a leak.
 	t.Cleanup(func() {
