@@ -44,6 +44,7 @@ type env struct {
 	// dockerDirectNet: on the same CNI network with Docker's IPAM (--subnet, --ip-range the upper half, clear
 	// of host-local's allocations for the other networks) and --opt direct-join=true: ADD at Join, in place
 	dockerDirectNet string
+	warmNet         string // cniplug's IPAM with --ipam-opt warm-pool and --opt direct-join=true
 	floorNet        string // Docker network on the veth-only floor driver (vethfloor.go)
 	dockerBridge    string // Docker's own user-defined bridge network
 	podman          *podman
@@ -216,12 +217,13 @@ func (e *env) startPlugin() error {
 // createNetworks creates the Docker network on cniplug (CNI IPAM, as the README recommends, default options),
 // a second one without the default background DEL (--opt async-delete=false), a third with the speed-up
 // option (--opt direct-join=true) and a fourth with Docker's IPAM and direct join on the same CNI network
-// (cniSubnet), and Docker's own user-defined bridge network.
+// (cniSubnet), a fifth with a warm pool and direct join, and Docker's own user-defined bridge network.
 func (e *env) createNetworks(bridgeSubnet, cniSubnet string) error {
 	e.cniplugNet = "cnibench-" + e.runID
 	e.syncNet = "cnibenchsync-" + e.runID
 	e.directNet = "cnibenchdirect-" + e.runID
 	e.dockerDirectNet = "cnibenchdd-" + e.runID
+	e.warmNet = "cnibenchwarm-" + e.runID
 	_, sub, err := net.ParseCIDR(cniSubnet)
 	if err != nil {
 		return err
@@ -237,7 +239,8 @@ func (e *env) createNetworks(bridgeSubnet, cniSubnet string) error {
 		extra []string
 	}{{e.cniplugNet, cniIPAM}, {e.syncNet, append([]string{"--opt", "async-delete=false"}, cniIPAM...)},
 		{e.directNet, append([]string{"--opt", "direct-join=true"}, cniIPAM...)},
-		{e.dockerDirectNet, []string{"--opt", "direct-join=true", "--subnet", cniSubnet, "--gateway", gateway.String(), "--ip-range", upper.String()}}} {
+		{e.dockerDirectNet, []string{"--opt", "direct-join=true", "--subnet", cniSubnet, "--gateway", gateway.String(), "--ip-range", upper.String()}},
+		{e.warmNet, append([]string{"--opt", "direct-join=true", "--ipam-opt", fmt.Sprintf("warm-pool=%d", warmPoolSize)}, cniIPAM...)}} {
 		args := append([]string{"network", "create", "-d", e.driver, "--opt", "cni=" + e.cniName}, n.extra...)
 		args = append(args, n.name)
 		if _, err := docker(args...); err != nil {

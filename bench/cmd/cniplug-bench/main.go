@@ -229,7 +229,7 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 		return err
 	}
 	kinds := []struct{ name, network string }{
-		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}, {kindDockerDirect, e.dockerDirectNet}, {kindFloor, e.floorNet}}
+		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}, {kindDockerDirect, e.dockerDirectNet}, {kindWarm, e.warmNet}, {kindFloor, e.floorNet}}
 
 	e.logf("warming up")
 	const warmups = 2
@@ -316,7 +316,7 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	// sync-DEL one settled but not costed, the others plain.
 	lifecycleOf := func(kind string, args []string, more ...[]string) (time.Duration, error) {
 		switch kind {
-		case "cniplug", kindDirect, kindDockerDirect:
+		case "cniplug", kindDirect, kindDockerDirect, kindWarm:
 			d, cost, err := cniplugLifecycle(args, more...)
 			if err == nil && kind == "cniplug" {
 				res.addCost(cost)

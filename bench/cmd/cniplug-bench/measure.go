@@ -57,6 +57,8 @@ type scrape struct {
 	methodSeconds  map[string]float64 // per Docker call
 	methodCount    map[string]float64
 	deleting       float64 // attachments whose background removal (async-delete networks) has not finished
+	adding         float64 // attachments whose ADD has not finished (a warm pool's refill, after a lifecycle)
+	warm           float64 // warm attachments
 }
 
 func (e *env) scrape() (*scrape, error) {
@@ -87,10 +89,13 @@ func (e *env) scrape() (*scrape, error) {
 			s.methodCount[method] += float64(m.GetHistogram().GetSampleCount())
 		}
 	}
-	// Removals that ran after DeleteEndpoint answered (async-delete, the default here) are cniplug's time too.
-	if f := fams[metrics.BackgroundRemoval]; f != nil {
-		for _, m := range f.GetMetric() {
-			s.requestSeconds += m.GetHistogram().GetSampleSum()
+	// Removals that ran after DeleteEndpoint answered (async-delete, the default here) and the ADDs that
+	// refilled a warm pool are cniplug's time too.
+	for _, name := range []string{metrics.BackgroundRemoval, metrics.WarmFill} {
+		if f := fams[name]; f != nil {
+			for _, m := range f.GetMetric() {
+				s.requestSeconds += m.GetHistogram().GetSampleSum()
+			}
 		}
 	}
 	if f := fams[metrics.CNIExecDuration]; f != nil {
@@ -101,8 +106,16 @@ func (e *env) scrape() (*scrape, error) {
 	if f := fams[metrics.AttachmentsGauge]; f != nil {
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "phase" && l.GetValue() == "deleting" {
+				if l.GetName() != "phase" {
+					continue
+				}
+				switch l.GetValue() {
+				case "deleting":
 					s.deleting += m.GetGauge().GetValue()
+				case "adding":
+					s.adding += m.GetGauge().GetValue()
+				case "warm":
+					s.warm += m.GetGauge().GetValue()
 				}
 			}
 		}
@@ -114,7 +127,8 @@ func (e *env) scrape() (*scrape, error) {
 // `docker run --rm` can return a moment before the endpoint's teardown is reported. want counts the
 // DeleteEndpoint calls of both cniplug networks (the metrics are the plugin's, not per Docker network). It
 // also waits until no background removal (async-delete network) is left running, so that its CNI DEL is not
-// counted in the next lifecycle measured from the metrics. After 5 s it gives up and returns what it has.
+// counted in the next lifecycle measured from the metrics, and until the warm pool is refilled (no ADD
+// running, warmPoolSize warm), for the same reason. After 5 s it gives up and returns what it has.
 func (e *env) settle(want float64) (*scrape, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -123,11 +137,12 @@ func (e *env) settle(want float64) (*scrape, error) {
 			return nil, err
 		}
 		got := s.methodCount["NetworkDriver.DeleteEndpoint"]
-		if got >= want && s.deleting == 0 {
+		if got >= want && s.deleting == 0 && s.adding == 0 && s.warm >= warmPoolSize {
 			return s, nil
 		}
 		if time.Now().After(deadline) {
-			e.logf("settle: gave up waiting: %.0f of %.0f DeleteEndpoint calls served, %.0f background removals running", got, want, s.deleting)
+			e.logf("settle: gave up waiting: %.0f of %.0f DeleteEndpoint calls served, %.0f background removals running, %.0f ADDs running, %.0f of %d warm",
+				got, want, s.deleting, s.adding, s.warm, warmPoolSize)
 			return s, nil
 		}
 		time.Sleep(20 * time.Millisecond)

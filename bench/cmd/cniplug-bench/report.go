@@ -28,10 +28,18 @@ const kindDirect = "cniplug-direct"
 // whose CNI ADD runs at Join in the container's netns.
 const kindDockerDirect = "cniplug-docker-direct"
 
+// kindWarm is the network kind of a cniplug network with a warm pool (--ipam-opt warm-pool) and direct join:
+// RequestAddress takes an attachment added in advance, and the refill runs in the background.
+const kindWarm = "cniplug-warm"
+
+// warmPoolSize is the bench's --ipam-opt warm-pool: more than the lifecycles the sequential runs have in flight.
+const warmPoolSize = 4
+
 // speedUps are the cniplug kinds with speed-up options, each costed from the metrics like the default one.
 var speedUps = []struct{ kind, label, opts string }{
 	{kindDirect, "direct-join", "`--opt direct-join=true`"},
 	{kindDockerDirect, "Docker IPAM + direct-join", "`--subnet … --opt direct-join=true`: Docker's IPAM, the ADD at Join in the container's netns"},
+	{kindWarm, "warm pool + direct-join", fmt.Sprintf("`--ipam-opt warm-pool=%d --opt direct-join=true`: cniplug's IPAM takes an attachment added in advance; the refill's ADD counts as cniplug's time", warmPoolSize)},
 }
 
 // kindFloor is the network kind of the veth-only remote driver, the floor for any remote driver that hands a
@@ -240,6 +248,9 @@ func (r *results) markdown() string {
 	if len(r.RunRM[kindDockerDirect]) > 0 {
 		w("; cniplug Docker IPAM + direct-join: a fourth with Docker's IPAM (`--subnet` of the conflist, `--ip-range` its upper half, clear of host-local's allocations for the others) and `--opt direct-join=true`")
 	}
+	if len(r.RunRM[kindWarm]) > 0 {
+		w("; cniplug warm pool + direct-join: a fifth with cniplug's IPAM, `--ipam-opt warm-pool=%d` and `--opt direct-join=true`", warmPoolSize)
+	}
 	if len(r.RunRM[kindFloor]) > 0 {
 		w("; veth-only remote driver: a remote driver served by the bench that only creates a veth pair and hands one end to Docker (Docker's IPAM), the floor for a remote driver that hands a link over")
 	}
@@ -389,6 +400,7 @@ var (
 	colAsync   = color.RGBA{R: 148, G: 103, B: 189, A: 255}
 	colDirect  = color.RGBA{R: 214, G: 39, B: 40, A: 255}
 	colDocker  = color.RGBA{R: 140, G: 86, B: 75, A: 255}
+	colWarm    = color.RGBA{R: 227, G: 119, B: 194, A: 255}
 )
 
 // chart draws the lifecycle wall times and the throughput side by side.
@@ -405,12 +417,14 @@ func (r *results) chart(path string) error {
 		{"run --rm: cniplug sync DEL", r.RunRM[kindSync].p50(), colAsync},
 		{"run --rm: cniplug direct-join", r.RunRM[kindDirect].p50(), colDirect},
 		{"run --rm: cniplug Docker IPAM + direct-join", r.RunRM[kindDockerDirect].p50(), colDocker},
+		{"run --rm: cniplug warm pool + direct-join", r.RunRM[kindWarm].p50(), colWarm},
 		{"run -d + rm -f: none", r.Pair["none"].p50(), colNone},
 		{"run -d + rm -f: Docker bridge", r.Pair["bridge"].p50(), colBridge},
 		{"run -d + rm -f: cniplug", r.Pair["cniplug"].p50(), colCniplug},
 		{"run -d + rm -f: cniplug sync DEL", r.Pair[kindSync].p50(), colAsync},
 		{"run -d + rm -f: cniplug direct-join", r.Pair[kindDirect].p50(), colDirect},
 		{"run -d + rm -f: cniplug Docker IPAM + direct-join", r.Pair[kindDockerDirect].p50(), colDocker},
+		{"run -d + rm -f: cniplug warm pool + direct-join", r.Pair[kindWarm].p50(), colWarm},
 	}
 	if p := r.Podman; p != nil && p.Error == "" {
 		bars = append(bars, bar{"podman run --rm: none", p.None.p50(), colNone}, bar{"podman run --rm: CNI", p.CNI.p50(), colPodman})
