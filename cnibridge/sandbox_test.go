@@ -24,6 +24,21 @@ var sandboxStates = []struct {
 	{"netns gone before teardown", false, true, "eth0", ""},
 }
 
+// containerNetNS is a container's netns for the sandbox tests, removed when the test ends; taken gives it an
+// eth0 of another network.
+func containerNetNS(t *testing.T, taken bool) string {
+	t.Helper()
+	sandbox := filepath.Join(t.TempDir(), "sandbox")
+	testutil.Must(t, createNetNS(sandbox))
+	t.Cleanup(func() { _ = removeNetNS(sandbox) })
+	if taken {
+		inNetNS(t, sandbox, func(h *netlink.Handle) {
+			testutil.Must(t, h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}))
+		})
+	}
+	return sandbox
+}
+
 // TestJoinSandbox: the link goes from the staging netns straight into the container's netns, named after the
 // links already there, with its addresses, connected routes and up state, so that Docker's gateway and
 // next-hop routes can be added on top; a repeated Join changes nothing. Under its ADD-time name the link is
@@ -38,14 +53,7 @@ func TestJoinSandbox(t *testing.T) {
 			t.Run(kind.name+"/"+tc.name, func(t *testing.T) {
 				startLeakCheck(t)
 				a := attach(t, kind, nil)
-				sandbox := filepath.Join(t.TempDir(), "sandbox")
-				testutil.Must(t, createNetNS(sandbox))
-				t.Cleanup(func() { _ = removeNetNS(sandbox) })
-				if tc.taken {
-					inNetNS(t, sandbox, func(h *netlink.Handle) {
-						testutil.Must(t, h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}))
-					})
-				}
+				sandbox := containerNetNS(t, tc.taken)
 				if !SandboxReady(sandbox) || SandboxReady(sandbox+"-not-yet") {
 					t.Fatal("SandboxReady does not tell an existing netns from a missing one")
 				}
@@ -142,18 +150,11 @@ func TestAddInSandbox(t *testing.T) {
 		for _, tc := range sandboxStates {
 			t.Run(kind.name+"/"+tc.name, func(t *testing.T) {
 				startLeakCheck(t)
-				sandbox := filepath.Join(t.TempDir(), "sandbox")
-				testutil.Must(t, createNetNS(sandbox))
-				t.Cleanup(func() { _ = removeNetNS(sandbox) })
-				if !SandboxEmpty(sandbox) {
-					t.Fatal("SandboxEmpty: false for a fresh netns")
+				sandbox := containerNetNS(t, tc.taken)
+				if SandboxEmpty(sandbox) == tc.taken {
+					t.Fatalf("SandboxEmpty: %v for a netns with an eth0: %v", !tc.taken, tc.taken)
 				}
 				wantName := tc.wantName
-				if tc.taken {
-					inNetNS(t, sandbox, func(h *netlink.Handle) {
-						testutil.Must(t, h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}))
-					})
-				}
 				a := attachWith(t, kind, "1.0.0", nil, func(r *Runner, att *Attachment) error {
 					if err := r.PlanSandboxJoin(att, sandbox); err != nil {
 						return err
