@@ -468,9 +468,10 @@ func createNetwork(t *testing.T, n cniNet, mode addressing, extra ...string) str
 	docker(t, args...)
 	t.Cleanup(func() {
 		// Docker 20.10 may release a force-removed container's endpoint a moment after `docker rm -f`
-		// returned (in the container's exit handling): "has active endpoints" until then.
+		// returned (in the container's exit handling): "has active endpoints" until then. After 50 parallel
+		// `rm -f` on 2 CPUs that took more than 15 s once (the plugin had removed every attachment by then).
 		out, err := dockerErr("network", "rm", name)
-		for deadline := time.Now().Add(15 * time.Second); err != nil && strings.Contains(out, "has active endpoints") && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(45 * time.Second); err != nil && strings.Contains(out, "has active endpoints") && time.Now().Before(deadline); {
 			time.Sleep(200 * time.Millisecond)
 			out, err = dockerErr("network", "rm", name)
 		}
