@@ -2,7 +2,6 @@ package tests
 
 import (
 	"math/rand"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,7 +13,8 @@ import (
 )
 
 // TestPluginCrashDuringChurn: cniplug is killed (-9) at random points while containers are started and
-// removed in parallel on two CNI networks (bridge with cniplug's IPAM, ptp with null IPAM). Once it is back,
+// removed in parallel on three CNI networks (bridge with cniplug's IPAM, ptp with null IPAM, bridge with
+// cniplug's IPAM and a warm pool, whose refills the kills also hit). Once it is back,
 // every running container has working networking, new containers work, and once everything is removed
 // nothing is left: not by Docker (the networks can be removed) and not on the host (the leak check).
 func TestPluginCrashDuringChurn(t *testing.T) {
@@ -24,11 +24,13 @@ func TestPluginCrashDuringChurn(t *testing.T) {
 	rng := rand.New(rand.NewSource(seed))
 
 	type target struct {
-		cni cniNet
-		net string
+		cni  cniNet
+		net  string
+		warm int // the network's warm pool: reservations it keeps while it exists
 	}
-	bridge, ptp := bridgeNet(t), ptpNet(t)
-	targets := []target{{bridge, createNetwork(t, bridge, cniIPAM)}, {ptp, createNetwork(t, ptp, nullIPAM)}}
+	bridge, ptp, warm := bridgeNet(t), ptpNet(t), bridgeNet(t)
+	targets := []target{{bridge, createNetwork(t, bridge, cniIPAM), 0}, {ptp, createNetwork(t, ptp, nullIPAM), 0},
+		{warm, createNetwork(t, warm, cniIPAM, "--ipam-opt", "warm-pool=2"), 2}}
 
 	var (
 		mu       sync.Mutex
@@ -108,9 +110,9 @@ func TestPluginCrashDuringChurn(t *testing.T) {
 			t.Errorf("docker rm -f %s: %v: %s", name, err, out)
 		}
 	}
-	waitFor(t, 60*time.Second, "every reservation on "+bridge.Name+" and "+ptp.Name+" to be released", func() bool {
+	waitFor(t, 60*time.Second, "every reservation but the warm pool's to be released", func() bool {
 		for _, tg := range targets {
-			if m, _ := filepath.Glob(filepath.Join(testutil.CNIDataDir, "networks", tg.cni.Name, "10.*")); len(m) > 0 {
+			if len(reservations(tg.cni.Name)) != tg.warm {
 				return false
 			}
 		}
