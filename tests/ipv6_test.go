@@ -100,21 +100,24 @@ func ping6(t *testing.T, container, ip string) {
 // addressing way with and without --ipv6 where Docker allows it.
 func TestIPv6DualStack(t *testing.T) {
 	cases := []struct {
-		name string
-		mode addressing
-		ipv6 bool
+		name  string
+		mode  addressing
+		ipv6  bool
+		extra []string
 	}{
-		{"cni-ipam", cniIPAM, false},
-		{"cni-ipam/--ipv6", cniIPAM, true},
-		{"null-ipam", nullIPAM, false},
-		{"docker-ipam", dockerIPAM, false},
-		{"docker-ipam/--ipv6", dockerIPAM, true},
+		{"cni-ipam", cniIPAM, false, nil},
+		{"cni-ipam/--ipv6", cniIPAM, true, nil},
+		// Both families come from a warm attachment; the IPv6 request finds it by the MAC the claim recorded.
+		{"cni-ipam/--ipv6/warm-pool", cniIPAM, true, []string{"--ipam-opt", "warm-pool=2"}},
+		{"null-ipam", nullIPAM, false, nil},
+		{"docker-ipam", dockerIPAM, false, nil},
+		{"docker-ipam/--ipv6", dockerIPAM, true, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			requireSuite(t)
 			n := dualStackNet(t)
-			var extra []string
+			extra := tc.extra
 			if tc.ipv6 {
 				extra = append(extra, "--ipv6")
 				if tc.mode == dockerIPAM {
