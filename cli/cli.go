@@ -221,7 +221,8 @@ func printGC(w io.Writer, rep *admin.GCReport) {
 	if rep.DockerError != "" {
 		fmt.Fprintf(w, "Docker could not be asked for live endpoints (%s): only crash leftovers were considered\n", rep.DockerError)
 	}
-	nothing := len(rep.Attachments) == 0 && len(rep.Leftovers.NetNS) == 0 && len(rep.Leftovers.Links) == 0 && len(rep.ForgottenNetworks) == 0
+	nothing := len(rep.Attachments) == 0 && len(rep.Leftovers.NetNS) == 0 && len(rep.Leftovers.Links) == 0 && len(rep.ForgottenNetworks) == 0 &&
+		len(rep.UnusedWarmPools) == 0
 	if nothing {
 		fmt.Fprintf(w, "nothing to collect (attachments younger than %s are in flight and left alone)\n", rep.MinAge)
 	}
@@ -242,6 +243,7 @@ func printGC(w io.Writer, rep *admin.GCReport) {
 		{"leftover staging netns", rep.Leftovers.NetNS},
 		{"leftover host link", rep.Leftovers.Links},
 		{"record of deleted Docker network", rep.ForgottenNetworks},
+		{"the warm attachments of pool (no live Docker network uses its CNI network)", rep.UnusedWarmPools},
 	} {
 		for _, item := range l.items {
 			fmt.Fprintf(w, "%s %s %s\n", verb, l.what, item)

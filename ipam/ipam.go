@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"time"
 
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cnibridge"
@@ -109,7 +110,8 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 		// check; the CNI IPAM still owns every address. With --subnet Docker skips the check.
 		cidr, gateway = "0.0.0.0/0", "0.0.0.0/0"
 	}
-	pool := &state.Pool{ID: "cniplug-" + naming.RandomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr, V6: req.V6, Extra: extra}
+	pool := &state.Pool{ID: "cniplug-" + naming.RandomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr, V6: req.V6, Extra: extra,
+		Created: time.Now().UTC()}
 	if !req.V6 {
 		pool.Warm = warm // the IPv4 request runs the ADD, which assigns both families
 	}

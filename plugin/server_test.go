@@ -973,29 +973,6 @@ func (e *cniEnv) observations(t *testing.T, name string) uint64 {
 	return n
 }
 
-// waitWarm waits until the pool holds n warm attachments (its filler runs in the background) and returns them.
-func (e *cniEnv) waitWarm(t *testing.T, poolID string, n int) []*state.Attachment {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var warm []*state.Attachment
-		atts, err := e.Store.Attachments()
-		testutil.Must(t, err)
-		for _, a := range atts {
-			if a.PoolID == poolID && a.Phase == state.PhaseWarm {
-				warm = append(warm, a)
-			}
-		}
-		if len(warm) == n {
-			return warm
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pool %s holds %d warm attachments after 30 s, want %d", poolID, len(warm), n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestCNIIPAMWarmPool is `docker network create --ipam-driver cniplug --ipam-opt warm-pool=2`: attachments are
 // added before any request; RequestAddress takes one (a requested address takes the one holding it, or runs
 // its own ADD), gives its link the endpoint's MAC, and the pool is refilled; the endpoint's lifecycle is the
@@ -1006,7 +983,7 @@ func TestCNIIPAMWarmPool(t *testing.T) {
 	var pool dipam.RequestPoolResponse
 	c.call("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace,
 		Options: map[string]string{"cni": e.name, "warm-pool": "2"}}, &pool)
-	warm := e.waitWarm(t, pool.PoolID, 2)
+	warm := e.WaitWarm(t, pool.PoolID, 2)
 	if ents, _ := os.ReadDir(e.NetNSDir); len(ents) != 2 {
 		t.Fatalf("staging netns dir holds %d entries for 2 warm attachments", len(ents))
 	}
@@ -1023,11 +1000,11 @@ func TestCNIIPAMWarmPool(t *testing.T) {
 		t.Fatalf("RequestAddress gave %s, not a warm attachment's address (%s, %s)", addr.Address, warm[0].Interface.IPv4, warm[1].Interface.IPv4)
 	}
 	ip := e.inSubnet(t, addr.Address)
-	e.waitWarm(t, pool.PoolID, 2) // refilled
+	e.WaitWarm(t, pool.PoolID, 2) // refilled
 
 	// --ip of an address a warm attachment holds takes that one; another address runs an ADD of its own.
 	var held *state.Attachment
-	for _, a := range e.waitWarm(t, pool.PoolID, 2) {
+	for _, a := range e.WaitWarm(t, pool.PoolID, 2) {
 		held = a
 	}
 	heldIP := naming.Address(held.Interface.IPv4)
@@ -1055,7 +1032,7 @@ func TestCNIIPAMWarmPool(t *testing.T) {
 	e.joinAndLeave(t, nid, eid, mac)
 	e.deleteEndpoint(t, nid, eid, src)
 	c.call("IpamDriver.ReleaseAddress", dipam.ReleaseAddressRequest{PoolID: pool.PoolID, Address: ip.String()}, nil)
-	e.waitWarm(t, pool.PoolID, 2)
+	e.WaitWarm(t, pool.PoolID, 2)
 	// Two to fill the pool, and one for each of the two claims.
 	if fills := e.observations(t, metrics.WarmFill); fills != 4 {
 		t.Errorf("%s counted %d ADDs, want 4", metrics.WarmFill, fills)

@@ -84,6 +84,8 @@ type Pool struct {
 	Extra cniargs.Extra `json:"extra,omitempty"`
 	// Warm (--ipam-opt warm-pool=N) is how many attachments cniplug keeps added ahead of RequestAddress.
 	Warm int `json:"warm,omitempty"`
+	// Created is when RequestPool made it (zero for pools recorded before it was kept).
+	Created time.Time `json:"created,omitempty"`
 }
 
 // Phase is where an attachment is in Docker's lifecycle.

@@ -226,3 +226,29 @@ func (s *Stack) Endpoint(t testing.TB, cniName string) (networkID, endpointID st
 	})
 	return networkID, endpointID
 }
+
+// WaitWarm waits until the pool holds n warm attachments (its filler runs in the background) and returns
+// them.
+func (s *Stack) WaitWarm(t testing.TB, poolID string, n int) []*state.Attachment {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var warm []*state.Attachment
+		atts, err := s.Store.Attachments()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range atts {
+			if a.PoolID == poolID && a.Phase == state.PhaseWarm {
+				warm = append(warm, a)
+			}
+		}
+		if len(warm) == n {
+			return warm
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool %s holds %d warm attachments after 30 s, want %d", poolID, len(warm), n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
