@@ -17,13 +17,7 @@ import (
 // Attach checks the CNI result against what Docker chose; a result that differs is removed again through the
 // one teardown path, leaving no record, staging netns or address behind. A result that matches is kept.
 func TestAttachChecksResult(t *testing.T) {
-	testutil.RequireRoot(t)
-	bin := testutil.CNIBinDir(t)
-	before := testutil.TakeSnapshot(t)
-	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
-	s := teststack.New(t, teststack.Options{BinDirs: []string{bin}})
-	nw, err := cnibridge.ResolveNetwork(s.ConfDir, s.BridgeNetwork(t))
-	testutil.Must(t, err)
+	s, nw := teststack.NewBridge(t)
 	subnet := nw.FirstRange(false).Subnet
 	other := subnet.IP.To4()
 	other = []byte{other[0], other[1], other[2], 200}
@@ -67,11 +61,7 @@ func TestAttachChecksResult(t *testing.T) {
 
 // RemoveNetwork removes every attachment of one Docker network and no other's.
 func TestRemoveNetwork(t *testing.T) {
-	testutil.RequireRoot(t)
-	bin := testutil.CNIBinDir(t)
-	s := teststack.New(t, teststack.Options{BinDirs: []string{bin}})
-	nw, err := cnibridge.ResolveNetwork(s.ConfDir, s.BridgeNetwork(t))
-	testutil.Must(t, err)
+	s, nw := teststack.NewBridge(t)
 	ctx := context.Background()
 	for _, netID := range []string{"gone", "gone", "kept"} {
 		_, err := s.Manager.Add(ctx, cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw},
@@ -90,13 +80,7 @@ func TestRemoveNetwork(t *testing.T) {
 // right after `docker rm` on an async-delete network) first finishes that removal, instead of failing in the
 // CNI IPAM with "already allocated".
 func TestAttachFinishesRemovalHoldingRequestedAddress(t *testing.T) {
-	testutil.RequireRoot(t)
-	bin := testutil.CNIBinDir(t)
-	before := testutil.TakeSnapshot(t)
-	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
-	s := teststack.New(t, teststack.Options{BinDirs: []string{bin}})
-	nw, err := cnibridge.ResolveNetwork(s.ConfDir, s.BridgeNetwork(t))
-	testutil.Must(t, err)
+	s, nw := teststack.NewBridge(t)
 	ctx := context.Background()
 
 	old, err := s.Manager.Add(ctx, cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw},

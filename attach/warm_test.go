@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/attach"
-	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/internal/teststack"
 	"github.com/cniplug/cniplug/internal/testutil"
@@ -18,13 +17,7 @@ import (
 // cniplug was down, so ReleasePool never came) and keeps one whose CNI network a live cniplug-IPAM network is
 // on; a young pool (its network not created yet) is left alone.
 func TestReconcileUnusedWarmPool(t *testing.T) {
-	testutil.RequireRoot(t)
-	bin := testutil.CNIBinDir(t)
-	before := testutil.TakeSnapshot(t)
-	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
-	s := teststack.New(t, teststack.Options{BinDirs: []string{bin}})
-	nw, err := cnibridge.ResolveNetwork(s.ConfDir, s.BridgeNetwork(t))
-	testutil.Must(t, err)
+	s, nw := teststack.NewBridge(t)
 	ctx := context.Background()
 	old := time.Now().UTC().Add(-time.Hour)
 	pool := &state.Pool{ID: "cniplug-" + naming.RandomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: "0.0.0.0/0", Warm: 2, Created: old}

@@ -252,3 +252,21 @@ func (s *Stack) WaitWarm(t testing.TB, poolID string, n int) []*state.Attachment
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// NewBridge builds a stack with the reference plugins and a bridge + host-local CNI network (BridgeNetwork)
+// for tests of the attachment lifecycle, and checks that nothing is left on the host when the test ends. It
+// skips without root or the plugins.
+func NewBridge(t testing.TB) (*Stack, *cnibridge.Network) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	bin := testutil.CNIBinDir(t)
+	before := testutil.TakeSnapshot(t)
+	// Registered first, so it runs after every other cleanup of the stack.
+	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
+	s := New(t, Options{BinDirs: []string{bin}})
+	nw, err := cnibridge.ResolveNetwork(s.ConfDir, s.BridgeNetwork(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, nw
+}
