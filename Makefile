@@ -20,7 +20,7 @@ FIREWALL_TESTS := TestDockerFirewall|TestPublishPorts|TestPublishPortRangesAndHo
 .PHONY: build cni-plugins test test-unit test-e2e test-e2e-managed test-e2e-firewall test-cluster test-engines vet fuzz bench bench-cluster clean plugin install
 
 build:
-	CGO_ENABLED=0 $(GO) build -o bin/cniplug .
+	CGO_ENABLED=0 $(GO) build -o bin/cniplug ./cmd/cniplug
 
 # Builds the pinned reference plugins into bin/cni (used by the tests; setup.sh installs them to $(CNI_BIN)).
 cni-plugins:

@@ -7,8 +7,8 @@ import (
 
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/dockerapi"
-	"github.com/cniplug/cniplug/internal/teststack"
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/teststack"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/state"
 )

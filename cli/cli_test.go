@@ -11,8 +11,8 @@ import (
 
 	"github.com/cniplug/cniplug/admin"
 	"github.com/cniplug/cniplug/cli"
-	"github.com/cniplug/cniplug/internal/teststack"
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/teststack"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/cnibridge"
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 	"github.com/containernetworking/cni/libcni"
 )
 

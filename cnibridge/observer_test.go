@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/cnibridge"
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // execRecorder is an ExecObserver that keeps what it is told.

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"

@@ -8,7 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // sandboxState is a state of the container's netns a sandbox test runs in.

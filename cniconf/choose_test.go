@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/cniplug/cniplug/cnibridge"
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // Both drivers open their create calls with Choose: the options are checked, the CNI network resolved

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 	"github.com/vishvananda/netns"
 )
 

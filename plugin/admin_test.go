@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/admin"
-	"github.com/cniplug/cniplug/internal/teststack"
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/teststack"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 	"github.com/cniplug/cniplug/metrics"
 	"github.com/cniplug/cniplug/plugin"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"

@@ -19,8 +19,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/teststack"
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/teststack"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 	"github.com/cniplug/cniplug/metrics"
 	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/plugin"

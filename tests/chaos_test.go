@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // TestPluginCrashDuringChurn: cniplug is killed (-9) at random points while containers are started and

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/cniplug/cniplug/admin"
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // cniplugCLI runs `bin/cniplug <args> --socket <the suite's plugin>` and fails the test on a non-zero exit.

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // defaultCNINetwork is the bundled default network (packaging/cni/10-cniplug.conflist).

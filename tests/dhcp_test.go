@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // dhcpNet writes a conflist that puts containers on lan by DHCP (kind "macvlan" over the LAN bridge, or

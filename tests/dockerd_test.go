@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // dockerdCmdline returns the running dockerd's pid and command line, or skips when dockerd is managed in a

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 const (

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // TestNetworkCreateErrors: every bad `docker network create` fails with a message that names the cause, and

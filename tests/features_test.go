@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // TestMTU: the MTU the CNI network configures is what the container sees (libnetwork never sets one; moving

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // dockerIPTables reports whether dockerd programs its firewall through iptables, as opposed to its nftables

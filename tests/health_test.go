@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // TestPluginHealth: a CNI plugin that reports itself not ready (CNI STATUS, spec 1.1) or that has gone away

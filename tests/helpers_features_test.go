@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // remoteHost is a client in its own network namespace, linked to the test host by a veth pair: traffic from

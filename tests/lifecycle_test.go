@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // checkEndpoint verifies that inspect, the container and CNI (host-local's reservation) agree.

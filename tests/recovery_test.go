@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // TestParallelLifecycles: many `docker run -d` at once on one network all succeed with distinct addresses,

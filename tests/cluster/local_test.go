@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
-	"github.com/cniplug/cniplug/internal/testutil/cluster"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil/cluster"
 )
 
 const image = "cniplug-test/busybox"

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cniplug/cniplug/internal/testutil/cluster"
+	"github.com/cniplug/cniplug/internal/testing/testutil/cluster"
 )
 
 // testbed is the cluster every test of this package runs on, brought up once by TestMain (~10 s; the

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
-	"github.com/cniplug/cniplug/internal/testutil/cluster"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil/cluster"
 )
 
 // hostnameServer is a task command serving its own host name over HTTP on port 80.

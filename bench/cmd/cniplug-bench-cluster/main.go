@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil/cluster"
+	"github.com/cniplug/cniplug/internal/testing/testutil/cluster"
 )
 
 type options struct {

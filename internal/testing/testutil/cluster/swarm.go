@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // Swarm makes node1 a swarm manager and the other nodes workers, unless they already form one, and has every

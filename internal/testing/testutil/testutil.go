@@ -19,7 +19,7 @@ import (
 // RepoRoot is the repository root (where go.mod is).
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..", ".."))
 }
 
 // RequireRoot skips tests that create namespaces, links or iptables rules.

@@ -23,7 +23,7 @@ import (
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/driver"
-	"github.com/cniplug/cniplug/internal/testutil"
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 	"github.com/cniplug/cniplug/ipam"
 	"github.com/cniplug/cniplug/metrics"
 	"github.com/cniplug/cniplug/naming"
