@@ -1,0 +1,109 @@
+package driver
+
+import (
+	"context"
+	"net"
+
+	"github.com/cniplug/cniplug/attach"
+	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/naming"
+	"github.com/docker/go-plugins-helpers/network"
+)
+
+// Join hands the CNI-created link to Docker through the host netns, with the gateway and routes CNI set up.
+func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
+	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "endpoint %s has no CNI attachment: %w", naming.ShortID(req.EndpointID), err)
+	}
+	nw, err := d.store.Network(req.NetworkID)
+	if err != nil {
+		return nil, d.errorf(req.NetworkID, "unknown to %s (its state was lost?): %w", d.name, err)
+	}
+	if err := d.mgr.Join(ctx, a, attach.PolicyOf(nw), req.SandboxKey); err != nil {
+		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
+	}
+	resp := &network.JoinResponse{
+		InterfaceName: network.InterfaceName{SrcName: a.HostIfName, DstPrefix: "eth"},
+		Gateway:       a.Interface.Gateway,
+		GatewayIPv6:   a.Interface.GatewayIPv6,
+		// The container gets exactly the routes CNI set up; no docker_gwbridge behind the driver's back.
+		DisableGatewayService: true,
+	}
+	routes := a.Interface.Routes
+	if nw.Internal {
+		// As on Docker's own internal networks: no gateway, no route out of the network's subnets.
+		resp.Gateway, resp.GatewayIPv6 = "", ""
+		routes = insideRoutes(routes, a.Interface.Addresses())
+	}
+	if a.Sandbox != "" {
+		// The link is in the container already (JoinSandbox), with its connected routes: an empty SrcName
+		// makes libnetwork skip its interface step, and it still adds the gateway and next-hop routes.
+		resp.InterfaceName = network.InterfaceName{}
+		routes = nextHopRoutes(routes)
+	}
+	for _, r := range routes {
+		sr := &network.StaticRoute{Destination: r.Destination, NextHop: r.NextHop}
+		if r.NextHop == "" {
+			sr.RouteType = routeConnected
+		}
+		resp.StaticRoutes = append(resp.StaticRoutes, sr)
+	}
+	return resp, nil
+}
+
+// nextHopRoutes keeps the routes via a next hop: libnetwork binds connected routes to the interface it
+// moves, and installs none for a Join without SrcName.
+func nextHopRoutes(routes []cnibridge.Route) []cnibridge.Route {
+	var out []cnibridge.Route
+	for _, r := range routes {
+		if r.NextHop != "" {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// insideRoutes keeps the routes whose destination lies within one of the addresses' subnets.
+func insideRoutes(routes []cnibridge.Route, addrs []string) []cnibridge.Route {
+	var subnets []*net.IPNet
+	for _, a := range addrs {
+		if _, n, err := net.ParseCIDR(a); err == nil {
+			subnets = append(subnets, n)
+		}
+	}
+	var out []cnibridge.Route
+	for _, r := range routes {
+		_, dst, err := net.ParseCIDR(r.Destination)
+		if err != nil {
+			continue
+		}
+		dstOnes, _ := dst.Mask.Size()
+		for _, s := range subnets {
+			ones, _ := s.Mask.Size()
+			if s.Contains(dst.IP) && dstOnes >= ones {
+				out = append(out, r)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// libnetwork's route types (types.NEXTHOP = 0, types.CONNECTED = 1).
+const routeConnected = 1
+
+// Leave needs no work: libnetwork itself moves the link back to the host netns under SrcName, where
+// DeleteEndpoint's teardown picks it up.
+func (d *Driver) Leave(ctx context.Context, req *network.LeaveRequest) (*struct{}, error) {
+	return nil, nil
+}
+
+// Connectivity outside the network is the CNI network's: nothing to program or revoke.
+
+func (d *Driver) ProgramExternalConnectivity(context.Context, *network.ProgramExternalConnectivityRequest) (*struct{}, error) {
+	return nil, nil
+}
+func (d *Driver) RevokeExternalConnectivity(context.Context, *network.RevokeExternalConnectivityRequest) (*struct{}, error) {
+	return nil, nil
+}
