@@ -1,0 +1,225 @@
+package netrules
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+)
+
+// networkSet is one Docker network's rule set: the union of its members.
+type networkSet struct {
+	id       string
+	prefixes map[bool][]string // by family (true: IPv6), sorted
+	bridges  []string
+	internal bool
+	// ownPolicy: every address is a host route (/32, /128) and the network has no bridge, as Calico
+	// assigns them. There is no subnet to tell the network's traffic by, and the chain's agent enforces its
+	// own policy, so cniplug lets the containers' traffic out and replies in, and isolates nothing.
+	ownPolicy bool
+}
+
+// networkSets groups the members by network, in a stable order.
+func networkSets(members map[string]Member) []networkSet {
+	byNet := map[string]*networkSet{}
+	hostOnly := map[string]bool{}
+	for _, m := range members {
+		s := byNet[m.Network]
+		if s == nil {
+			s = &networkSet{id: m.Network, prefixes: map[bool][]string{}}
+			byNet[m.Network] = s
+			hostOnly[m.Network] = true
+		}
+		s.internal = s.internal || m.Internal
+		s.bridges = append(s.bridges, m.Bridges...)
+		for _, a := range m.Addresses {
+			ip, subnet, err := net.ParseCIDR(a)
+			if err != nil {
+				continue
+			}
+			if ones, bits := subnet.Mask.Size(); ones != bits {
+				hostOnly[m.Network] = false
+			}
+			s.prefixes[ip.To4() == nil] = append(s.prefixes[ip.To4() == nil], subnet.String())
+		}
+		for _, p := range m.Peers {
+			ip, n, err := net.ParseCIDR(p)
+			if err != nil {
+				continue
+			}
+			hostOnly[m.Network] = false
+			s.prefixes[ip.To4() == nil] = append(s.prefixes[ip.To4() == nil], n.String())
+		}
+	}
+	out := make([]networkSet, 0, len(byNet))
+	for id, s := range byNet {
+		s.bridges = sortedUnique(s.bridges)
+		for fam := range s.prefixes {
+			s.prefixes[fam] = sortedUnique(s.prefixes[fam])
+		}
+		s.ownPolicy = hostOnly[id] && len(s.bridges) == 0 && (len(s.prefixes[false]) > 0 || len(s.prefixes[true]) > 0)
+		out = append(out, *s)
+	}
+	slices.SortFunc(out, func(a, b networkSet) int { return strings.Compare(a.id, b.id) })
+	return out
+}
+
+// chainOf names a network's isolation chain.
+func chainOf(networkID string) string {
+	id := networkID
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	return netChainPrefix + id
+}
+
+// batch is one family's iptables-restore input.
+type batch struct {
+	text   string
+	chains []string // "table chain" of every chain it makes: the top chains and the per-network ones
+	empty  bool     // no network has rules in this family: the top chains go too
+}
+
+// tableText is one table's part of a batch: chain declarations (which create or flush), rules, and the
+// deletions of chains no longer needed, in that order.
+type tableText struct {
+	declare, rules, remove strings.Builder
+}
+
+// writer builds a batch.
+type writer struct {
+	tables map[string]*tableText
+	chains []string
+}
+
+func (w *writer) declare(table, chain string) {
+	fmt.Fprintf(&w.tables[table].declare, ":%s - [0:0]\n", chain)
+	w.chains = append(w.chains, table+" "+chain)
+}
+
+func (w *writer) rule(table, chain string, args ...string) {
+	fmt.Fprintf(&w.tables[table].rules, "-A %s %s\n", chain, strings.Join(args, " "))
+}
+
+// renderBatch writes the family's rules for the sets. It rewrites both top chains whole (a declared chain is
+// flushed) and removes the chains of the previous batch that this one does not make. The text depends only
+// on the sets and the previous chains, so an unchanged rule set gives an equal batch.
+func renderBatch(sets []networkSet, v6 bool, previous []string) batch {
+	w := &writer{tables: map[string]*tableText{tableMangle: {}, tableFilter: {}}}
+	var active []networkSet
+	for _, s := range sets {
+		if len(s.prefixes[v6]) > 0 || len(s.bridges) > 0 {
+			active = append(active, s)
+		}
+	}
+	if len(active) > 0 {
+		w.declare(tableMangle, isolationChain)
+		w.declare(tableFilter, networksChain)
+		w.rule(tableMangle, isolationChain, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
+		// Internal networks first: nothing in or out, through a published port (DNAT) neither.
+		for _, s := range active {
+			if s.internal {
+				w.internal(s, v6)
+			}
+		}
+		// A published port is reachable from every network and host, as Docker's are.
+		w.rule(tableMangle, isolationChain, "-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN")
+		for _, s := range active {
+			if !s.internal && !s.ownPolicy {
+				w.inbound(s, v6)
+			}
+		}
+		for _, s := range active {
+			w.accepts(s, v6)
+		}
+	}
+	made := map[string]bool{}
+	for _, c := range w.chains {
+		made[c] = true
+	}
+	for _, c := range previous {
+		table, chain, _ := strings.Cut(c, " ")
+		if t := w.tables[table]; t != nil && !made[c] {
+			fmt.Fprintf(&t.declare, ":%s - [0:0]\n", chain)
+			fmt.Fprintf(&t.remove, "-X %s\n", chain)
+		}
+	}
+	var out strings.Builder
+	for _, name := range []string{tableMangle, tableFilter} {
+		t := w.tables[name]
+		if t.declare.Len() > 0 {
+			fmt.Fprintf(&out, "*%s\n%s%s%sCOMMIT\n", name, t.declare.String(), t.rules.String(), t.remove.String())
+		}
+	}
+	return batch{text: out.String(), chains: w.chains, empty: len(active) == 0}
+}
+
+// internal writes an internal network's isolation: a packet with one end in the network (by prefix, or by
+// the bridge it came in or goes out on) must have the other end there too. Traffic to the host itself (the
+// gateway address) is not forwarded and stays allowed, as on Docker's internal networks.
+func (w *writer) internal(s networkSet, v6 bool) {
+	from, to := chainOf(s.id), chainOf(s.id)+"-D"
+	w.declare(tableMangle, from)
+	w.declare(tableMangle, to)
+	for _, p := range s.prefixes[v6] {
+		w.rule(tableMangle, isolationChain, "-s", p, "-j", from)
+		w.rule(tableMangle, isolationChain, "-d", p, "-j", from)
+	}
+	for _, b := range s.bridges {
+		w.rule(tableMangle, isolationChain, "-i", b, "-j", from)
+		w.rule(tableMangle, isolationChain, "-o", b, "-j", from)
+	}
+	// from: is the source in the network? Then check the destination (goto: its RETURN ends this jump).
+	for _, p := range s.prefixes[v6] {
+		w.rule(tableMangle, from, "-s", p, "-g", to)
+	}
+	for _, b := range s.bridges {
+		w.rule(tableMangle, from, "-i", b, "-g", to)
+	}
+	w.rule(tableMangle, from, "-j", "DROP")
+	for _, p := range s.prefixes[v6] {
+		w.rule(tableMangle, to, "-d", p, "-j", "RETURN")
+	}
+	for _, b := range s.bridges {
+		w.rule(tableMangle, to, "-o", b, "-j", "RETURN")
+	}
+	w.rule(tableMangle, to, "-j", "DROP")
+}
+
+// inbound writes a network's isolation from everything else: a new connection into the network must come from
+// the network (its prefixes, its bridges); replies and published ports passed before.
+func (w *writer) inbound(s networkSet, v6 bool) {
+	c := chainOf(s.id)
+	w.declare(tableMangle, c)
+	for _, p := range s.prefixes[v6] {
+		w.rule(tableMangle, isolationChain, "-d", p, "-j", c)
+	}
+	for _, b := range s.bridges {
+		w.rule(tableMangle, isolationChain, "-o", b, "-j", c)
+	}
+	for _, p := range s.prefixes[v6] {
+		w.rule(tableMangle, c, "-s", p, "-j", "RETURN")
+	}
+	for _, b := range s.bridges {
+		w.rule(tableMangle, c, "-i", b, "-j", "RETURN")
+	}
+	w.rule(tableMangle, c, "-j", "DROP")
+}
+
+// accepts writes what lets a network's traffic past a FORWARD policy of DROP. Whatever reaches the filter
+// table has passed the isolation, so every packet from or to the network is accepted; a network that
+// isolates nothing (ownPolicy) gets its containers' own traffic and the replies to it only.
+func (w *writer) accepts(s networkSet, v6 bool) {
+	for _, p := range s.prefixes[v6] {
+		w.rule(tableFilter, networksChain, "-s", p, "-j", "ACCEPT")
+		if s.ownPolicy {
+			w.rule(tableFilter, networksChain, "-d", p, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+		} else {
+			w.rule(tableFilter, networksChain, "-d", p, "-j", "ACCEPT")
+		}
+	}
+	for _, b := range s.bridges {
+		w.rule(tableFilter, networksChain, "-i", b, "-j", "ACCEPT")
+		w.rule(tableFilter, networksChain, "-o", b, "-j", "ACCEPT")
+	}
+}
