@@ -152,25 +152,60 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 	if err != nil {
 		return rep, fmt.Errorf("reading attachments: %w", err)
 	}
-	known := make([]*cnibridge.Attachment, 0, len(atts))
-	for _, a := range atts {
-		known = append(known, &a.Attachment)
-	}
-	rep.Leftovers = candidates.Without(known)
+	rep.Leftovers = candidates.Without(cniAttachments(atts))
 	var errs []error
 	if !o.DryRun {
-		if err := m.cni.RemoveLeftovers(rep.Leftovers); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, m.cni.RemoveLeftovers(rep.Leftovers))
 	}
+	poolIDs, err := m.recordedPoolIDs()
+	if err != nil {
+		return rep, err
+	}
+	stale, err := m.removeStaleAttachments(ctx, o, atts, poolIDs)
+	rep.Attachments = append(rep.Attachments, stale...)
+	errs = append(errs, err)
+	orphans, err := m.removeCacheOrphans(ctx, o, atts, cached)
+	rep.Attachments = append(rep.Attachments, orphans...)
+	errs = append(errs, err)
+	if !o.DryRun {
+		gc, err := m.collectGarbage(ctx)
+		rep.GC = gc
+		errs = append(errs, err)
+		errs = append(errs, m.takeUpLeases(ctx))
+	}
+	if o.Live != nil {
+		rep.ForgottenNetworks, rep.UnusedWarmPools, err = m.reconcileNetworks(ctx, o)
+		errs = append(errs, err)
+	}
+	return rep, errors.Join(errs...)
+}
+
+// cniAttachments is the CNI side of the recorded attachments.
+func cniAttachments(atts []*state.Attachment) []*cnibridge.Attachment {
+	out := make([]*cnibridge.Attachment, 0, len(atts))
+	for _, a := range atts {
+		out = append(out, &a.Attachment)
+	}
+	return out
+}
+
+// recordedPoolIDs is the set of the pools cniplug's IPAM has on record.
+func (m *Manager) recordedPoolIDs() (map[string]bool, error) {
 	pools, err := m.store.Pools()
 	if err != nil {
-		return rep, fmt.Errorf("reading pools: %w", err)
+		return nil, fmt.Errorf("reading pools: %w", err)
 	}
-	poolIDs := make(map[string]bool, len(pools))
+	ids := make(map[string]bool, len(pools))
 	for _, p := range pools {
-		poolIDs[p.ID] = true
+		ids[p.ID] = true
 	}
+	return ids, nil
+}
+
+// removeStaleAttachments tears down the recorded attachments staleReason gives a reason for.
+func (m *Manager) removeStaleAttachments(ctx context.Context, o ReconcileOptions, atts []*state.Attachment, poolIDs map[string]bool) ([]Action, error) {
+	var acts []Action
+	var errs []error
 	for _, a := range atts {
 		reason := staleReason(a, o, m.cni.StagingLost(&a.Attachment), !poolIDs[a.PoolID])
 		if reason == "" {
@@ -183,12 +218,20 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 				errs = append(errs, err)
 			}
 		}
-		rep.Attachments = append(rep.Attachments, act)
+		acts = append(acts, act)
 	}
+	return acts, errors.Join(errs...)
+}
+
+// removeCacheOrphans tears down the attachments of this instance that libcni's cache holds but no record
+// accounts for.
+func (m *Manager) removeCacheOrphans(ctx context.Context, o ReconcileOptions, atts []*state.Attachment, cached []cnibridge.CachedAttachment) ([]Action, error) {
 	recorded := make(map[string]bool, len(atts))
 	for _, a := range atts {
 		recorded[a.Network+"/"+a.ContainerID] = true
 	}
+	var acts []Action
+	var errs []error
 	for _, c := range cached {
 		if !c.Own || recorded[c.Network+"/"+c.ContainerID] {
 			continue
@@ -201,35 +244,34 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 				errs = append(errs, err)
 			}
 		}
-		rep.Attachments = append(rep.Attachments, act)
+		acts = append(acts, act)
 	}
-	if !o.DryRun {
-		gc, err := m.collectGarbage(ctx)
-		rep.GC = gc
+	return acts, errors.Join(errs...)
+}
+
+// reconcileNetworks forgets the networks Docker no longer has and releases the warm pools none of the live
+// ones uses. It needs o.Live.
+func (m *Manager) reconcileNetworks(ctx context.Context, o ReconcileOptions) (forgotten, unusedPools []string, err error) {
+	nets, err := m.store.Networks()
+	var errs []error
+	if err != nil {
 		errs = append(errs, err)
-		errs = append(errs, m.takeUpLeases(ctx))
 	}
-	if o.Live != nil {
-		nets, err := m.store.Networks()
-		if err != nil {
-			errs = append(errs, err)
+	for _, n := range nets {
+		if _, ok := o.Live[n.ID]; ok || o.Now.Sub(n.Created) < o.MinAge {
+			continue
 		}
-		for _, n := range nets {
-			if _, ok := o.Live[n.ID]; ok || o.Now.Sub(n.Created) < o.MinAge {
-				continue
-			}
-			rep.ForgottenNetworks = append(rep.ForgottenNetworks, n.ID)
-			if !o.DryRun {
-				errs = append(errs, m.store.DeleteNetwork(n.ID))
-			}
-		}
-		if err == nil { // without the networks every warm pool would look unused
-			unused, uerr := m.releaseUnusedWarmPools(ctx, o, nets)
-			rep.UnusedWarmPools = unused
-			errs = append(errs, uerr)
+		forgotten = append(forgotten, n.ID)
+		if !o.DryRun {
+			errs = append(errs, m.store.DeleteNetwork(n.ID))
 		}
 	}
-	return rep, errors.Join(errs...)
+	if err == nil { // without the networks every warm pool would look unused
+		unused, uerr := m.releaseUnusedWarmPools(ctx, o, nets)
+		unusedPools = unused
+		errs = append(errs, uerr)
+	}
+	return forgotten, unusedPools, errors.Join(errs...)
 }
 
 // releaseUnusedWarmPools releases the warm attachments of pools that no live Docker network can be using:
