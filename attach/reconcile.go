@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
-
-	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/dockerapi"
@@ -51,14 +48,6 @@ type Report struct {
 	// GC is what CNI GC did on each CNI network (spec 1.1) cniplug has attachments on.
 	GC     []GCResult `json:"gc,omitempty"`
 	DryRun bool       `json:"dryRun"`
-}
-
-// GCResult is the outcome of CNI GC on one CNI network.
-type GCResult struct {
-	Network string `json:"cniNetwork"`
-	Valid   int    `json:"validAttachments"`
-	Skipped string `json:"skipped,omitempty"`
-	Error   string `json:"error,omitempty"`
 }
 
 // staleReason says why an attachment should be torn down, or "" to keep it. stagingLost: its staging netns
@@ -274,43 +263,6 @@ func (m *Manager) reconcileNetworks(ctx context.Context, o ReconcileOptions) (fo
 	return forgotten, unusedPools, errors.Join(errs...)
 }
 
-// releaseUnusedWarmPools releases the warm attachments of pools that no live Docker network can be using:
-// none of cniplug's live networks with cniplug's IPAM is on the pool's CNI network. The pool record stays,
-// with no warm pool (Docker may still release it, or, with another network driver, request addresses).
-func (m *Manager) releaseUnusedWarmPools(ctx context.Context, o ReconcileOptions, nets []*state.Network) ([]string, error) {
-	used := map[string]bool{}
-	for _, n := range nets {
-		if _, ok := o.Live[n.ID]; ok && n.Mode == state.ModeCNIIPAM {
-			used[n.CNIName] = true
-		}
-	}
-	pools, err := m.store.Pools()
-	if err != nil {
-		return nil, fmt.Errorf("reading pools: %w", err)
-	}
-	var released []string
-	var errs []error
-	for _, p := range pools {
-		if p.Warm == 0 || used[p.CNIName] || o.Now.Sub(p.Created) < o.MinAge {
-			continue
-		}
-		released = append(released, p.ID)
-		if o.DryRun {
-			continue
-		}
-		if err := m.ReleaseWarmPool(ctx, p.ID); err != nil {
-			errs = append(errs, fmt.Errorf("pool %s: %w", p.ID, err))
-			continue
-		}
-		p.Warm = 0
-		if err := m.store.PutPool(p); err != nil {
-			errs = append(errs, fmt.Errorf("pool %s: %w", p.ID, err))
-		}
-		m.log.Info("warm pool released: no live Docker network uses its CNI network", "pool", p.ID, "cni_network", p.CNIName)
-	}
-	return released, errors.Join(errs...)
-}
-
 // removeOrphan tears down an attachment of this instance that only libcni's cache still knows, through the
 // same Teardown as every other removal (with the cached conflist, args and addresses).
 func (m *Manager) removeOrphan(ctx context.Context, a *cnibridge.Attachment) error {
@@ -327,87 +279,6 @@ func (m *Manager) removeOrphan(ctx context.Context, a *cnibridge.Attachment) err
 	m.log.Info("attachment removed", "attachment", a.ContainerID, "cni_network", a.Network, "address", a.Interface.IPv4,
 		"reason", "known only to libcni's cache")
 	return nil
-}
-
-// collectGarbage runs CNI GC on every CNI network (spec 1.1 and later) this instance has attachments on,
-// with the newest recorded conflist of the network.
-func (m *Manager) collectGarbage(ctx context.Context) ([]GCResult, error) {
-	atts, err := m.store.Attachments()
-	if err != nil {
-		return nil, fmt.Errorf("reading attachments for CNI GC: %w", err)
-	}
-	newest := map[string]*state.Attachment{}
-	for _, a := range atts {
-		if cur := newest[a.Network]; cur == nil || a.Created.After(cur.Created) {
-			newest[a.Network] = a
-		}
-	}
-	names := make([]string, 0, len(newest))
-	for name := range newest {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	var out []GCResult
-	var errs []error
-	for _, name := range names {
-		nw, err := cnibridge.ParseNetwork(newest[name].Conflist)
-		if err != nil || !nw.SupportsGC() {
-			continue
-		}
-		res := m.gcNetwork(ctx, nw)
-		if res.Error != "" {
-			errs = append(errs, errors.New(res.Error))
-		}
-		out = append(out, res)
-	}
-	return out, errors.Join(errs...)
-}
-
-// gcNetwork runs CNI GC on one network. Its valid attachments are every attachment anyone holds on it: this
-// instance's records and every entry of libcni's cache (other runtimes and instances share the cache and
-// may use the same network; this instance's own cache-only entries were torn down before). No ADD or DEL on
-// the network runs meanwhile, so the list cannot miss one in flight.
-func (m *Manager) gcNetwork(ctx context.Context, nw *cnibridge.Network) GCResult {
-	unlock := m.nets.lock(nw.Name)
-	defer unlock()
-	res := GCResult{Network: nw.Name}
-	cached, err := m.cni.CachedAttachments()
-	if err != nil {
-		res.Skipped, res.Error = "the cache could not be read", err.Error()
-		return res
-	}
-	atts, err := m.store.Attachments()
-	if err != nil {
-		res.Skipped, res.Error = "the records could not be read", err.Error()
-		return res
-	}
-	seen := map[types.GCAttachment]bool{}
-	var valid []types.GCAttachment
-	add := func(a types.GCAttachment) {
-		if !seen[a] {
-			seen[a] = true
-			valid = append(valid, a)
-		}
-	}
-	for _, a := range atts {
-		if a.Network == nw.Name {
-			add(types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName})
-		}
-	}
-	for _, c := range cached {
-		if c.Network == nw.Name {
-			add(types.GCAttachment{ContainerID: c.ContainerID, IfName: c.IfName})
-		}
-	}
-	res.Valid = len(valid)
-	err = m.cni.GC(ctx, nw, valid)
-	switch {
-	case errors.Is(err, cnibridge.ErrNoValidAttachments):
-		res.Skipped = "no valid attachment to name: an empty list would release everything on the network"
-	case err != nil:
-		res.Error = err.Error()
-	}
-	return res
 }
 
 // takeUpLeases gives a dhcp daemon that is not running (it died, or was killed with cniplug's systemd unit)

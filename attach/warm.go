@@ -192,3 +192,40 @@ func (m *Manager) ReleaseWarmPool(ctx context.Context, poolID string) error {
 	}
 	return m.removeAll(ctx, func(a *state.Attachment) bool { return a.PoolID == poolID && a.Phase == state.PhaseWarm })
 }
+
+// releaseUnusedWarmPools releases the warm attachments of pools that no live Docker network can be using:
+// none of cniplug's live networks with cniplug's IPAM is on the pool's CNI network. The pool record stays,
+// with no warm pool (Docker may still release it, or, with another network driver, request addresses).
+func (m *Manager) releaseUnusedWarmPools(ctx context.Context, o ReconcileOptions, nets []*state.Network) ([]string, error) {
+	used := map[string]bool{}
+	for _, n := range nets {
+		if _, ok := o.Live[n.ID]; ok && n.Mode == state.ModeCNIIPAM {
+			used[n.CNIName] = true
+		}
+	}
+	pools, err := m.store.Pools()
+	if err != nil {
+		return nil, fmt.Errorf("reading pools: %w", err)
+	}
+	var released []string
+	var errs []error
+	for _, p := range pools {
+		if p.Warm == 0 || used[p.CNIName] || o.Now.Sub(p.Created) < o.MinAge {
+			continue
+		}
+		released = append(released, p.ID)
+		if o.DryRun {
+			continue
+		}
+		if err := m.ReleaseWarmPool(ctx, p.ID); err != nil {
+			errs = append(errs, fmt.Errorf("pool %s: %w", p.ID, err))
+			continue
+		}
+		p.Warm = 0
+		if err := m.store.PutPool(p); err != nil {
+			errs = append(errs, fmt.Errorf("pool %s: %w", p.ID, err))
+		}
+		m.log.Info("warm pool released: no live Docker network uses its CNI network", "pool", p.ID, "cni_network", p.CNIName)
+	}
+	return released, errors.Join(errs...)
+}
