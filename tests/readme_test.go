@@ -331,3 +331,22 @@ func TestREADMEFirstNetwork(t *testing.T) {
 		t.Errorf("the README's clean-up left the Docker network: %s", out)
 	}
 }
+
+// TestREADMELayout checks that the README's layout table names every top-level folder of the checkout (bin/,
+// the build output, and hidden folders aside): a new folder needs a row saying what it is for.
+func TestREADMELayout(t *testing.T) {
+	root := testutil.RepoRoot()
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := readmeDocs(t)["README.md"]
+	for _, e := range entries {
+		if !e.IsDir() || e.Name() == "bin" || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if !strings.Contains(readme, "| `"+e.Name()+"/") {
+			t.Errorf("README.md's layout table has no row for %s/", e.Name())
+		}
+	}
+}
