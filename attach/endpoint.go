@@ -137,7 +137,7 @@ func (m *Manager) addAtJoin(ctx context.Context, a *state.Attachment, p JoinPoli
 		a.IfName = a.SandboxIfName // CNI_IFNAME: the link is created under its name in the container
 		add = m.cni.AddInSandbox
 	}
-	allowForward, err := m.planForward(a, p)
+	allowForward, err := m.planForward(ctx, a, p)
 	if err != nil {
 		return false, err
 	}
@@ -161,7 +161,7 @@ func (m *Manager) addAtJoin(ctx context.Context, a *state.Attachment, p JoinPoli
 		return false, err
 	}
 	if a.Forward != nil && len(routedPrefixes(a.Interface)) > 0 {
-		if allowForward, err = m.planForward(a, p); err != nil {
+		if allowForward, err = m.planForward(ctx, a, p); err != nil {
 			return false, err
 		}
 		if err := m.store.PutAttachment(a); err != nil {
@@ -212,7 +212,10 @@ func (m *Manager) finishRemovalsHolding(ctx context.Context, cniNetwork string, 
 
 // RemoveNetwork removes every attachment of a Docker network (those Docker did not delete first).
 func (m *Manager) RemoveNetwork(ctx context.Context, networkID string) error {
-	return m.removeAll(ctx, func(a *state.Attachment) bool { return a.NetworkID == networkID })
+	if err := m.removeAll(ctx, func(a *state.Attachment) bool { return a.NetworkID == networkID }); err != nil {
+		return err
+	}
+	return m.closeNetworkRules(ctx, networkID)
 }
 
 // RemovePending removes the attachments cniplug's IPAM allocated from a pool that no endpoint claimed.

@@ -32,9 +32,11 @@ type Manager struct {
 	warmFillObserver WarmFillObserver
 	leaseDaemon      LeaseDaemon
 
-	ports     portsState // host port publishing (ports.go)
-	iptables  string     // the commands that publish ports; "" looks them up in PATH
-	ip6tables string
+	ports            portsState // host port publishing (ports.go)
+	firewallInstance string
+	rules            rulesState // the networks' firewall rule sets (forward.go)
+	iptables         string     // the commands that publish ports; "" looks them up in PATH
+	ip6tables        string
 }
 
 // Config configures a Manager.
@@ -45,6 +47,9 @@ type Config struct {
 	// IPTables and IP6Tables are the commands that publish ports ("" looks them up in PATH), those of the
 	// selected iptables backend (hostfw.Selection.IPTables).
 	IPTables, IP6Tables string
+	// FirewallInstance tags this instance's top firewall chains (netrules.Instance), so that two cniplugs on one
+	// host keep to their own.
+	FirewallInstance string
 	// RemovalObserver, when set, is told the duration of every background removal (metrics).
 	RemovalObserver RemovalObserver
 	// WarmFillObserver, when set, is told the duration of every ADD that refilled a warm pool (metrics).
@@ -73,7 +78,7 @@ type WarmFillObserver interface {
 
 // NewManager returns a Manager over the store and runner.
 func NewManager(cfg Config) *Manager {
-	return &Manager{store: cfg.Store, cni: cfg.Runner, log: cfg.Logger, iptables: cfg.IPTables, ip6tables: cfg.IP6Tables,
+	return &Manager{store: cfg.Store, cni: cfg.Runner, log: cfg.Logger, iptables: cfg.IPTables, ip6tables: cfg.IP6Tables, firewallInstance: cfg.FirewallInstance,
 		removalObserver: cfg.RemovalObserver, warmFillObserver: cfg.WarmFillObserver, leaseDaemon: cfg.LeaseDaemon}
 }
 
@@ -162,7 +167,7 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 	}
 	var allowForward func() error
 	if !addedAtJoin {
-		if allowForward, err = m.planForward(a, p); err != nil {
+		if allowForward, err = m.planForward(ctx, a, p); err != nil {
 			return err
 		}
 	}
@@ -239,7 +244,7 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 		return err
 	}
 	// Independent too, as at Join: the FORWARD rules go while the CNI DEL runs.
-	revoked := alongside(func() error { return m.revokeForward(a) })
+	revoked := alongside(func() error { return m.revokeForward(ctx, a) })
 	if err := errors.Join(m.cni.Teardown(ctx, &a.Attachment), <-revoked); err != nil {
 		return err
 	}

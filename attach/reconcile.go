@@ -143,6 +143,10 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 	}
 	rep.Leftovers = candidates.Without(cniAttachments(atts))
 	var errs []error
+	if o.Startup && !o.DryRun {
+		// Before any removal: teardown takes members out of the rule sets that this loads.
+		errs = append(errs, m.loadRecordedNetworkRules(ctx, atts))
+	}
 	if !o.DryRun {
 		errs = append(errs, m.cni.RemoveLeftovers(rep.Leftovers))
 	}
@@ -252,7 +256,7 @@ func (m *Manager) reconcileNetworks(ctx context.Context, o ReconcileOptions) (fo
 		}
 		forgotten = append(forgotten, n.ID)
 		if !o.DryRun {
-			errs = append(errs, m.store.DeleteNetwork(n.ID))
+			errs = append(errs, m.closeNetworkRules(ctx, n.ID), m.store.DeleteNetwork(n.ID))
 		}
 	}
 	if err == nil { // without the networks every warm pool would look unused

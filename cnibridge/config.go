@@ -388,3 +388,25 @@ func (n *Network) WithArgs(cni map[string]any) (*Network, error) {
 	out.File = n.File
 	return out, nil
 }
+
+// Bridges names the Linux bridges the chain attaches its containers to: the bridge plugin's ("cni0" when
+// the conflist names none, the plugin's default).
+func (n *Network) Bridges() []string {
+	var out []string
+	for _, p := range n.List.Plugins {
+		if p.Network.Type != "bridge" {
+			continue
+		}
+		var conf struct {
+			Bridge string `json:"bridge"`
+		}
+		if err := json.Unmarshal(p.Bytes, &conf); err != nil {
+			continue
+		}
+		if conf.Bridge == "" {
+			conf.Bridge = "cni0"
+		}
+		out = append(out, conf.Bridge)
+	}
+	return out
+}

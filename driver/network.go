@@ -30,8 +30,8 @@ func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRe
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "%w", err)
 	}
-	if err := d.store.PutNetwork(rec); err != nil {
-		return nil, d.errorf(req.NetworkID, "recording network: %w", err)
+	if err := d.mgr.AddNetwork(ctx, rec); err != nil {
+		return nil, d.errorf(req.NetworkID, "%w", err)
 	}
 	d.log.Info("network created", "network", req.NetworkID, "cni_network", nw.Name, "file", nw.File, "mode", rec.Mode, "async_delete", rec.AsyncDelete)
 	return nil, nil
@@ -140,7 +140,28 @@ func (d *Driver) checkAddressing(rec *state.Network, nw *cnibridge.Network, req 
 // validateNetwork refuses option combinations that cannot work.
 func (d *Driver) validateNetwork(rec *state.Network) error {
 	if rec.Internal && rec.NoHostFirewall {
-		return fmt.Errorf("--internal needs cniplug's FORWARD rules to keep traffic inside the network: drop --opt %s=false", OptHostFirewall)
+		return fmt.Errorf("--internal needs cniplug's firewall rules to keep traffic inside the network: drop --opt %s=false", OptHostFirewall)
+	}
+	return d.checkSharedCNINetwork(rec)
+}
+
+// checkSharedCNINetwork refuses an internal and a non-internal Docker network on one CNI network: they would
+// share its bridge and subnet, and the rules tell networks apart by those alone.
+func (d *Driver) checkSharedCNINetwork(rec *state.Network) error {
+	if rec.NoHostFirewall {
+		return nil
+	}
+	others, err := d.store.Networks()
+	if err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	for _, o := range others {
+		if o.CNIName != rec.CNIName || o.NoHostFirewall || o.Internal == rec.Internal {
+			continue
+		}
+		kind := map[bool]string{true: "an internal", false: "a non-internal"}
+		return fmt.Errorf("CNI network %q already backs %s Docker network (%.12s), and cniplug cannot keep %s and %s network apart on one CNI network: they share its bridge and subnet. "+
+			"Use another CNI network (another bridge and subnet) for this one", rec.CNIName, kind[o.Internal], o.ID, kind[true], kind[false])
 	}
 	return nil
 }

@@ -76,8 +76,6 @@ type Programmer struct {
 	mu sync.Mutex // top-level chains are shared by every attachment
 	v4 *iptables.IPTables
 	v6 *iptables.IPTables
-	// v4Restore, v6Restore are the iptables-restore binaries of the same backend, for batched changes.
-	v4Restore, v6Restore string
 	// topReady: the top-level chains and jumps of a family were made by this Programmer (guarded by mu).
 	topReady map[*iptables.IPTables]bool
 	// procSys is where route_localnet is set ("/proc/sys"; tests may point elsewhere).
@@ -99,17 +97,7 @@ func New(v4Path, v6Path string) (*Programmer, error) {
 		return nil, fmt.Errorf("iptables is needed to publish ports: %w", err)
 	}
 	v6, _ := newIPT(iptables.ProtocolIPv6, v6Path)
-	return &Programmer{v4: v4, v6: v6, v4Restore: restorePath(v4Path, "iptables"), v6Restore: restorePath(v6Path, "ip6tables"),
-		procSys: "/proc/sys", topReady: map[*iptables.IPTables]bool{}}, nil
-}
-
-// restorePath names the restore binary that goes with an iptables binary (iptables-nft ->
-// iptables-nft-restore, /usr/sbin/iptables -> /usr/sbin/iptables-restore).
-func restorePath(path, def string) string {
-	if path == "" {
-		path = def
-	}
-	return path + "-restore"
+	return &Programmer{v4: v4, v6: v6, procSys: "/proc/sys", topReady: map[*iptables.IPTables]bool{}}, nil
 }
 
 // Apply programs the record's rules. It is idempotent, and on failure removes whatever it added.

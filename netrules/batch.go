@@ -88,6 +88,7 @@ type tableText struct {
 
 // writer builds a batch.
 type writer struct {
+	top    topChains
 	tables map[string]*tableText
 	chains []string
 }
@@ -104,8 +105,8 @@ func (w *writer) rule(table, chain string, args ...string) {
 // renderBatch writes the family's rules for the sets. It rewrites both top chains whole (a declared chain is
 // flushed) and removes the chains of the previous batch that this one does not make. The text depends only
 // on the sets and the previous chains, so an unchanged rule set gives an equal batch.
-func renderBatch(sets []networkSet, v6 bool, previous []string) batch {
-	w := &writer{tables: map[string]*tableText{tableMangle: {}, tableFilter: {}}}
+func renderBatch(top topChains, sets []networkSet, v6 bool, previous []string) batch {
+	w := &writer{top: top, tables: map[string]*tableText{tableMangle: {}, tableFilter: {}}}
 	var active []networkSet
 	for _, s := range sets {
 		if len(s.prefixes[v6]) > 0 || len(s.bridges) > 0 {
@@ -113,9 +114,9 @@ func renderBatch(sets []networkSet, v6 bool, previous []string) batch {
 		}
 	}
 	if len(active) > 0 {
-		w.declare(tableMangle, isolationChain)
-		w.declare(tableFilter, networksChain)
-		w.rule(tableMangle, isolationChain, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
+		w.declare(tableMangle, w.top.isolation)
+		w.declare(tableFilter, w.top.networks)
+		w.rule(tableMangle, w.top.isolation, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
 		// Internal networks first: nothing in or out, through a published port (DNAT) neither.
 		for _, s := range active {
 			if s.internal {
@@ -123,7 +124,7 @@ func renderBatch(sets []networkSet, v6 bool, previous []string) batch {
 			}
 		}
 		// A published port is reachable from every network and host, as Docker's are.
-		w.rule(tableMangle, isolationChain, "-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN")
+		w.rule(tableMangle, w.top.isolation, "-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN")
 		for _, s := range active {
 			if !s.internal && !s.ownPolicy {
 				w.inbound(s, v6)
@@ -162,12 +163,12 @@ func (w *writer) internal(s networkSet, v6 bool) {
 	w.declare(tableMangle, from)
 	w.declare(tableMangle, to)
 	for _, p := range s.prefixes[v6] {
-		w.rule(tableMangle, isolationChain, "-s", p, "-j", from)
-		w.rule(tableMangle, isolationChain, "-d", p, "-j", from)
+		w.rule(tableMangle, w.top.isolation, "-s", p, "-j", from)
+		w.rule(tableMangle, w.top.isolation, "-d", p, "-j", from)
 	}
 	for _, b := range s.bridges {
-		w.rule(tableMangle, isolationChain, "-i", b, "-j", from)
-		w.rule(tableMangle, isolationChain, "-o", b, "-j", from)
+		w.rule(tableMangle, w.top.isolation, "-i", b, "-j", from)
+		w.rule(tableMangle, w.top.isolation, "-o", b, "-j", from)
 	}
 	// from: is the source in the network? Then check the destination (goto: its RETURN ends this jump).
 	for _, p := range s.prefixes[v6] {
@@ -192,10 +193,10 @@ func (w *writer) inbound(s networkSet, v6 bool) {
 	c := chainOf(s.id)
 	w.declare(tableMangle, c)
 	for _, p := range s.prefixes[v6] {
-		w.rule(tableMangle, isolationChain, "-d", p, "-j", c)
+		w.rule(tableMangle, w.top.isolation, "-d", p, "-j", c)
 	}
 	for _, b := range s.bridges {
-		w.rule(tableMangle, isolationChain, "-o", b, "-j", c)
+		w.rule(tableMangle, w.top.isolation, "-o", b, "-j", c)
 	}
 	for _, p := range s.prefixes[v6] {
 		w.rule(tableMangle, c, "-s", p, "-j", "RETURN")
@@ -211,15 +212,15 @@ func (w *writer) inbound(s networkSet, v6 bool) {
 // isolates nothing (ownPolicy) gets its containers' own traffic and the replies to it only.
 func (w *writer) accepts(s networkSet, v6 bool) {
 	for _, p := range s.prefixes[v6] {
-		w.rule(tableFilter, networksChain, "-s", p, "-j", "ACCEPT")
+		w.rule(tableFilter, w.top.networks, "-s", p, "-j", "ACCEPT")
 		if s.ownPolicy {
-			w.rule(tableFilter, networksChain, "-d", p, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+			w.rule(tableFilter, w.top.networks, "-d", p, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
 		} else {
-			w.rule(tableFilter, networksChain, "-d", p, "-j", "ACCEPT")
+			w.rule(tableFilter, w.top.networks, "-d", p, "-j", "ACCEPT")
 		}
 	}
 	for _, b := range s.bridges {
-		w.rule(tableFilter, networksChain, "-i", b, "-j", "ACCEPT")
-		w.rule(tableFilter, networksChain, "-o", b, "-j", "ACCEPT")
+		w.rule(tableFilter, w.top.networks, "-i", b, "-j", "ACCEPT")
+		w.rule(tableFilter, w.top.networks, "-o", b, "-j", "ACCEPT")
 	}
 }

@@ -20,6 +20,8 @@ package netrules
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -52,26 +54,39 @@ type Member struct {
 }
 
 // Chain names. A network's chains carry the first 12 characters of its Docker network ID, as Docker's
-// br-<id> bridges do.
+// br-<id> bridges do. The top chains carry the instance's tag: each cniplug on a host (a host plugin beside a
+// managed one, or another state directory) rewrites only its own.
 const (
-	isolationChain = "CNIPLUG-ISOLATION" // mangle, from FORWARD (first)
-	networksChain  = "CNIPLUG-NETWORKS"  // filter, from FORWARD (after Docker's chains)
-	netChainPrefix = "CNIPLUG-ISO-"      // mangle, one per network, and -D for an internal network's second half
-	tableMangle    = "mangle"
-	tableFilter    = "filter"
-	jumpComment    = "cniplug network isolation"
-	acceptComment  = "cniplug networks"
+	isolationPrefix = "CNIPLUG-ISOLATION" // mangle, from FORWARD (first)
+	networksPrefix  = "CNIPLUG-NETWORKS"  // filter, from FORWARD (after Docker's chains)
+	netChainPrefix  = "CNIPLUG-ISO-"      // mangle, one per network, and -D for an internal network's second half
+	tableMangle     = "mangle"
+	tableFilter     = "filter"
 )
 
-// Rules programs the rule sets of every network on the host. Members come and go through Join and Leave;
-// Load replaces them all (at startup, from the state store).
+// Rules programs the rule sets of every network of one cniplug instance. Members come and go through Join and
+// Leave; Load replaces them all (at startup, from the state store).
 type Rules struct {
 	mu       sync.Mutex
 	families []*family
 	members  map[string]Member
+	top      topChains
+}
+
+// topChains names an instance's two top chains.
+type topChains struct {
+	isolation, networks string
+}
+
+// Instance returns the tag of the instance whose state lives in stateDir: six hex digits of its hash, short
+// enough for iptables' 28-character chain names.
+func Instance(stateDir string) string {
+	sum := sha256.Sum256([]byte(stateDir))
+	return hex.EncodeToString(sum[:3])
 }
 
 type family struct {
+	top     topChains
 	v6      bool
 	ipt     *iptables.IPTables
 	restore string
@@ -84,8 +99,12 @@ type family struct {
 // New returns Rules that run the given iptables and ip6tables commands ("" looks them up in PATH), those of
 // the host's iptables backend. Without ip6tables only IPv4 is filtered, as nothing of Docker's filters IPv6
 // there either.
-func New(v4Path, v6Path string) (*Rules, error) {
-	r := &Rules{members: map[string]Member{}}
+// instance tags the top chains (Instance).
+func New(v4Path, v6Path, instance string) (*Rules, error) {
+	r := &Rules{members: map[string]Member{}, top: topChains{isolation: isolationPrefix, networks: networksPrefix}}
+	if instance != "" {
+		r.top = topChains{isolation: isolationPrefix + "-" + instance, networks: networksPrefix + "-" + instance}
+	}
 	for _, f := range []struct {
 		proto iptables.Protocol
 		path  string
@@ -108,7 +127,7 @@ func New(v4Path, v6Path string) (*Rules, error) {
 		if path == "" {
 			path = f.def
 		}
-		r.families = append(r.families, &family{v6: f.proto == iptables.ProtocolIPv6, ipt: ipt, restore: path + "-restore"})
+		r.families = append(r.families, &family{v6: f.proto == iptables.ProtocolIPv6, ipt: ipt, restore: path + "-restore", top: r.top})
 	}
 	return r, nil
 }
@@ -235,7 +254,7 @@ func (f *family) name() string {
 // built-in chains are checked each time a batch is applied, so a batch after a flush (a firewalld reload)
 // puts them back.
 func (f *family) apply(ctx context.Context, sets []networkSet) error {
-	b := renderBatch(sets, f.v6, f.chains)
+	b := renderBatch(f.top, sets, f.v6, f.chains)
 	if b.text == f.programmed {
 		return nil
 	}
@@ -257,18 +276,18 @@ func (f *family) apply(ctx context.Context, sets []networkSet) error {
 	return nil
 }
 
-func isolationJump() []string {
-	return []string{"-m", "comment", "--comment", jumpComment, "-j", isolationChain}
+func (t topChains) isolationJump() []string {
+	return []string{"-m", "comment", "--comment", "cniplug network isolation", "-j", t.isolation}
 }
 
-func acceptJump() []string {
-	return []string{"-m", "comment", "--comment", acceptComment, "-j", networksChain}
+func (t topChains) acceptJump() []string {
+	return []string{"-m", "comment", "--comment", "cniplug networks", "-j", t.networks}
 }
 
 // ensureJumps makes the two top chains and the jumps to them: the isolation jump first in mangle FORWARD, the
 // accepts appended to filter FORWARD (after Docker's chains: DOCKER-USER stays first).
 func (f *family) ensureJumps() error {
-	for _, c := range []struct{ table, chain string }{{tableMangle, isolationChain}, {tableFilter, networksChain}} {
+	for _, c := range []struct{ table, chain string }{{tableMangle, f.top.isolation}, {tableFilter, f.top.networks}} {
 		ok, err := f.ipt.ChainExists(c.table, c.chain)
 		if err != nil {
 			return fmt.Errorf("reading the %s table: %w", c.table, err)
@@ -279,17 +298,17 @@ func (f *family) ensureJumps() error {
 			}
 		}
 	}
-	ok, err := f.ipt.Exists(tableMangle, "FORWARD", isolationJump()...)
+	ok, err := f.ipt.Exists(tableMangle, "FORWARD", f.top.isolationJump()...)
 	if err != nil {
 		return fmt.Errorf("reading mangle FORWARD: %w", err)
 	}
 	if !ok {
-		if err := f.ipt.Insert(tableMangle, "FORWARD", 1, isolationJump()...); err != nil {
-			return fmt.Errorf("adding the jump to %s: %w", isolationChain, err)
+		if err := f.ipt.Insert(tableMangle, "FORWARD", 1, f.top.isolationJump()...); err != nil {
+			return fmt.Errorf("adding the jump to %s: %w", f.top.isolation, err)
 		}
 	}
-	if err := f.ipt.AppendUnique(tableFilter, "FORWARD", acceptJump()...); err != nil {
-		return fmt.Errorf("adding the jump to %s: %w", networksChain, err)
+	if err := f.ipt.AppendUnique(tableFilter, "FORWARD", f.top.acceptJump()...); err != nil {
+		return fmt.Errorf("adding the jump to %s: %w", f.top.networks, err)
 	}
 	return nil
 }
@@ -299,7 +318,7 @@ func (f *family) removeJumps() error {
 	for _, j := range []struct {
 		table string
 		rule  []string
-	}{{tableMangle, isolationJump()}, {tableFilter, acceptJump()}} {
+	}{{tableMangle, f.top.isolationJump()}, {tableFilter, f.top.acceptJump()}} {
 		if err := f.ipt.DeleteIfExists(j.table, "FORWARD", j.rule...); err != nil {
 			return fmt.Errorf("removing the jump to %s: %w", j.rule[len(j.rule)-1], err)
 		}
@@ -307,17 +326,39 @@ func (f *family) removeJumps() error {
 	return nil
 }
 
-// existingChains lists the per-network chains on the host, and the top chains.
+// existingChains lists the instance's chains on the host: its top chains and the per-network chains its
+// isolation chain jumps to.
 func (f *family) existingChains() ([]string, error) {
 	var out []string
-	for _, table := range []string{tableMangle, tableFilter} {
-		chains, err := f.ipt.ListChains(table)
+	for _, c := range []struct{ table, chain string }{{tableMangle, f.top.isolation}, {tableFilter, f.top.networks}} {
+		ok, err := f.ipt.ChainExists(c.table, c.chain)
 		if err != nil {
-			return nil, fmt.Errorf("reading the %s table: %w", table, err)
+			return nil, fmt.Errorf("reading the %s table: %w", c.table, err)
 		}
-		for _, c := range chains {
-			if strings.HasPrefix(c, netChainPrefix) || c == isolationChain || c == networksChain {
-				out = append(out, table+" "+c)
+		if !ok {
+			continue
+		}
+		out = append(out, c.table+" "+c.chain)
+		if c.table != tableMangle {
+			continue
+		}
+		rules, err := f.ipt.List(c.table, c.chain)
+		if err != nil {
+			return nil, fmt.Errorf("reading chain %s: %w", c.chain, err)
+		}
+		seen := map[string]bool{}
+		for _, r := range rules {
+			fields := strings.Fields(r)
+			if n := len(fields); n >= 2 && fields[n-2] == "-j" && strings.HasPrefix(fields[n-1], netChainPrefix) && !seen[fields[n-1]] {
+				seen[fields[n-1]] = true
+				out = append(out, tableMangle+" "+fields[n-1])
+				if strings.HasSuffix(fields[n-1], "-D") {
+					continue
+				}
+				if ok, _ := f.ipt.ChainExists(tableMangle, fields[n-1]+"-D"); ok {
+					seen[fields[n-1]+"-D"] = true
+					out = append(out, tableMangle+" "+fields[n-1]+"-D")
+				}
 			}
 		}
 	}

@@ -22,6 +22,7 @@ type testHost struct {
 	name     string
 	ns       netns.NsHandle
 	rules    *Rules
+	other    *Rules // another instance's
 	execLog  string
 	children map[string]string // container or "out" -> its netns name
 }
@@ -85,7 +86,10 @@ func newTestHost(t *testing.T) *testHost {
 			testutil.Must(t, os.WriteFile(filepath.Join(dir, c+suffix), []byte(script), 0o755))
 		}
 	}
-	h.rules, err = New(filepath.Join(dir, "iptables"), filepath.Join(dir, "ip6tables"))
+	h.rules, err = New(filepath.Join(dir, "iptables"), filepath.Join(dir, "ip6tables"), "111111")
+	testutil.Must(t, err)
+	// A second cniplug on the same host, with its own networks.
+	h.other, err = New("iptables-nft", "ip6tables-nft", "222222")
 	testutil.Must(t, err)
 	return h
 }
@@ -171,7 +175,11 @@ func TestIsolation(t *testing.T) {
 	h := newTestHost(t)
 	ctx := context.Background()
 	for _, m := range members() {
-		h.do(func() error { return h.rules.Join(ctx, m) })
+		rules := h.rules
+		if m.Network == netB {
+			rules = h.other // network B belongs to another cniplug instance on the host
+		}
+		h.do(func() error { return rules.Join(ctx, m) })
 	}
 	// Accepts that come before cniplug's rules in the filter table: the firewall plugin's for the internal
 	// network's containers (and B's), Docker's for traffic from its own bridge (as if tbrB were Docker's).
@@ -264,9 +272,16 @@ func TestRulesGoWithTheLastMember(t *testing.T) {
 	h.in("iptables-nft", "-N", "CNIPLUG-FORWARD")
 	h.in("iptables-nft", "-N", "CNIPLUG-NET-0123456789ab")
 	h.in("iptables-nft", "-A", "CNIPLUG-FORWARD", "-m", "comment", "--comment", "cniplug net 0123456789abcdef", "-j", "CNIPLUG-NET-0123456789ab")
-	fresh, err := New("iptables-nft", "ip6tables-nft")
+	// Another instance's network: its rules are not this instance's to remove.
+	other := Member{ID: "other", Network: "dddddddddddddddd4444", Addresses: []string{"10.231.4.2/24"}}
+	h.do(func() error { return h.other.Join(ctx, other) })
+	fresh, err := New("iptables-nft", "ip6tables-nft", "111111")
 	testutil.Must(t, err)
 	h.do(func() error { return fresh.Load(ctx, nil) })
+	if mangle := h.in("iptables-nft-save", "-t", "mangle"); !strings.Contains(mangle, "-A CNIPLUG-ISO-dddddddddddd -s 10.231.4.0/24 -j RETURN") {
+		t.Errorf("Load removed another instance's rules:\n%s", mangle)
+	}
+	h.do(func() error { return h.other.Leave(ctx, other.ID) })
 	h.in("iptables-nft", "-X", "CNIPLUG-FORWARD")
 	if left := leftovers(); len(left) > 0 {
 		t.Errorf("after Load with no members:\n%s", strings.Join(left, "\n"))

@@ -15,6 +15,7 @@ import (
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/hostports"
 	"github.com/cniplug/cniplug/naming"
+	"github.com/cniplug/cniplug/netrules"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -118,9 +119,9 @@ type Attachment struct {
 	// HostPorts are the ports published for the endpoint (`docker run -p`), recorded before their rules are
 	// programmed so that teardown removes them even after a crash.
 	HostPorts *hostports.Record `json:"hostPorts,omitempty"`
-	// Forward are the FORWARD rules that let the container's traffic past Docker's firewall (or keep it inside
-	// an internal network), recorded before they are programmed, like HostPorts.
-	Forward *hostports.Forward `json:"forward,omitempty"`
+	// Forward is what the container adds to its network's firewall rule set (netrules), recorded before it is
+	// programmed, like HostPorts. Records of versions that kept one chain per container decode into it too.
+	Forward *netrules.Member `json:"forward,omitempty"`
 	// RequestMAC is the MAC Docker generated (or the user asked for) and passed to cniplug IPAM's
 	// RequestAddress: it pairs the endpoint's IPv6 request with the attachment its IPv4 request created. For
 	// an ADD at Join, it is the MAC CreateEndpoint answered.

@@ -21,6 +21,7 @@ import (
 	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/driver"
 	"github.com/cniplug/cniplug/ipam"
+	"github.com/cniplug/cniplug/netrules"
 	"github.com/cniplug/cniplug/plugin"
 	"github.com/cniplug/cniplug/state"
 )
@@ -150,7 +151,8 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	leases := dhcpdaemon.New(dhcpdaemon.Config{BinDirs: filepath.SplitList(c.binDirs), StateDir: c.stateDir, Logger: log,
 		RequestTimeout: max(c.cniTimeout/4, time.Second)})
 	mgr := attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6,
-		RemovalObserver: m, WarmFillObserver: m, LeaseDaemon: leases})
+		FirewallInstance: netrules.Instance(c.stateDir),
+		RemovalObserver:  m, WarmFillObserver: m, LeaseDaemon: leases})
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)
