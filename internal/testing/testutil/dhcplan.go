@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -74,6 +73,35 @@ func NewDHCPLAN(t testing.TB, opts DHCPLANOptions) *DHCPLAN {
 	t.Helper()
 	RequireRoot(t)
 	dnsmasq := RequireDnsmasq(t)
+	opts = opts.withDefaults(t)
+	sfx := UniqueName("")
+	dir := t.TempDir()
+	lan := &DHCPLAN{
+		Bridge:    "lan" + sfx,
+		Port:      "lup" + sfx,
+		ServerIf:  "lsv" + sfx,
+		ServerNS:  "dhcplan-" + sfx, // not "cniplug-...": nothing of cniplug's may take it for its own
+		Subnet:    opts.Subnet,
+		leaseFile: filepath.Join(dir, "dnsmasq.leases"),
+		logFile:   filepath.Join(dir, "dnsmasq.log"),
+	}
+	lan.ServerIP = lan.ipAt(1)
+	lan.createBridge(t)
+	lan.createServerNS(t)
+	// The server's end of the veth.
+	srvNS, err := netns.GetFromName(lan.ServerNS)
+	Must(t, err)
+	defer srvNS.Close()
+	peer, err := netlink.LinkByName(lan.ServerIf)
+	Must(t, err)
+	Must(t, netlink.LinkSetNsFd(peer, int(srvNS)))
+	lan.startServer(t, dnsmasq, opts, srvNS)
+	return lan
+}
+
+// withDefaults fills in the options left zero, and fails the test on a lease time dnsmasq refuses.
+func (opts DHCPLANOptions) withDefaults(t testing.TB) DHCPLANOptions {
+	t.Helper()
 	if opts.LeaseTime == 0 {
 		opts.LeaseTime = 2 * time.Minute
 	}
@@ -86,22 +114,18 @@ func NewDHCPLAN(t testing.TB, opts DHCPLANOptions) *DHCPLAN {
 	if opts.Subnet == nil {
 		_, opts.Subnet, _ = net.ParseCIDR(fmt.Sprintf("10.%d.%d.0/24", 200+mrand.IntN(51), mrand.IntN(256)))
 	}
-	sfx := UniqueName("")
-	dir := t.TempDir()
-	lan := &DHCPLAN{
-		Bridge:    "lan" + sfx,
-		Port:      "lup" + sfx,
-		ServerIf:  "lsv" + sfx,
-		ServerNS:  "dhcplan-" + sfx, // not "cniplug-...": nothing of cniplug's may take it for its own
-		Subnet:    opts.Subnet,
-		leaseFile: filepath.Join(dir, "dnsmasq.leases"),
-		logFile:   filepath.Join(dir, "dnsmasq.log"),
-	}
-	base := opts.Subnet.IP.To4()
-	ipAt := func(last byte) net.IP { return net.IPv4(base[0], base[1], base[2], last) }
-	lan.ServerIP = ipAt(1)
+	return opts
+}
 
-	// The LAN: a bridge and its port towards the server, in the caller's netns.
+// ipAt is the LAN's address ending in last.
+func (lan *DHCPLAN) ipAt(last byte) net.IP {
+	base := lan.Subnet.IP.To4()
+	return net.IPv4(base[0], base[1], base[2], last)
+}
+
+// createBridge makes the LAN: a bridge and its port towards the server, in the caller's netns.
+func (lan *DHCPLAN) createBridge(t testing.TB) {
+	t.Helper()
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: lan.Bridge}}
 	Must(t, netlink.LinkAdd(br))
 	t.Cleanup(func() { delLink(t, lan.Bridge) })
@@ -114,8 +138,11 @@ func NewDHCPLAN(t testing.TB, opts DHCPLANOptions) *DHCPLAN {
 		Must(t, err)
 		Must(t, netlink.LinkSetUp(l))
 	}
+}
 
-	// The server's netns, pinned like `ip netns add` does, and its end of the veth.
+// createServerNS makes the server's netns, pinned like `ip netns add` does.
+func (lan *DHCPLAN) createServerNS(t testing.TB) {
+	t.Helper()
 	Run(t, "ip", "netns", "add", lan.ServerNS)
 	t.Cleanup(func() {
 		if _, err := os.Stat(filepath.Join("/run/netns", lan.ServerNS)); errors.Is(err, os.ErrNotExist) {
@@ -126,18 +153,15 @@ func NewDHCPLAN(t testing.TB, opts DHCPLANOptions) *DHCPLAN {
 			t.Errorf("removing the LAN server's netns %s: %v: %s", lan.ServerNS, err, out)
 		}
 	})
-	srvNS, err := netns.GetFromName(lan.ServerNS)
-	Must(t, err)
-	defer srvNS.Close()
-	peer, err := netlink.LinkByName(lan.ServerIf)
-	Must(t, err)
-	Must(t, netlink.LinkSetNsFd(peer, int(srvNS)))
+}
 
+// dnsmasqArgs is dnsmasq's command line for the LAN: DHCP only, in the foreground, logging to the test's files.
+func (lan *DHCPLAN) dnsmasqArgs(opts DHCPLANOptions) []string {
 	args := []string{
 		"--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--user=root", "--group=root",
 		"--pid-file=", "--interface=" + lan.ServerIf, "--bind-interfaces", "--dhcp-authoritative", "--no-ping",
 		"--log-dhcp", "--log-facility=" + lan.logFile, "--dhcp-leasefile=" + lan.leaseFile,
-		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,%ds", ipAt(10), ipAt(byte(10+opts.Pool-1)), int(opts.LeaseTime.Seconds())),
+		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,%ds", lan.ipAt(10), lan.ipAt(byte(10+opts.Pool-1)), int(opts.LeaseTime.Seconds())),
 		"--dhcp-option=option:router," + lan.ServerIP.String(),
 	}
 	if opts.T1 > 0 {
@@ -146,25 +170,19 @@ func NewDHCPLAN(t testing.TB, opts DHCPLANOptions) *DHCPLAN {
 	if opts.T2 > 0 {
 		args = append(args, fmt.Sprintf("--dhcp-option=59,%d", int(opts.T2.Seconds())))
 	}
-	cmd := exec.Command(dnsmasq, args...)
+	return args
+}
+
+// startServer configures the server's link, starts the sniffer and dnsmasq in the server's netns and waits
+// until dnsmasq serves.
+func (lan *DHCPLAN) startServer(t testing.TB, dnsmasq string, opts DHCPLANOptions, srvNS netns.NsHandle) {
+	t.Helper()
+	cmd := exec.Command(dnsmasq, lan.dnsmasqArgs(opts)...)
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	var startErr error
 	InNetNS(t, srvNS, func() {
-		lo, err := netlink.LinkByName("lo")
-		if err == nil {
-			err = netlink.LinkSetUp(lo)
-		}
-		var l netlink.Link
-		if err == nil {
-			l, err = netlink.LinkByName(lan.ServerIf)
-		}
-		if err == nil {
-			err = netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: lan.ServerIP, Mask: opts.Subnet.Mask}})
-		}
-		if err == nil {
-			err = netlink.LinkSetUp(l)
-		}
+		err := lan.configureServerLink(opts.Subnet.Mask)
 		if err == nil {
 			lan.sniffer, err = startDHCPSniffer(lan.ServerIf)
 		}
@@ -186,7 +204,25 @@ func NewDHCPLAN(t testing.TB, opts DHCPLANOptions) *DHCPLAN {
 	if _, err := lan.waitLog(regexp.MustCompile(`DHCP, IP range`), 10*time.Second, waited); err != nil {
 		t.Fatalf("dnsmasq did not start: %v\n%s\n%s", err, stderr.String(), lan.Log())
 	}
-	return lan
+}
+
+// configureServerLink brings up loopback and the server's link with its address; it runs in the server's netns.
+func (lan *DHCPLAN) configureServerLink(mask net.IPMask) error {
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	var l netlink.Link
+	if err == nil {
+		l, err = netlink.LinkByName(lan.ServerIf)
+	}
+	if err == nil {
+		err = netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: lan.ServerIP, Mask: mask}})
+	}
+	if err == nil {
+		err = netlink.LinkSetUp(l)
+	}
+	return err
 }
 
 // stopProcess ends a process a helper started: SIGTERM, then SIGKILL after 5s.
@@ -345,78 +381,4 @@ func decodeClientID(s string) string {
 		}
 	}
 	return string(b)
-}
-
-// DHCPDaemon is the CNI dhcp plugin's daemon (`dhcp daemon`), listening on a socket of its own so that tests
-// never meet a daemon of the host's (/run/cni/dhcp.sock). Networks reach it with
-// "ipam": {"type": "dhcp", "daemonSocketPath": Socket}.
-type DHCPDaemon struct {
-	Socket string
-	out    *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// StartDHCPDaemon starts binDir/dhcp as a daemon and stops it (SIGTERM) at the end of the test. extraArgs
-// are added to its command line (e.g. "-resendtimeout", "20s").
-func StartDHCPDaemon(t testing.TB, binDir string, extraArgs ...string) *DHCPDaemon {
-	t.Helper()
-	bin := filepath.Join(binDir, "dhcp")
-	if _, err := os.Stat(bin); err != nil {
-		t.Skipf("skipping: CNI dhcp plugin not found in %s (run `make cni-plugins`)", binDir)
-	}
-	d := &DHCPDaemon{Socket: filepath.Join(t.TempDir(), "dhcp.sock"), out: &syncBuffer{}}
-	cmd := exec.Command(bin, append([]string{"daemon", "-socketpath", d.Socket}, extraArgs...)...)
-	cmd.Stdout, cmd.Stderr = d.out, d.out
-	Must(t, cmd.Start())
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		stopProcess(t, "dhcp daemon", cmd, waited, d.out)
-		_ = os.Remove(d.Socket)
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if c, err := net.Dial("unix", d.Socket); err == nil {
-			c.Close()
-			return d
-		}
-		select {
-		case err := <-waited:
-			waited <- err
-			t.Fatalf("dhcp daemon exited: %v\n%s", err, d.out)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dhcp daemon did not listen on %s within 10s:\n%s", d.Socket, d.out)
-		}
-	}
-}
-
-// Log returns what the daemon logged so far.
-func (d *DHCPDaemon) Log() string { return d.out.String() }
-
-// LogLines returns the daemon's log lines that match re.
-func (d *DHCPDaemon) LogLines(re *regexp.Regexp) []string {
-	var out []string
-	for _, line := range strings.Split(d.Log(), "\n") {
-		if re.MatchString(line) {
-			out = append(out, line)
-		}
-	}
-	return out
 }
