@@ -177,12 +177,3 @@ func canonical(list []string, s string) string {
 	}
 	return ""
 }
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}

@@ -2,6 +2,7 @@ package cniargs
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -85,7 +86,7 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		for _, kv := range e.Args {
-			if !contains(argKeys, kv[0]) || !argValue.MatchString(kv[1]) || strings.ContainsAny(kv[1], ";=/") {
+			if !slices.Contains(argKeys, kv[0]) || !argValue.MatchString(kv[1]) || strings.ContainsAny(kv[1], ";=/") {
 				t.Fatalf("accepted CNI_ARGS %q=%q", kv[0], kv[1])
 			}
 		}

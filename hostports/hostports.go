@@ -297,7 +297,7 @@ func (p *Programmer) apply(r Record) error {
 }
 
 // ensureTop creates the top-level chains and their jumps from the built-in chains, once per Programmer and
-// family (forgetTop makes the next call check again, e.g. after someone flushed the tables).
+// family.
 func (p *Programmer) ensureTop(ipt *iptables.IPTables, v6 bool) error {
 	if p.topReady[ipt] {
 		return nil
@@ -308,8 +308,6 @@ func (p *Programmer) ensureTop(ipt *iptables.IPTables, v6 bool) error {
 	p.topReady[ipt] = true
 	return nil
 }
-
-func (p *Programmer) forgetTop(ipt *iptables.IPTables) { delete(p.topReady, ipt) }
 
 func (p *Programmer) makeTop(ipt *iptables.IPTables) error {
 	for _, c := range []struct{ table, chain string }{{tableFilt, topForward}, {tableNAT, topNAT}, {tableNAT, topSNAT}} {
