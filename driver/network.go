@@ -211,9 +211,15 @@ func checkDockerPool(nw *cnibridge.Network, data *network.IPAMData, v6 bool) err
 	if wantGW != "" {
 		flags += fmt.Sprintf(" %s %s", gwFlag, wantGW)
 	}
+	if wantGW == "" {
+		wantGW = "none"
+	}
+	if gw == "" {
+		gw = "none"
+	}
 	return fmt.Errorf("CNI network %q assigns %s addresses from %s (gateway %s) but Docker's IPAM chose %s (gateway %s): "+
 		"create the network with %s, or use --ipam-driver cniplug --ipam-opt cni=%s",
-		nw.Name, family, r.Subnet, orNone(wantGW), pool, orNone(gw), flags, nw.Name)
+		nw.Name, family, r.Subnet, wantGW, pool, gw, flags, nw.Name)
 }
 
 func (d *Driver) checkCNIPool(nw *cnibridge.Network, pool string) error {
@@ -262,11 +268,4 @@ func firstIPAM(data []*network.IPAMData) *network.IPAMData {
 		return nil
 	}
 	return data[0]
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "none"
-	}
-	return s
 }
