@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testing/testutil/cluster"
+	"github.com/cniplug/cniplug/internal/cluster"
 )
 
 type options struct {

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testing/testutil/cluster"
+	"github.com/cniplug/cniplug/internal/cluster"
 )
 
 // taskCmd is the tasks' command: busybox sleep as PID 1 ignores SIGTERM, and every scale-down would then wait
