@@ -17,13 +17,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/coreos/go-iptables/iptables"
-	"github.com/vishvananda/netlink"
 
 	"github.com/cniplug/cniplug/naming"
 )
@@ -80,6 +78,8 @@ type Programmer struct {
 	topReady map[*iptables.IPTables]bool
 	// procSys is where route_localnet is set ("/proc/sys"; tests may point elsewhere).
 	procSys string
+	// v4Path is the iptables command, for listing a whole table at once.
+	v4Path string
 }
 
 // New returns a Programmer running the given iptables and ip6tables binaries ("" looks `iptables` or
@@ -97,7 +97,10 @@ func New(v4Path, v6Path string) (*Programmer, error) {
 		return nil, fmt.Errorf("iptables is needed to publish ports: %w", err)
 	}
 	v6, _ := newIPT(iptables.ProtocolIPv6, v6Path)
-	return &Programmer{v4: v4, v6: v6, procSys: "/proc/sys", topReady: map[*iptables.IPTables]bool{}}, nil
+	if v4Path == "" {
+		v4Path = "iptables"
+	}
+	return &Programmer{v4: v4, v6: v6, procSys: "/proc/sys", topReady: map[*iptables.IPTables]bool{}, v4Path: v4Path}, nil
 }
 
 // Apply programs the record's rules. It is idempotent, and on failure removes whatever it added.
@@ -290,7 +293,9 @@ func (p *Programmer) apply(r Record) error {
 			}
 		}
 		if r.DNAT && !f.v6 {
-			p.enableLocalnet(f.containerIP)
+			if err := p.enableLocalnet(f.containerIP); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -372,19 +377,8 @@ func (p *Programmer) remove(r Record) error {
 			}
 		}
 	}
+	if r.DNAT && r.ContainerIPv4 != "" {
+		errs = append(errs, p.releaseLocalnet())
+	}
 	return errors.Join(errs...)
-}
-
-// enableLocalnet lets packets from 127.0.0.0/8, DNATed in OUTPUT, leave through the interface that routes to
-// the container (as the portmap plugin does); without it the kernel drops them as martians.
-func (p *Programmer) enableLocalnet(containerIP net.IP) {
-	routes, err := netlink.RouteGet(containerIP)
-	if err != nil || len(routes) == 0 {
-		return
-	}
-	l, err := netlink.LinkByIndex(routes[0].LinkIndex)
-	if err != nil {
-		return
-	}
-	_ = os.WriteFile(p.procSys+"/net/ipv4/conf/"+l.Attrs().Name+"/route_localnet", []byte("1"), 0o644)
 }

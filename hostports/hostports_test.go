@@ -241,6 +241,43 @@ func TestApplyRemove(t *testing.T) {
 				}
 			}
 
+			// route_localnet is on for localhost clients, and guarded: the container, with NET_ADMIN, routes
+			// 127.0.0.1 to the host and must not reach a service listening on the host's localhost only.
+			localnet := func() string { return strings.TrimSpace(sh(host, "cat /proc/sys/net/ipv4/conf/hpveth0/route_localnet")) }
+			if v := localnet(); v != "1" {
+				t.Errorf("route_localnet on the container's link is %s while a port is published, want 1", v)
+			}
+			// A UDP service on the host's localhost only. What the container sends to it must never arrive (the
+			// container cannot take replies from 127.0.0.1 through its stack, but a raw socket could).
+			var private net.PacketConn
+			testutil.InNetNS(t, hostNS, func() { private, err = net.ListenPacket("udp", "127.0.0.1:9099") })
+			testutil.Must(t, err)
+			defer private.Close()
+			sh(ctr, "ip route del local 127.0.0.0/8 dev lo table local; ip route del local 127.0.0.1 dev lo table local; "+
+				"sysctl -qw net.ipv4.conf.eth0.route_localnet=1; ip route add 127.0.0.1/32 via 10.99.0.1 dev eth0")
+			reachesPrivate := func() bool {
+				testutil.InNetNS(t, ctrNS, func() {
+					var c net.Conn
+					if c, err = net.Dial("udp", "127.0.0.1:9099"); err == nil {
+						_, err = c.Write([]byte("from the container"))
+						c.Close()
+					}
+				})
+				testutil.Must(t, err)
+				_ = private.SetReadDeadline(time.Now().Add(time.Second))
+				_, _, rerr := private.ReadFrom(make([]byte, 64))
+				return rerr == nil
+			}
+			if reachesPrivate() {
+				t.Errorf("the container reached the host's localhost-only service")
+			}
+			// The same without the guard does reach it: the check above can fail.
+			sh(host, v4+" -D INPUT 1")
+			if !reachesPrivate() {
+				t.Errorf("without the guard the container should reach the service here: the check proves nothing")
+			}
+			testutil.Run(t, "ip", append([]string{"netns", "exec", host, v4, "-I", "INPUT", "1"}, localnetGuard("hpveth0")...)...)
+
 			testutil.InNetNS(t, hostNS, func() {
 				err = p.Remove(rec)
 				if err == nil {
@@ -248,6 +285,13 @@ func TestApplyRemove(t *testing.T) {
 				}
 			})
 			testutil.Must(t, err)
+			// The last published port behind the link went: route_localnet is reset, and its guard goes.
+			if v := localnet(); v != "0" {
+				t.Errorf("route_localnet is %s after the last published port went, want 0", v)
+			}
+			if rules := sh(host, v4+"-save"); strings.Contains(rules, localnetComment) {
+				t.Errorf("the route_localnet guard remains:\n%s", rules)
+			}
 			// The top-level chains stay by design; nothing of this attachment may.
 			if rules := sh(host, v4+"-save"); strings.Contains(rules, "CNIPLUG-DN-") || strings.Contains(rules, "CNIPLUG-SN-") || strings.Contains(rules, "CNIPLUG-FW-") {
 				t.Errorf("rules remain after Remove:\n%s", rules)
