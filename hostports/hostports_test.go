@@ -243,7 +243,9 @@ func TestApplyRemove(t *testing.T) {
 
 			// route_localnet is on for localhost clients, and guarded: the container, with NET_ADMIN, routes
 			// 127.0.0.1 to the host and must not reach a service listening on the host's localhost only.
-			localnet := func() string { return strings.TrimSpace(sh(host, "cat /proc/sys/net/ipv4/conf/hpveth0/route_localnet")) }
+			localnet := func() string {
+				return strings.TrimSpace(sh(host, "cat /proc/sys/net/ipv4/conf/hpveth0/route_localnet"))
+			}
 			if v := localnet(); v != "1" {
 				t.Errorf("route_localnet on the container's link is %s while a port is published, want 1", v)
 			}
