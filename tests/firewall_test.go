@@ -84,8 +84,8 @@ func TestDockerFirewall(t *testing.T) {
 			a, b := runContainer(t, net), runContainer(t, net)
 			ping(t, a, inspectEndpoint(t, b, net).IPAddress)
 			ping(t, a, remote.IP)
-			if len(iptablesMentions(t, "CNIPLUG-NET-")) == 0 {
-				t.Errorf("no CNIPLUG-NET-* FORWARD rules for the containers")
+			if len(iptablesMentions(t, "CNIPLUG-ISO-")) == 0 {
+				t.Errorf("no CNIPLUG-ISO-* rules for the network")
 			}
 		})
 	}
@@ -129,7 +129,7 @@ func TestDockerFirewall(t *testing.T) {
 		net := createNetwork(t, n, cniIPAM, "--opt", "host-firewall=false")
 		a := runContainer(t, net)
 		ip := inspectEndpoint(t, a, net).IPAddress
-		if m := iptablesMentions(t, "CNIPLUG-NET-"); len(m) > 0 {
+		if m := iptablesMentions(t, "CNIPLUG-ISO-"); len(m) > 0 {
 			t.Errorf("cniplug programmed rules for %s although host-firewall=false:\n%s", ip, strings.Join(m, "\n"))
 		}
 		if dockerIPTables() {
@@ -137,7 +137,7 @@ func TestDockerFirewall(t *testing.T) {
 		}
 		out, err := dockerErr("network", "create", "-d", driverName, "--opt", "cni="+n.Name, "--opt", "host-firewall=false",
 			"--ipam-driver", "null", "--internal", testutil.UniqueName("dn"))
-		if err == nil || !strings.Contains(out, "--internal needs cniplug's FORWARD rules") {
+		if err == nil || !strings.Contains(out, "--internal needs cniplug's firewall rules") {
 			t.Errorf("--internal with host-firewall=false: want a refusal, got %v: %s", err, out)
 		}
 	})
