@@ -57,6 +57,9 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 			"then: docker network create -d %s --scope swarm --config-from <name>-config <name>",
 			cniconf.OptCNI, name, cniconf.OptCNI, name, cniconf.OptCNI, name)
 	}
+	if err := takeICC(opts); err != nil {
+		return nil, nil, err
+	}
 	nw, extra, err := d.chooser.Choose(ctx, cniconf.Options{Flag: "--opt", Values: opts, Known: []string{OptAsyncDelete, OptHostFirewall, OptDirectJoin},
 		Purpose: "this Docker network uses"})
 	if err != nil {

@@ -16,6 +16,9 @@ const (
 	// created it already (Docker 28+), one link move instead of two; elsewhere Docker moves it.
 	OptDirectJoin = "direct-join"
 
+	// optEnableICC is the bridge driver's inter-container option; cniplug takes only its default, true.
+	optEnableICC = "com.docker.network.bridge.enable_icc"
+
 	genericOptions = "com.docker.network.generic"
 	// Options Docker sets itself in CreateNetwork (libnetwork's netlabel package).
 	internalOption   = "com.docker.network.internal"
@@ -88,4 +91,26 @@ func stringOptions(v any) (map[string]string, error) {
 		out[k] = s
 	}
 	return out, nil
+}
+
+// takeICC removes the bridge driver's enable_icc option from opts: true is what every cniplug network does,
+// false is refused with the reason. Docker implements it by dropping frames between the ports of its own bridge,
+// which only reach iptables with br_netfilter's bridge-nf-call-iptables at 1, a host-wide sysctl Docker sets
+// and cniplug does not; on routed chains there is no bridge at all.
+func takeICC(opts map[string]string) error {
+	v, ok := opts[optEnableICC]
+	if !ok {
+		return nil
+	}
+	on, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("--opt %s=%q: want true or false", optEnableICC, v)
+	}
+	if !on {
+		return fmt.Errorf("--opt %s=false is not supported: Docker drops traffic between the ports of its own bridge, "+
+			"which needs br_netfilter's bridge-nf-call-iptables=1 (a host-wide setting cniplug does not change) and a bridge, "+
+			"while a CNI chain may route instead; put containers that must not talk on separate networks, or use a CNI network with its own policy (Calico)", optEnableICC)
+	}
+	delete(opts, optEnableICC)
+	return nil
 }

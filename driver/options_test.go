@@ -85,3 +85,34 @@ func TestDockerFlags(t *testing.T) {
 		})
 	}
 }
+
+func TestTakeICC(t *testing.T) {
+	for _, tc := range []struct {
+		value   string
+		present bool
+		wantErr string
+	}{
+		{present: false},
+		{value: "true", present: true},
+		{value: "false", present: true, wantErr: "enable_icc=false is not supported"},
+		{value: "maybe", present: true, wantErr: "want true or false"},
+	} {
+		opts := map[string]string{"cni": "x"}
+		if tc.present {
+			opts[optEnableICC] = tc.value
+		}
+		err := takeICC(opts)
+		if tc.wantErr == "" {
+			if err != nil {
+				t.Errorf("%q: %v", tc.value, err)
+			}
+			if _, left := opts[optEnableICC]; left {
+				t.Errorf("%q: the option is left for the unknown-option check", tc.value)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("%q: error %v, want %q", tc.value, err, tc.wantErr)
+		}
+	}
+}

@@ -45,6 +45,8 @@ func TestNetworkCreateErrors(t *testing.T) {
 			[]string{"missing --ipam-opt cni="}},
 		{"cni IPAM subnet mismatch", []string{"-d", driverName, "--opt", "cni=" + good.Name, "--ipam-driver", driverName,
 			"--ipam-opt", "cni=" + good.Name, "--subnet", "10.254.254.0/24"}, []string{"--subnet " + good.Subnet}},
+		{"enable_icc=false", []string{"-d", driverName, "--opt", "cni=" + good.Name, "--opt", "com.docker.network.bridge.enable_icc=false",
+			"--ipam-driver", "null"}, []string{"enable_icc=false is not supported", "bridge-nf-call-iptables"}},
 		{"async delete not a bool", []string{"-d", driverName, "--opt", "cni=" + good.Name, "--opt", "async-delete=soon",
 			"--ipam-driver", "null"}, []string{`async-delete="soon": want true or false`}},
 	}
