@@ -203,3 +203,20 @@ func (m *Manager) loadRecordedNetworkRules(ctx context.Context, atts []*state.At
 	}
 	return nil
 }
+
+// repairNetworkRules puts the rule sets back when their jumps went missing (a flushed table, a firewalld
+// reload); reconciliation runs it.
+func (m *Manager) repairNetworkRules(ctx context.Context) error {
+	rules, err := m.networkRules()
+	if err != nil {
+		return nil // no iptables: nothing was programmed
+	}
+	repaired, err := rules.Repair(ctx)
+	if err != nil {
+		return fmt.Errorf("restoring the networks' host firewall rules: %w", err)
+	}
+	if repaired {
+		m.log.Warn("the networks' host firewall rules had been removed by something else (a flushed table, a firewall reload); programmed them again")
+	}
+	return nil
+}

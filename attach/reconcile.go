@@ -165,6 +165,7 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 		rep.GC = gc
 		errs = append(errs, err)
 		errs = append(errs, m.takeUpLeases(ctx))
+		errs = append(errs, m.repairNetworkRules(ctx))
 	}
 	if o.Live != nil {
 		rep.ForgottenNetworks, rep.UnusedWarmPools, err = m.reconcileNetworks(ctx, o)

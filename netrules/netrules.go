@@ -413,3 +413,35 @@ func sortedUnique(s []string) []string {
 	slices.Sort(s)
 	return slices.Compact(s)
 }
+
+// Repair programs again every family whose jumps went missing behind cniplug's back (a flushed table, a
+// firewalld reload): the rule set is only rewritten when it changes, so nothing else would put them back. It
+// costs two iptables commands per family and reports whether it had to repair.
+func (r *Rules) Repair(ctx context.Context) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	repaired := false
+	for _, f := range r.families {
+		if f.programmed != "" && !f.intact() {
+			f.programmed = ""
+			repaired = true
+		}
+	}
+	if !repaired {
+		return false, nil
+	}
+	return true, r.program(ctx)
+}
+
+// intact reports whether both jumps to the top chains are there (a jump cannot exist without its chain).
+func (f *family) intact() bool {
+	for _, j := range []struct {
+		table string
+		rule  []string
+	}{{tableMangle, f.top.isolationJump()}, {tableFilter, f.top.acceptJump()}} {
+		if ok, err := f.ipt.Exists(j.table, "FORWARD", j.rule...); err != nil || !ok {
+			return false
+		}
+	}
+	return true
+}

@@ -287,3 +287,36 @@ func TestRulesGoWithTheLastMember(t *testing.T) {
 		t.Errorf("after Load with no members:\n%s", strings.Join(left, "\n"))
 	}
 }
+
+// TestRepairAfterFlush: after someone flushes both tables (a firewalld reload), Repair puts the rule set back,
+// and the networks are isolated again; with nothing missing it runs no restore.
+func TestRepairAfterFlush(t *testing.T) {
+	h := newTestHost(t)
+	ctx := context.Background()
+	for _, m := range members() {
+		if m.Network != netB {
+			h.do(func() error { return h.rules.Join(ctx, m) })
+		}
+	}
+	var repaired bool
+	var err error
+	h.do(func() error { repaired, err = h.rules.Repair(ctx); return err })
+	if repaired {
+		t.Errorf("Repair rewrote intact rules")
+	}
+	h.in("sh", "-c", "iptables-nft -t mangle -F && iptables-nft -F")
+	h.in("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
+	if h.reaches("a1", ip("a2")) {
+		t.Fatalf("after the flush a1 still reaches a2 past the DROP policy: the flush proves nothing")
+	}
+	h.do(func() error { repaired, err = h.rules.Repair(ctx); return err })
+	if !repaired {
+		t.Errorf("Repair did not notice the flushed rules")
+	}
+	if h.reaches("a1", ip("c1")) {
+		t.Errorf("after Repair a1 still reaches the internal network's c1")
+	}
+	if !h.reaches("a1", ip("a2")) {
+		t.Errorf("after Repair a1 does not reach a2 on its own network")
+	}
+}
