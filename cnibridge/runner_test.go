@@ -19,10 +19,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cniplug/cniplug/internal/testing/testutil"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // The tests below run the real reference plugins against the real kernel and iptables. Each one takes a
@@ -678,76 +679,6 @@ func TestLifecycleRequestedAddressAndMAC(t *testing.T) {
 	a.checkGone(t)
 }
 
-// TestTeardownLinkGone: `docker rm -f` destroyed the container netns with the link in it, so the link no
-// longer exists anywhere. DEL must still release the address and (bridge/ptp) the masquerade chain, which
-// the reference plugins find only through the addresses of CNI_IFNAME: this exercises the stand-in link.
-func TestTeardownLinkGone(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.CNIBinDir(t)
-	for _, kind := range netKinds {
-		t.Run(kind.name, func(t *testing.T) {
-			startLeakCheck(t)
-			a := attach(t, kind, nil)
-			a.checkAttachedState(t, kind)
-			a.moveToHost(t)
-			testutil.Run(t, "ip", "link", "del", a.att.HostIfName)
-			testutil.Must(t, a.r.Teardown(context.Background(), a.att))
-			a.checkGone(t)
-		})
-	}
-}
-
-// TestTeardownNetNSGone: the staging netns was unpinned (reboot, or an operator cleaning /run), with the link
-// still inside it (so it died with it) or already moved to the host. Teardown recreates what DEL needs and
-// cleans up fully; a second Teardown succeeds and leaves nothing either.
-func TestTeardownNetNSGone(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.CNIBinDir(t)
-	for _, kind := range netKinds {
-		for _, moved := range []bool{false, true} {
-			name := kind.name + "/link-in-netns"
-			if moved {
-				name = kind.name + "/link-in-host"
-			}
-			t.Run(name, func(t *testing.T) {
-				startLeakCheck(t)
-				a := attach(t, kind, nil)
-				a.checkAttachedState(t, kind)
-				if moved {
-					a.moveToHost(t)
-				}
-				testutil.Must(t, removeNetNS(a.att.NetNS))
-				if exists(a.att.NetNS) {
-					t.Fatal("netns file still there")
-				}
-				testutil.Must(t, a.r.Teardown(context.Background(), a.att))
-				a.checkGone(t)
-				if err := a.r.Teardown(context.Background(), a.att); err != nil {
-					t.Fatalf("second Teardown: %v", err)
-				}
-				a.checkGone(t)
-			})
-		}
-	}
-}
-
-// TestTeardownTwice: Teardown after a successful Teardown is a harmless no-op.
-func TestTeardownTwice(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.CNIBinDir(t)
-	for _, kind := range netKinds {
-		t.Run(kind.name, func(t *testing.T) {
-			startLeakCheck(t)
-			a := attach(t, kind, nil)
-			a.moveToHost(t)
-			testutil.Must(t, a.r.Teardown(context.Background(), a.att))
-			a.checkGone(t)
-			testutil.Must(t, a.r.Teardown(context.Background(), a.att))
-			a.checkGone(t)
-		})
-	}
-}
-
 // scriptNetwork returns a runner whose first bin dir holds the script plugin, and a bridge+host-local network
 // followed by that plugin. The bridge is removed at the end of the test.
 func scriptNetwork(t *testing.T, timeout time.Duration, pluginType, body string) (*Runner, *Network, string) {
@@ -795,78 +726,6 @@ func failedAddLeftNothing(t *testing.T, r *Runner, nw *Network, att *Attachment,
 	}
 	if err := r.Teardown(context.Background(), att); err != nil {
 		t.Errorf("Teardown after a rolled-back Add: %v", err)
-	}
-}
-
-// TestAddChainFailureRollsBack: libcni does not DEL when a later plugin fails ADD; Add must, and the
-// plugin's own message must reach the caller.
-func TestAddChainFailureRollsBack(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.CNIBinDir(t)
-	startLeakCheck(t)
-	r, nw, br := scriptNetwork(t, 0, "failer", `cat >/dev/null
-case "$CNI_COMMAND" in
-ADD) echo '{"cniVersion":"1.0.0","code":999,"msg":"failer says no"}'; exit 1 ;;
-VERSION) echo '`+versionJSON+`' ;;
-esac
-exit 0
-`)
-	args, _ := RequestArgs(nw, nil, "")
-	att, err := r.Plan(AddRequest{ContainerID: containerID(t), Network: nw, Args: args})
-	testutil.Must(t, err)
-	err = r.Add(context.Background(), att)
-	if err == nil {
-		_ = r.Teardown(context.Background(), att)
-		t.Fatal("Add succeeded through a failing plugin")
-	}
-	if !strings.Contains(err.Error(), "failer says no") {
-		t.Errorf("error does not carry the plugin's message: %v", err)
-	}
-	if strings.Contains(err.Error(), "rollback also failed") {
-		t.Errorf("rollback failed: %v", err)
-	}
-	failedAddLeftNothing(t, r, nw, att, br)
-}
-
-// TestAddTimeout: a plugin that hangs is killed at the deadline and the chain is rolled back. The hanger is
-// a shell that waits on a child sleep (as a plugin running iptables or a helper would), not a lone process.
-func TestAddTimeout(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.CNIBinDir(t)
-	for _, tc := range []struct{ name, sleep string }{
-		{"exec", "exec sleep 60"}, // the plugin process itself hangs
-		{"child", "sleep 60"},     // the plugin waits on a child that holds its stdout
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			startLeakCheck(t)
-			const timeout = 2 * time.Second
-			r, nw, br := scriptNetwork(t, timeout, "hanger", `cat >/dev/null
-case "$CNI_COMMAND" in
-ADD) `+tc.sleep+` ;;
-VERSION) echo '`+versionJSON+`' ;;
-esac
-exit 0
-`)
-			args, _ := RequestArgs(nw, nil, "")
-			att, err := r.Plan(AddRequest{ContainerID: containerID(t), Network: nw, Args: args})
-			testutil.Must(t, err)
-			start := time.Now()
-			err = r.Add(context.Background(), att)
-			elapsed := time.Since(start)
-			if err == nil {
-				_ = r.Teardown(context.Background(), att)
-				t.Fatal("Add succeeded through a hanging plugin")
-			}
-			t.Logf("Add failed after %s: %v", elapsed.Round(time.Millisecond), err)
-			if !strings.Contains(err.Error(), "did not finish within "+timeout.String()) {
-				t.Errorf("error does not mention the deadline: %v", err)
-			}
-			// Sanity bound only (deadline + rollback + generous slack), not a performance assertion.
-			if elapsed > 15*time.Second {
-				t.Errorf("Add took %s with a %s deadline: the hanging plugin was not cut off", elapsed, timeout)
-			}
-			failedAddLeftNothing(t, r, nw, att, br)
-		})
 	}
 }
 
@@ -976,131 +835,6 @@ func TestValidate(t *testing.T) {
 				t.Errorf("Validate error %v, want it to contain %q", err, tc.wantErr)
 			}
 		})
-	}
-}
-
-// TestPlan: names are derived from the id and fit the kernel's limits; bad ids are refused.
-func TestPlan(t *testing.T) {
-	r, err := NewRunner(Config{NetNSDir: "/run/cniplug-test-netns"})
-	testutil.Must(t, err)
-	defer r.Close()
-	nw, err := ParseNetwork([]byte(conflist("plan-test", `{"type":"bridge"}`)))
-	testutil.Must(t, err)
-	id := strings.Repeat("ab", 32)
-	att, err := r.Plan(AddRequest{ContainerID: id, Network: nw, Args: [][2]string{{"IgnoreUnknown", "1"}}})
-	testutil.Must(t, err)
-	want := &Attachment{
-		ContainerID: id, IfName: "eth0", NetNS: "/run/cniplug-test-netns/cniplug-abababababab",
-		HostIfName: "cnpabababababab", Network: "plan-test", Conflist: nw.Bytes, Args: [][2]string{{"IgnoreUnknown", "1"}},
-	}
-	if !reflect.DeepEqual(att, want) {
-		t.Errorf("Plan = %+v, want %+v", att, want)
-	}
-	if exists(att.NetNS) {
-		t.Errorf("Plan created %s", att.NetNS)
-	}
-	for _, bad := range []string{"", "short", "../../../../etc/x", "abcdefabcdef/x", "-abcdefabcdef"} {
-		if _, err := r.Plan(AddRequest{ContainerID: bad, Network: nw}); err == nil {
-			t.Errorf("Plan accepted id %q", bad)
-		}
-	}
-}
-
-// TestSubnetSafeRoutes: routes Docker can add on top of the kernel's on-link route for the address.
-func TestSubnetSafeRoutes(t *testing.T) {
-	cidr := func(s string) *net.IPNet {
-		ip, n, err := net.ParseCIDR(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.IP = ip // an address, as AddrList returns it
-		return n
-	}
-	dst := func(s string) *net.IPNet { _, n, _ := net.ParseCIDR(s); return n }
-	v4 := []*net.IPNet{cidr("10.210.3.7/24")}
-	v6 := []*net.IPNet{cidr("fd00:210:3::7/64")}
-	for _, tc := range []struct {
-		name  string
-		dst   *net.IPNet
-		gw    net.IP
-		addrs []*net.IPNet
-		want  []Route
-	}{
-		{"own subnet via gateway is split", dst("10.210.3.0/24"), net.ParseIP("10.210.3.1"), v4,
-			[]Route{{"10.210.3.0/25", "10.210.3.1"}, {"10.210.3.128/25", "10.210.3.1"}}},
-		{"own subnet on-link is dropped", dst("10.210.3.0/24"), nil, v4, nil},
-		{"unrelated via gateway kept", dst("192.168.50.0/24"), net.ParseIP("10.210.3.1"), v4,
-			[]Route{{"192.168.50.0/24", "10.210.3.1"}}},
-		{"unrelated on-link kept", dst("10.210.3.1/32"), nil, v4, []Route{{Destination: "10.210.3.1/32"}}},
-		{"wider route containing subnet kept", dst("10.210.0.0/16"), net.ParseIP("10.210.3.1"), v4,
-			[]Route{{"10.210.0.0/16", "10.210.3.1"}}},
-		{"no addresses", dst("10.210.3.0/24"), net.ParseIP("10.210.3.1"), nil,
-			[]Route{{"10.210.3.0/24", "10.210.3.1"}}},
-		{"odd prefix split", dst("10.210.0.0/23"), net.ParseIP("10.210.0.1"), []*net.IPNet{cidr("10.210.1.9/23")},
-			[]Route{{"10.210.0.0/24", "10.210.0.1"}, {"10.210.1.0/24", "10.210.0.1"}}},
-		{"IPv6 /64 via gateway is split into /65s", dst("fd00:210:3::/64"), net.ParseIP("fd00:210:3::1"), v6,
-			[]Route{{"fd00:210:3::/65", "fd00:210:3::1"}, {"fd00:210:3:0:8000::/65", "fd00:210:3::1"}}},
-		{"IPv6 own subnet on-link dropped", dst("fd00:210:3::/64"), nil, v6, nil},
-		{"IPv4 route ignores IPv6 address", dst("10.210.3.0/24"), net.ParseIP("10.210.3.1"), v6,
-			[]Route{{"10.210.3.0/24", "10.210.3.1"}}},
-		{"host route equal to a /32 address with gateway kept", dst("10.210.3.7/32"), net.ParseIP("10.210.3.1"),
-			[]*net.IPNet{cidr("10.210.3.7/32")}, []Route{{"10.210.3.7/32", "10.210.3.1"}}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got := subnetSafeRoutes(tc.dst, tc.gw, tc.addrs)
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("subnetSafeRoutes(%s, %v) = %+v, want %+v", tc.dst, tc.gw, got, tc.want)
-			}
-		})
-	}
-}
-
-// TestCreateNetNSRestoresThreads: createNetNS leaves no thread in a staging netns, in particular not the main
-// thread (which the runtime never discards: a goroutine that exits locked on it wedges it for good, and
-// /proc/self/ns/net then names a staging netns that outlives its removal, with any link still in it).
-func TestCreateNetNSRestoresThreads(t *testing.T) {
-	testutil.RequireRoot(t)
-	host, err := netns.Get()
-	testutil.Must(t, err)
-	defer host.Close()
-	dir := t.TempDir()
-	var wg sync.WaitGroup
-	for i := range 200 {
-		wg.Go(func() {
-			p := filepath.Join(dir, fmt.Sprint(i))
-			if err := createNetNS(p); err != nil {
-				t.Error(err)
-				return
-			}
-			if !isNetNS(p) {
-				t.Errorf("%s is not a netns", p)
-			}
-			if err := removeNetNS(p); err != nil {
-				t.Error(err)
-			}
-			if exists(p) || isNetNS(p) {
-				t.Errorf("%s still there after removeNetNS", p)
-			}
-		})
-	}
-	wg.Wait()
-	main, err := netns.GetFromPath("/proc/self/ns/net")
-	testutil.Must(t, err)
-	defer main.Close()
-	if !main.Equal(host) {
-		t.Errorf("the main thread is in netns %s, not the host's %s", main.UniqueId(), host.UniqueId())
-	}
-	entries, err := os.ReadDir("/proc/self/task")
-	testutil.Must(t, err)
-	for _, e := range entries {
-		ns, err := netns.GetFromPath("/proc/self/task/" + e.Name() + "/ns/net")
-		if err != nil {
-			continue // the thread exited
-		}
-		if !ns.Equal(host) {
-			t.Errorf("thread %s is in netns %s, not the host's", e.Name(), ns.UniqueId())
-		}
-		ns.Close()
 	}
 }
 
