@@ -10,9 +10,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cniplug/cniplug/metrics"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/cniplug/cniplug/metrics"
 )
 
 // samples is a set of durations in seconds.

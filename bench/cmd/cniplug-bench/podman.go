@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -132,4 +133,41 @@ func (p *podman) cleanup() error {
 		}
 	}
 	return os.RemoveAll(p.dir)
+}
+
+func measurePodman(ctx context.Context, e *env, o *options) *podmanResult {
+	pr := &podmanResult{}
+	p, err := e.setupPodman()
+	if err != nil {
+		pr.Error = err.Error()
+		return pr
+	}
+	pr.Version, _ = run("podman", "--version")
+	for i := 0; i < 2; i++ { // warm-up
+		for _, nw := range []string{"none", e.cniName} {
+			if _, err := timed(p.cmd(p.runArgs(nw)...)); err != nil {
+				pr.Error = err.Error()
+				return pr
+			}
+		}
+	}
+	for i := 0; i < o.PodmanN; i++ {
+		for _, nw := range []string{"none", e.cniName} {
+			d, err := timed(p.cmd(p.runArgs(nw)...))
+			if err != nil {
+				pr.Error = err.Error()
+				return pr
+			}
+			if nw == "none" {
+				pr.None = append(pr.None, d.Seconds())
+			} else {
+				pr.CNI = append(pr.CNI, d.Seconds())
+			}
+		}
+		if ctx.Err() != nil {
+			pr.Error = ctx.Err().Error()
+			return pr
+		}
+	}
+	return pr
 }

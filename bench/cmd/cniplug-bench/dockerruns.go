@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// dockerRun is `docker run --rm` of `true`, or with detach a long-running container.
+func (e *env) dockerRunArgs(network string, detach bool) []string {
+	args := []string{"run", "--label", "cniplug-bench=" + e.runID}
+	if detach {
+		args = append(args, "-d")
+	} else {
+		args = append(args, "--rm")
+	}
+	args = append(args, "--net", network, e.image)
+	if detach {
+		return append(args, "sleep", "3600")
+	}
+	return append(args, "true")
+}
+
+func measureAll(ctx context.Context, e *env, o *options, res *results) error {
+	res.Host = hostInfo()
+	subnet, err := freeSubnet("10.219.0.0/16", "10.229.0.0/16", "10.239.0.0/16")
+	if err != nil {
+		return err
+	}
+	bridgeSubnet, err := freeSubnet("10.218.0.0/16", "10.228.0.0/16", "10.238.0.0/16")
+	if err != nil {
+		return err
+	}
+	floorSubnet, err := freeSubnet("10.217.0.0/16", "10.227.0.0/16", "10.237.0.0/16")
+	if err != nil {
+		return err
+	}
+	if err := e.writeConflist(subnet, o.IPMasq); err != nil {
+		return err
+	}
+	conf, _ := os.ReadFile(e.conflist)
+	res.Conflist = strings.TrimSpace(string(conf))
+	if err := e.startPlugin(); err != nil {
+		return err
+	}
+	if err := e.createNetworks(bridgeSubnet, subnet); err != nil {
+		return err
+	}
+	if err := e.createFloorNetwork(floorSubnet); err != nil {
+		return err
+	}
+	kinds := []struct{ name, network string }{
+		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}, {kindDockerDirect, e.dockerDirectNet}, {kindWarm, e.warmNet}, {kindFloor, e.floorNet}}
+
+	e.logf("warming up")
+	const warmups = 2
+	for _, k := range kinds {
+		for i := 0; i < warmups; i++ {
+			if _, err := timed(exec.CommandContext(ctx, "docker", e.dockerRunArgs(k.network, false)...)); err != nil {
+				return err
+			}
+		}
+	}
+	if rss, err := e.rss(); err == nil {
+		res.RSS = map[int]int64{0: rss}
+	}
+	// The warm-up lifecycles on the cniplug networks (the plugin's metrics do not tell them apart), and the
+	// background DELs of the default network's done.
+	lifecycles, err := e.settle(3 * warmups)
+	if err != nil {
+		return err
+	}
+	deletes := lifecycles.methodCount["NetworkDriver.DeleteEndpoint"]
+
+	// One lifecycle (the commands one after the other) by plain wall time, like none and bridge.
+	plain := func(args []string, more ...[]string) (time.Duration, error) {
+		var total time.Duration
+		for _, a := range append([][]string{args}, more...) {
+			d, err := timed(exec.CommandContext(ctx, "docker", a...))
+			total += d
+			if err != nil {
+				return total, err
+			}
+		}
+		return total, nil
+	}
+
+	// One lifecycle on the sync-DEL or direct-join network, by plain wall time. Then, outside the measurement, its
+	// DeleteEndpoint is counted in deletes and waited for: it may not fall into the metrics window of a
+	// cniplug lifecycle (settle counts DeleteEndpoint calls of both cniplug
+	// networks; the DEL's exec time would count as that lifecycle's) nor run while the other kinds are timed.
+	uncostedLifecycle := func(args []string, more ...[]string) (time.Duration, error) {
+		d, err := plain(args, more...)
+		if err != nil {
+			return d, err
+		}
+		deletes++
+		_, err = e.settle(deletes)
+		return d, err
+	}
+
+	// One lifecycle on cniplug, with what it cost inside cniplug.
+	cniplugLifecycle := func(args []string, more ...[]string) (time.Duration, lifecycleCost, error) {
+		b, err := e.settle(deletes)
+		if err != nil {
+			return 0, lifecycleCost{}, err
+		}
+		d, err := timed(exec.CommandContext(ctx, "docker", args...))
+		for _, m := range more {
+			if err != nil {
+				break
+			}
+			var d2 time.Duration
+			d2, err = timed(exec.CommandContext(ctx, "docker", m...))
+			d += d2
+		}
+		if err != nil {
+			return d, lifecycleCost{}, err
+		}
+		deletes++
+		a, err := e.settle(deletes)
+		if err != nil {
+			return d, lifecycleCost{}, err
+		}
+		return d, diff(b, a), nil
+	}
+
+	// Sequential `docker run --rm`, the kinds interleaved so that drift hits them alike.
+	e.logf("sequential docker run --rm: %d per kind", o.Seq)
+	profileDone := make(chan error, 1)
+	if o.Profile > 0 {
+		go func() { profileDone <- e.cpuProfile(ctx, o.Profile, filepath.Join(o.Out, "cniplug-cpu.pprof")) }()
+	} else {
+		profileDone <- nil
+	}
+	// One lifecycle of a kind: the cniplug networks costed from the metrics (default and direct-join), the
+	// sync-DEL one settled but not costed, the others plain.
+	lifecycleOf := func(kind string, args []string, more ...[]string) (time.Duration, error) {
+		switch kind {
+		case "cniplug", kindDirect, kindDockerDirect, kindWarm:
+			d, cost, err := cniplugLifecycle(args, more...)
+			if err == nil && kind == "cniplug" {
+				res.addCost(cost)
+			} else if err == nil {
+				res.addKindCost(kind, cost)
+			}
+			return d, err
+		case kindSync:
+			return uncostedLifecycle(args, more...)
+		default:
+			return plain(args, more...)
+		}
+	}
+	res.RunRM = map[string]samples{}
+	for i := 0; i < o.Seq; i++ {
+		for _, k := range kinds {
+			d, err := lifecycleOf(k.name, e.dockerRunArgs(k.network, false))
+			if err != nil {
+				return err
+			}
+			res.RunRM[k.name] = append(res.RunRM[k.name], d.Seconds())
+		}
+	}
+	if err := <-profileDone; err != nil {
+		e.logf("CPU profile failed: %v", err)
+	}
+
+	e.logf("sequential docker run -d + docker rm -f: %d per kind", o.Pairs)
+	res.Pair = map[string]samples{}
+	for i := 0; i < o.Pairs; i++ {
+		for _, k := range kinds {
+			name := fmt.Sprintf("bench-%s-pair-%s-%d", e.runID, k.name, i)
+			args := append([]string{"run", "--name", name}, e.dockerRunArgs(k.network, true)[1:]...)
+			d, err := lifecycleOf(k.name, args, []string{"rm", "-f", name})
+			if err != nil {
+				return err
+			}
+			res.Pair[k.name] = append(res.Pair[k.name], d.Seconds())
+		}
+	}
+
+	e.logf("throughput: %d lifecycles at parallelism %v", o.ThroughputN, o.Parallelism)
+	res.Throughput = map[string]map[int]float64{"bridge": {}, "cniplug": {}}
+	for _, p := range o.Parallelism {
+		for _, k := range kinds {
+			if _, ok := res.Throughput[k.name]; !ok {
+				continue // Docker bridge and cniplug only
+			}
+			before, err := e.cpuTimes()
+			if err != nil {
+				return err
+			}
+			wall, err := parallel(o.ThroughputN, p, func(int) error {
+				_, err := timed(exec.CommandContext(ctx, "docker", e.dockerRunArgs(k.network, false)...))
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			res.Throughput[k.name][p] = float64(o.ThroughputN) / wall.Seconds()
+			// The CPU of the cell includes its background removals.
+			e.quiesce()
+			after, err := e.cpuTimes()
+			if err != nil {
+				return err
+			}
+			res.addCPU(k.name, after.machine-before.machine, after.plugin-before.plugin, o.ThroughputN)
+		}
+	}
+	if lifecycles, err = e.settle(deletes + float64(o.ThroughputN*len(o.Parallelism))); err != nil {
+		return err
+	}
+	deletes = lifecycles.methodCount["NetworkDriver.DeleteEndpoint"]
+
+	if err := measureScale(ctx, e, o, res, cniplugLifecycle); err != nil {
+		return err
+	}
+
+	if !o.SkipGoBench {
+		e.logf("Go benchmarks: raw libcni ADD+DEL and the cnibridge lifecycle, %d iterations", o.GoBenchN)
+		gb, err := goBench(ctx, e, o.GoBenchN, o.LiveSmall, o.LiveLarge)
+		if err != nil {
+			return err
+		}
+		res.GoBench = gb
+	}
+
+	if !o.SkipPodman {
+		e.logf("podman: %d runs per kind", o.PodmanN)
+		res.Podman = measurePodman(ctx, e, o)
+	}
+	return nil
+}
+
+func measureScale(ctx context.Context, e *env, o *options, res *results,
+	cniplugLifecycle func([]string, ...[]string) (time.Duration, lifecycleCost, error)) error {
+	res.Scale = map[int]*scalePoint{}
+	live := 0
+	for _, target := range []int{o.LiveSmall, o.LiveLarge} {
+		e.logf("starting %d long-running containers on cniplug (%d live)", target-live, target)
+		if _, err := parallel(target-live, o.StartWorkers, func(i int) error {
+			_, err := docker(e.dockerRunArgs(e.cniplugNet, true)...)
+			return err
+		}); err != nil {
+			return err
+		}
+		live = target
+		before, err := e.scrape()
+		if err != nil {
+			return err
+		}
+		pt := &scalePoint{PerCall: map[string]float64{}}
+		for i := 0; i < o.LiveSamples; i++ {
+			d, cost, err := cniplugLifecycle(e.dockerRunArgs(e.cniplugNet, false))
+			if err != nil {
+				return err
+			}
+			pt.Wall = append(pt.Wall, d.Seconds())
+			pt.InPlugin = append(pt.InPlugin, cost.inPlugin)
+			pt.Overhead = append(pt.Overhead, cost.overhead())
+		}
+		after, err := e.scrape()
+		if err != nil {
+			return err
+		}
+		for m, s := range after.methodSeconds {
+			if n := after.methodCount[m] - before.methodCount[m]; n > 0 {
+				pt.PerCall[m] = (s - before.methodSeconds[m]) / n
+			}
+		}
+		if rss, err := e.rss(); err == nil {
+			res.RSS[target] = rss
+		}
+		res.Scale[target] = pt
+	}
+	e.logf("removing the %d long-running containers", live)
+	ids, err := docker("ps", "-q", "--filter", "label=cniplug-bench="+e.runID)
+	if err != nil {
+		return err
+	}
+	list := strings.Fields(ids)
+	_, err = parallel(len(list), 8, func(i int) error {
+		_, err := docker("rm", "-f", list[i])
+		return err
+	})
+	return err
+}
