@@ -60,7 +60,7 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 	if err := takeICC(opts); err != nil {
 		return nil, nil, err
 	}
-	nw, extra, err := d.chooser.Choose(ctx, cniconf.Options{Flag: "--opt", Values: opts, Known: []string{OptAsyncDelete, OptHostFirewall, OptDirectJoin},
+	nw, extra, err := d.chooser.Choose(ctx, cniconf.Options{Flag: "--opt", Values: opts, Known: []string{OptAsyncDelete, OptHostFirewall, OptDirectJoin, OptMasquerade},
 		Purpose: "this Docker network uses"})
 	if err != nil {
 		return nil, nil, err
@@ -73,12 +73,16 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 	if err != nil {
 		return nil, nil, err
 	}
+	masquerade, err := boolOption(opts, OptMasquerade, false)
+	if err != nil {
+		return nil, nil, err
+	}
 	internal, err := dockerFlags(req.Options)
 	if err != nil {
 		return nil, nil, err
 	}
 	rec := &state.Network{ID: req.NetworkID, CNIName: nw.Name, Conflist: nw.Bytes, Created: time.Now().UTC(), Extra: extra,
-		Internal: internal, NoHostFirewall: !hostFirewall, DirectJoin: directJoin, Mode: state.ModeNull}
+		Internal: internal, NoHostFirewall: !hostFirewall, DirectJoin: directJoin, Masquerade: masquerade, Mode: state.ModeNull}
 	if v4 := firstIPAM(req.IPv4Data); v4 != nil {
 		rec.IPv4Pool, rec.IPv4Gateway = v4.Pool, v4.Gateway
 		rec.Mode = state.ModeOf(v4.AddressSpace)
@@ -144,6 +148,9 @@ func (d *Driver) checkAddressing(rec *state.Network, nw *cnibridge.Network, req 
 func (d *Driver) validateNetwork(rec *state.Network) error {
 	if rec.Internal && rec.NoHostFirewall {
 		return fmt.Errorf("--internal needs cniplug's firewall rules to keep traffic inside the network: drop --opt %s=false", OptHostFirewall)
+	}
+	if rec.Masquerade && (rec.Internal || rec.NoHostFirewall) {
+		return fmt.Errorf("--opt %s=true masquerades what leaves the network, which needs cniplug's firewall rules and a network that traffic may leave: drop it with --internal or --opt %s=false", OptMasquerade, OptHostFirewall)
 	}
 	return d.checkSharedCNINetwork(rec)
 }
