@@ -15,7 +15,7 @@ TESTLOCK := flock -o /tmp/cniplug-tests.lock
 # Extra `go test` flags, e.g. GOTESTFLAGS=-v (.ci/run counts the PASS/FAIL lines).
 GOTESTFLAGS ?=
 # The end-to-end tests that exercise the host firewall: run again under dockerd --firewall-backend=nftables.
-FIREWALL_TESTS := TestDockerFirewall|TestPublishPorts|TestPublishPortRangesAndHostIP|TestAddressingModes|TestConnectDisconnect|TestMultipleNetworks
+FIREWALL_TESTS := TestDockerFirewall|TestNetworkIsolation|TestMasqueradeOption|TestPublishPorts|TestPublishPortRangesAndHostIP|TestAddressingModes|TestConnectDisconnect|TestMultipleNetworks
 
 .PHONY: build cni-plugins test test-unit test-e2e test-e2e-managed test-e2e-firewall test-cluster test-engines vet fuzz bench bench-cluster clean plugin install
 

@@ -108,7 +108,7 @@ func networkMember(nw *state.Network) (*netrules.Member, error) {
 	if err != nil {
 		return nil, fmt.Errorf("recorded conflist of CNI network %q: %w", nw.CNIName, err)
 	}
-	member := &netrules.Member{ID: nw.ID, Network: nw.ID, Internal: nw.Internal, Bridges: cniNet.Bridges()}
+	member := &netrules.Member{ID: nw.ID, Network: nw.ID, Internal: nw.Internal, Masquerade: nw.Masquerade, Bridges: cniNet.Bridges()}
 	ranges, _ := cniNet.DeclaredRanges()
 	for _, r := range ranges {
 		member.Peers = append(member.Peers, r.Subnet.String())

@@ -15,6 +15,8 @@ const (
 	// OptDirectJoin=true: at Join cniplug moves the link into the container's netns itself when the engine
 	// created it already (Docker 28+), one link move instead of two; elsewhere Docker moves it.
 	OptDirectJoin = "direct-join"
+	// OptMasquerade=true: cniplug masquerades traffic leaving the network's prefixes, once for the network.
+	OptMasquerade = "masquerade"
 
 	// optEnableICC is the bridge driver's inter-container option; cniplug takes only its default, true.
 	optEnableICC = "com.docker.network.bridge.enable_icc"

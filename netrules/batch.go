@@ -9,10 +9,11 @@ import (
 
 // networkSet is one Docker network's rule set: the union of its members.
 type networkSet struct {
-	id       string
-	prefixes map[bool][]string // by family (true: IPv6), sorted
-	bridges  []string
-	internal bool
+	id         string
+	prefixes   map[bool][]string // by family (true: IPv6), sorted
+	bridges    []string
+	internal   bool
+	masquerade bool
 	// ownPolicy: every address is a host route (/32, /128) and the network has no bridge, as Calico
 	// assigns them. There is no subnet to tell the network's traffic by, and the chain's agent enforces its
 	// own policy, so cniplug lets the containers' traffic out and replies in, and isolates nothing.
@@ -31,6 +32,7 @@ func networkSets(members map[string]Member) []networkSet {
 			hostOnly[m.Network] = true
 		}
 		s.internal = s.internal || m.Internal
+		s.masquerade = s.masquerade || m.Masquerade
 		s.bridges = append(s.bridges, m.Bridges...)
 		for _, a := range m.Addresses {
 			ip, subnet, err := net.ParseCIDR(a)
@@ -106,7 +108,7 @@ func (w *writer) rule(table, chain string, args ...string) {
 // flushed) and removes the chains of the previous batch that this one does not make. The text depends only
 // on the sets and the previous chains, so an unchanged rule set gives an equal batch.
 func renderBatch(top topChains, sets []networkSet, v6 bool, previous []string) batch {
-	w := &writer{top: top, tables: map[string]*tableText{tableMangle: {}, tableFilter: {}}}
+	w := &writer{top: top, tables: map[string]*tableText{tableMangle: {}, tableFilter: {}, tableNAT: {}}}
 	var active []networkSet
 	for _, s := range sets {
 		if len(s.prefixes[v6]) > 0 || len(s.bridges) > 0 {
@@ -116,6 +118,7 @@ func renderBatch(top topChains, sets []networkSet, v6 bool, previous []string) b
 	if len(active) > 0 {
 		w.declare(tableMangle, w.top.isolation)
 		w.declare(tableFilter, w.top.networks)
+		w.declare(tableNAT, w.top.masquerade)
 		w.rule(tableMangle, w.top.isolation, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
 		// Internal networks first: nothing in or out, through a published port (DNAT) neither.
 		for _, s := range active {
@@ -132,6 +135,9 @@ func renderBatch(top topChains, sets []networkSet, v6 bool, previous []string) b
 		}
 		for _, s := range active {
 			w.accepts(s, v6)
+			if s.masquerade && !s.internal {
+				w.masquerade(s, v6)
+			}
 		}
 	}
 	made := map[string]bool{}
@@ -146,7 +152,7 @@ func renderBatch(top topChains, sets []networkSet, v6 bool, previous []string) b
 		}
 	}
 	var out strings.Builder
-	for _, name := range []string{tableMangle, tableFilter} {
+	for _, name := range []string{tableMangle, tableFilter, tableNAT} {
 		t := w.tables[name]
 		if t.declare.Len() > 0 {
 			fmt.Fprintf(&out, "*%s\n%s%s%sCOMMIT\n", name, t.declare.String(), t.rules.String(), t.remove.String())
@@ -223,4 +229,22 @@ func (w *writer) accepts(s networkSet, v6 bool) {
 		w.rule(tableFilter, w.top.networks, "-i", b, "-j", "ACCEPT")
 		w.rule(tableFilter, w.top.networks, "-o", b, "-j", "ACCEPT")
 	}
+}
+
+// masquerade writes a network's source NAT: what leaves the network for anywhere else leaves with the host's
+// address, as from Docker's bridge networks. Traffic to the network's own prefixes and bridges (the other
+// hosts' ranges of a routed network among them) keeps its source.
+func (w *writer) masquerade(s networkSet, v6 bool) {
+	c := netMasqPrefix + strings.TrimPrefix(chainOf(s.id), netChainPrefix)
+	w.declare(tableNAT, c)
+	for _, p := range s.prefixes[v6] {
+		w.rule(tableNAT, w.top.masquerade, "-s", p, "-j", c)
+	}
+	for _, p := range s.prefixes[v6] {
+		w.rule(tableNAT, c, "-d", p, "-j", "RETURN")
+	}
+	for _, b := range s.bridges {
+		w.rule(tableNAT, c, "-o", b, "-j", "RETURN")
+	}
+	w.rule(tableNAT, c, "-j", "MASQUERADE")
 }

@@ -51,17 +51,23 @@ type Member struct {
 	Bridges []string `json:"bridges,omitempty"`
 	// Internal (docker network create --internal): nothing leaves the network and nothing enters it.
 	Internal bool `json:"internal,omitempty"`
+	// Masquerade: traffic from the network's prefixes to anywhere outside the network leaves with the host's
+	// address, as Docker's bridge networks do, once for the network instead of per container (a chain's ipMasq).
+	Masquerade bool `json:"masquerade,omitempty"`
 }
 
 // Chain names. A network's chains carry the first 12 characters of its Docker network ID, as Docker's
 // br-<id> bridges do. The top chains carry the instance's tag: each cniplug on a host (a host plugin beside a
 // managed one, or another state directory) rewrites only its own.
 const (
-	isolationPrefix = "CNIPLUG-ISOLATION" // mangle, from FORWARD (first)
-	networksPrefix  = "CNIPLUG-NETWORKS"  // filter, from FORWARD (after Docker's chains)
-	netChainPrefix  = "CNIPLUG-ISO-"      // mangle, one per network, and -D for an internal network's second half
+	isolationPrefix = "CNIPLUG-ISOLATION"  // mangle, from FORWARD (first)
+	networksPrefix  = "CNIPLUG-NETWORKS"   // filter, from FORWARD (after Docker's chains)
+	masqPrefix      = "CNIPLUG-MASQUERADE" // nat, from POSTROUTING
+	netChainPrefix  = "CNIPLUG-ISO-"       // mangle, one per network, and -D for an internal network's second half
+	netMasqPrefix   = "CNIPLUG-MASQ-"      // nat, one per masquerading network
 	tableMangle     = "mangle"
 	tableFilter     = "filter"
+	tableNAT        = "nat"
 )
 
 // Rules programs the rule sets of every network of one cniplug instance. Members come and go through Join and
@@ -73,9 +79,9 @@ type Rules struct {
 	top      topChains
 }
 
-// topChains names an instance's two top chains.
+// topChains names an instance's top chains.
 type topChains struct {
-	isolation, networks string
+	isolation, networks, masquerade string
 }
 
 // Instance returns the tag of the instance whose state lives in stateDir: six hex digits of its hash, short
@@ -101,9 +107,10 @@ type family struct {
 // there either.
 // instance tags the top chains (Instance).
 func New(v4Path, v6Path, instance string) (*Rules, error) {
-	r := &Rules{members: map[string]Member{}, top: topChains{isolation: isolationPrefix, networks: networksPrefix}}
+	r := &Rules{members: map[string]Member{}, top: topChains{isolation: isolationPrefix, networks: networksPrefix, masquerade: masqPrefix}}
 	if instance != "" {
-		r.top = topChains{isolation: isolationPrefix + "-" + instance, networks: networksPrefix + "-" + instance}
+		r.top = topChains{isolation: isolationPrefix + "-" + instance, networks: networksPrefix + "-" + instance,
+			masquerade: masqPrefix + "-" + instance}
 	}
 	for _, f := range []struct {
 		proto iptables.Protocol
@@ -284,43 +291,68 @@ func (t topChains) acceptJump() []string {
 	return []string{"-m", "comment", "--comment", "cniplug networks", "-j", t.networks}
 }
 
-// ensureJumps makes the two top chains and the jumps to them: the isolation jump first in mangle FORWARD, the
-// accepts appended to filter FORWARD (after Docker's chains: DOCKER-USER stays first).
+func (t topChains) masqueradeJump() []string {
+	return []string{"-m", "comment", "--comment", "cniplug network masquerade", "-j", t.masquerade}
+}
+
+// jumps are the instance's jumps from the built-in chains, with the table and chain each sits in.
+func (t topChains) jumps() []struct {
+	table, from, chain string
+	rule               []string
+} {
+	return []struct {
+		table, from, chain string
+		rule               []string
+	}{
+		{tableMangle, "FORWARD", t.isolation, t.isolationJump()},
+		{tableFilter, "FORWARD", t.networks, t.acceptJump()},
+		{tableNAT, "POSTROUTING", t.masquerade, t.masqueradeJump()},
+	}
+}
+
+// ensureJumps makes the top chains and the jumps to them: the isolation jump first in mangle FORWARD, the
+// accepts appended to filter FORWARD (after Docker's chains: DOCKER-USER stays first), the masquerade
+// appended to nat POSTROUTING.
 func (f *family) ensureJumps() error {
-	for _, c := range []struct{ table, chain string }{{tableMangle, f.top.isolation}, {tableFilter, f.top.networks}} {
-		ok, err := f.ipt.ChainExists(c.table, c.chain)
+	for _, j := range f.top.jumps() {
+		ok, err := f.ipt.ChainExists(j.table, j.chain)
 		if err != nil {
-			return fmt.Errorf("reading the %s table: %w", c.table, err)
+			return fmt.Errorf("reading the %s table: %w", j.table, err)
 		}
 		if !ok {
-			if err := f.ipt.NewChain(c.table, c.chain); err != nil {
-				return fmt.Errorf("creating chain %s: %w", c.chain, err)
+			if err := f.ipt.NewChain(j.table, j.chain); err != nil {
+				return fmt.Errorf("creating chain %s: %w", j.chain, err)
 			}
 		}
-	}
-	ok, err := f.ipt.Exists(tableMangle, "FORWARD", f.top.isolationJump()...)
-	if err != nil {
-		return fmt.Errorf("reading mangle FORWARD: %w", err)
-	}
-	if !ok {
-		if err := f.ipt.Insert(tableMangle, "FORWARD", 1, f.top.isolationJump()...); err != nil {
-			return fmt.Errorf("adding the jump to %s: %w", f.top.isolation, err)
+		if j.table != tableMangle {
+			if err := f.ipt.AppendUnique(j.table, j.from, j.rule...); err != nil {
+				return fmt.Errorf("adding the jump to %s: %w", j.chain, err)
+			}
+			continue
 		}
-	}
-	if err := f.ipt.AppendUnique(tableFilter, "FORWARD", f.top.acceptJump()...); err != nil {
-		return fmt.Errorf("adding the jump to %s: %w", f.top.networks, err)
+		ok, err = f.ipt.Exists(j.table, j.from, j.rule...)
+		if err == nil && !ok {
+			err = f.ipt.Insert(j.table, j.from, 1, j.rule...)
+		}
+		if err != nil {
+			return fmt.Errorf("adding the jump to %s: %w", j.chain, err)
+		}
 	}
 	return nil
 }
 
 // removeJumps deletes the jumps to the top chains (the batch then deletes the chains).
 func (f *family) removeJumps() error {
-	for _, j := range []struct {
-		table string
-		rule  []string
-	}{{tableMangle, f.top.isolationJump()}, {tableFilter, f.top.acceptJump()}} {
-		if err := f.ipt.DeleteIfExists(j.table, "FORWARD", j.rule...); err != nil {
-			return fmt.Errorf("removing the jump to %s: %w", j.rule[len(j.rule)-1], err)
+	for _, j := range f.top.jumps() {
+		ok, err := f.ipt.ChainExists(j.table, j.chain)
+		if err != nil {
+			return fmt.Errorf("reading the %s table: %w", j.table, err)
+		}
+		if !ok {
+			continue
+		}
+		if err := f.ipt.DeleteIfExists(j.table, j.from, j.rule...); err != nil {
+			return fmt.Errorf("removing the jump to %s: %w", j.chain, err)
 		}
 	}
 	return nil
@@ -330,7 +362,7 @@ func (f *family) removeJumps() error {
 // isolation chain jumps to.
 func (f *family) existingChains() ([]string, error) {
 	var out []string
-	for _, c := range []struct{ table, chain string }{{tableMangle, f.top.isolation}, {tableFilter, f.top.networks}} {
+	for _, c := range []struct{ table, chain string }{{tableMangle, f.top.isolation}, {tableFilter, f.top.networks}, {tableNAT, f.top.masquerade}} {
 		ok, err := f.ipt.ChainExists(c.table, c.chain)
 		if err != nil {
 			return nil, fmt.Errorf("reading the %s table: %w", c.table, err)
@@ -339,7 +371,7 @@ func (f *family) existingChains() ([]string, error) {
 			continue
 		}
 		out = append(out, c.table+" "+c.chain)
-		if c.table != tableMangle {
+		if c.table == tableFilter {
 			continue
 		}
 		rules, err := f.ipt.List(c.table, c.chain)
@@ -349,9 +381,9 @@ func (f *family) existingChains() ([]string, error) {
 		seen := map[string]bool{}
 		for _, r := range rules {
 			fields := strings.Fields(r)
-			if n := len(fields); n >= 2 && fields[n-2] == "-j" && strings.HasPrefix(fields[n-1], netChainPrefix) && !seen[fields[n-1]] {
+			if n := len(fields); n >= 2 && fields[n-2] == "-j" && (strings.HasPrefix(fields[n-1], netChainPrefix) || strings.HasPrefix(fields[n-1], netMasqPrefix)) && !seen[fields[n-1]] {
 				seen[fields[n-1]] = true
-				out = append(out, tableMangle+" "+fields[n-1])
+				out = append(out, c.table+" "+fields[n-1])
 				if strings.HasSuffix(fields[n-1], "-D") {
 					continue
 				}
@@ -435,11 +467,8 @@ func (r *Rules) Repair(ctx context.Context) (bool, error) {
 
 // intact reports whether both jumps to the top chains are there (a jump cannot exist without its chain).
 func (f *family) intact() bool {
-	for _, j := range []struct {
-		table string
-		rule  []string
-	}{{tableMangle, f.top.isolationJump()}, {tableFilter, f.top.acceptJump()}} {
-		if ok, err := f.ipt.Exists(j.table, "FORWARD", j.rule...); err != nil || !ok {
+	for _, j := range f.top.jumps() {
+		if ok, err := f.ipt.Exists(j.table, j.from, j.rule...); err != nil || !ok {
 			return false
 		}
 	}

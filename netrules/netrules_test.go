@@ -320,3 +320,29 @@ func TestRepairAfterFlush(t *testing.T) {
 		t.Errorf("after Repair a1 does not reach a2 on its own network")
 	}
 }
+
+// TestMasquerade: a network with Masquerade reaches a host that has no route back to it, with the host's
+// address, once for the network; one without does not; within the network sources stay as they are.
+func TestMasquerade(t *testing.T) {
+	h := newTestHost(t)
+	ctx := context.Background()
+	for _, m := range members() {
+		if m.Network == netA {
+			m.Masquerade = true
+		}
+		h.do(func() error { return h.rules.Join(ctx, m) })
+	}
+	h.inNS(h.children["out"], "ip", "route", "del", "10.231.0.0/16")
+	if !h.reaches("a1", "10.231.9.2") {
+		t.Errorf("a1 on the masquerading network does not reach the host without a route back")
+	}
+	if h.reaches("b1", "10.231.9.2") {
+		t.Errorf("b1 reaches the host without a route back although its network does not masquerade")
+	}
+	if !h.reaches("a1", ip("a2")) {
+		t.Errorf("a1 does not reach a2 on its own network")
+	}
+	if nat := h.in("iptables-nft-save", "-t", "nat"); !strings.Contains(nat, "-A CNIPLUG-MASQ-aaaaaaaaaaaa -j MASQUERADE") || strings.Contains(nat, "CNIPLUG-MASQ-bbbbbbbbbbbb") {
+		t.Errorf("nat table:\n%s", nat)
+	}
+}

@@ -72,6 +72,9 @@ type Network struct {
 	// NoHostFirewall (--opt host-firewall=false): cniplug adds no FORWARD rules for the network's containers;
 	// the CNI network manages its own (Calico's Felix, flannel).
 	NoHostFirewall bool `json:"noHostFirewall,omitempty"`
+	// Masquerade (--opt masquerade=true): cniplug masquerades what leaves the network's prefixes, once for the
+	// network, as Docker does for its bridge networks; a chain needs no per-container ipMasq then.
+	Masquerade bool `json:"masquerade,omitempty"`
 }
 
 // Pool is an address pool handed to Docker by cniplug's IPAM driver.

@@ -142,3 +142,33 @@ func TestDockerFirewall(t *testing.T) {
 		}
 	})
 }
+
+// TestMasqueradeOption: --opt masquerade=true masquerades what leaves the network once for the network, as
+// Docker does for its bridges, so a conflist without ipMasq reaches a host that has no route back to it; the
+// same conflist without the option does not, and containers of the network still reach each other.
+func TestMasqueradeOption(t *testing.T) {
+	requireSuite(t)
+	forwardDrop(t)
+	remote := newRemoteHost(t)
+	if out, err := remote.run("ip", "route", "del", "default"); err != nil {
+		t.Fatalf("removing the remote host's route back: %v: %s", err, out)
+	}
+	noMasq := func() cniNet {
+		br := testutil.UniqueName("e2ebr")
+		n := writeConflistWith(t, "br", false, func(ipam string) string {
+			return fmt.Sprintf(`{"type":"bridge","bridge":"%s","isGateway":true,"ipam":%s}`, br, ipam)
+		})
+		t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
+		return n
+	}
+	masq := createNetwork(t, noMasq(), cniIPAM, "--opt", "masquerade=true")
+	plain := createNetwork(t, noMasq(), cniIPAM)
+	a, b := runContainer(t, masq), runContainer(t, masq)
+	ping(t, a, remote.IP)
+	pingFails(t, runContainer(t, plain), remote.IP)
+	ping(t, b, inspectEndpoint(t, a, masq).IPAddress)
+	if out, err := dockerErr("network", "create", "-d", driverName, "--opt", "cni="+noMasq().Name, "--opt", "masquerade=true",
+		"--ipam-driver", "null", "--internal", testutil.UniqueName("dn")); err == nil || !strings.Contains(out, "masquerades what leaves the network") {
+		t.Errorf("masquerade with --internal: want a refusal, got %v: %s", err, out)
+	}
+}
