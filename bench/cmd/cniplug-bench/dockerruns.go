@@ -25,8 +25,44 @@ func (e *env) dockerRunArgs(network string, detach bool) []string {
 	return append(args, "true")
 }
 
+// benchKind is a network whose docker runs the benchmark times, by the name the report gives it.
+type benchKind struct{ name, network string }
+
+// measureAll runs the measurements of a bench run, one step after the other, into res.
 func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	res.Host = hostInfo()
+	if err := setUpNetworks(e, o, res); err != nil {
+		return err
+	}
+	kinds := []benchKind{
+		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}, {kindDockerDirect, e.dockerDirectNet}, {kindWarm, e.warmNet}, {kindFloor, e.floorNet}}
+
+	deletes, err := warmUp(ctx, e, res, kinds)
+	if err != nil {
+		return err
+	}
+	lc := &lifecycles{ctx: ctx, e: e, res: res, deletes: deletes}
+	if err := measureRunRM(ctx, e, o, res, kinds, lc); err != nil {
+		return err
+	}
+	if err := measurePairs(e, o, res, kinds, lc); err != nil {
+		return err
+	}
+	if err := measureThroughput(ctx, e, o, res, kinds); err != nil {
+		return err
+	}
+	if err := lc.settleAfter(float64(o.ThroughputN * len(o.Parallelism))); err != nil {
+		return err
+	}
+	if err := measureScale(ctx, e, o, res, lc.cniplug); err != nil {
+		return err
+	}
+	return measureOutsideDocker(ctx, e, o, res)
+}
+
+// setUpNetworks picks free subnets, writes the conflist (recorded in res), starts the plugin and creates the
+// Docker networks of every kind.
+func setUpNetworks(e *env, o *options, res *results) error {
 	subnet, err := freeSubnet("10.219.0.0/16", "10.229.0.0/16", "10.239.0.0/16")
 	if err != nil {
 		return err
@@ -50,18 +86,18 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	if err := e.createNetworks(bridgeSubnet, subnet); err != nil {
 		return err
 	}
-	if err := e.createFloorNetwork(floorSubnet); err != nil {
-		return err
-	}
-	kinds := []struct{ name, network string }{
-		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}, {kindDockerDirect, e.dockerDirectNet}, {kindWarm, e.warmNet}, {kindFloor, e.floorNet}}
+	return e.createFloorNetwork(floorSubnet)
+}
 
+// warmUp runs a few untimed lifecycles of every kind, records the plugin's RSS after them, and returns the
+// DeleteEndpoint calls cniplug has served by then.
+func warmUp(ctx context.Context, e *env, res *results, kinds []benchKind) (float64, error) {
 	e.logf("warming up")
 	const warmups = 2
 	for _, k := range kinds {
 		for i := 0; i < warmups; i++ {
 			if _, err := timed(exec.CommandContext(ctx, "docker", e.dockerRunArgs(k.network, false)...)); err != nil {
-				return err
+				return 0, err
 			}
 		}
 	}
@@ -72,64 +108,107 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	// background DELs of the default network's done.
 	lifecycles, err := e.settle(3 * warmups)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	deletes := lifecycles.methodCount["NetworkDriver.DeleteEndpoint"]
+	return lifecycles.methodCount["NetworkDriver.DeleteEndpoint"], nil
+}
 
-	// One lifecycle (the commands one after the other) by plain wall time, like none and bridge.
-	plain := func(args []string, more ...[]string) (time.Duration, error) {
-		var total time.Duration
-		for _, a := range append([][]string{args}, more...) {
-			d, err := timed(exec.CommandContext(ctx, "docker", a...))
-			total += d
-			if err != nil {
-				return total, err
-			}
-		}
-		return total, nil
-	}
+// lifecycles times container lifecycles (a docker command and the ones that follow it) and counts the
+// DeleteEndpoint calls cniplug has served, so that a lifecycle costed from the metrics waits for the ones
+// before it.
+type lifecycles struct {
+	ctx     context.Context
+	e       *env
+	res     *results
+	deletes float64
+}
 
-	// One lifecycle on the sync-DEL or direct-join network, by plain wall time. Then, outside the measurement, its
-	// DeleteEndpoint is counted in deletes and waited for: it may not fall into the metrics window of a
-	// cniplug lifecycle (settle counts DeleteEndpoint calls of both cniplug
-	// networks; the DEL's exec time would count as that lifecycle's) nor run while the other kinds are timed.
-	uncostedLifecycle := func(args []string, more ...[]string) (time.Duration, error) {
-		d, err := plain(args, more...)
+// plain is one lifecycle (the commands one after the other) by plain wall time, like none and bridge.
+func (l *lifecycles) plain(args []string, more ...[]string) (time.Duration, error) {
+	var total time.Duration
+	for _, a := range append([][]string{args}, more...) {
+		d, err := timed(exec.CommandContext(l.ctx, "docker", a...))
+		total += d
 		if err != nil {
-			return d, err
+			return total, err
 		}
-		deletes++
-		_, err = e.settle(deletes)
+	}
+	return total, nil
+}
+
+// uncosted is one lifecycle on the sync-DEL or direct-join network, by plain wall time. Then, outside the
+// measurement, its DeleteEndpoint is counted in deletes and waited for: it may not fall into the metrics window
+// of a cniplug lifecycle (settle counts DeleteEndpoint calls of both cniplug
+// networks; the DEL's exec time would count as that lifecycle's) nor run while the other kinds are timed.
+func (l *lifecycles) uncosted(args []string, more ...[]string) (time.Duration, error) {
+	d, err := l.plain(args, more...)
+	if err != nil {
 		return d, err
 	}
+	l.deletes++
+	_, err = l.e.settle(l.deletes)
+	return d, err
+}
 
-	// One lifecycle on cniplug, with what it cost inside cniplug.
-	cniplugLifecycle := func(args []string, more ...[]string) (time.Duration, lifecycleCost, error) {
-		b, err := e.settle(deletes)
-		if err != nil {
-			return 0, lifecycleCost{}, err
-		}
-		d, err := timed(exec.CommandContext(ctx, "docker", args...))
-		for _, m := range more {
-			if err != nil {
-				break
-			}
-			var d2 time.Duration
-			d2, err = timed(exec.CommandContext(ctx, "docker", m...))
-			d += d2
-		}
-		if err != nil {
-			return d, lifecycleCost{}, err
-		}
-		deletes++
-		a, err := e.settle(deletes)
-		if err != nil {
-			return d, lifecycleCost{}, err
-		}
-		return d, diff(b, a), nil
+// cniplug is one lifecycle on cniplug, with what it cost inside cniplug.
+func (l *lifecycles) cniplug(args []string, more ...[]string) (time.Duration, lifecycleCost, error) {
+	b, err := l.e.settle(l.deletes)
+	if err != nil {
+		return 0, lifecycleCost{}, err
 	}
+	d, err := timed(exec.CommandContext(l.ctx, "docker", args...))
+	for _, m := range more {
+		if err != nil {
+			break
+		}
+		var d2 time.Duration
+		d2, err = timed(exec.CommandContext(l.ctx, "docker", m...))
+		d += d2
+	}
+	if err != nil {
+		return d, lifecycleCost{}, err
+	}
+	l.deletes++
+	a, err := l.e.settle(l.deletes)
+	if err != nil {
+		return d, lifecycleCost{}, err
+	}
+	return d, diff(b, a), nil
+}
 
-	// Sequential `docker run --rm`, the kinds interleaved so that drift hits them alike.
+// of is one lifecycle of a kind: the cniplug networks costed from the metrics (default and direct-join), the
+// sync-DEL one settled but not costed, the others plain.
+func (l *lifecycles) of(kind string, args []string, more ...[]string) (time.Duration, error) {
+	switch kind {
+	case "cniplug", kindDirect, kindDockerDirect, kindWarm:
+		d, cost, err := l.cniplug(args, more...)
+		if err == nil && kind == "cniplug" {
+			l.res.addCost(cost)
+		} else if err == nil {
+			l.res.addKindCost(kind, cost)
+		}
+		return d, err
+	case kindSync:
+		return l.uncosted(args, more...)
+	default:
+		return l.plain(args, more...)
+	}
+}
+
+// settleAfter waits for extra DeleteEndpoint calls made outside the lifecycles counted so far, and takes the
+// count the plugin reports from then on.
+func (l *lifecycles) settleAfter(extra float64) error {
+	s, err := l.e.settle(l.deletes + extra)
+	if err != nil {
+		return err
+	}
+	l.deletes = s.methodCount["NetworkDriver.DeleteEndpoint"]
+	return nil
+}
+
+// measureRunRM times sequential `docker run --rm`, the kinds interleaved so that drift hits them alike, while
+// the plugin's CPU is profiled if asked.
+func measureRunRM(ctx context.Context, e *env, o *options, res *results, kinds []benchKind, lc *lifecycles) error {
 	e.logf("sequential docker run --rm: %d per kind", o.Seq)
 	profileDone := make(chan error, 1)
 	if o.Profile > 0 {
@@ -137,28 +216,10 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	} else {
 		profileDone <- nil
 	}
-	// One lifecycle of a kind: the cniplug networks costed from the metrics (default and direct-join), the
-	// sync-DEL one settled but not costed, the others plain.
-	lifecycleOf := func(kind string, args []string, more ...[]string) (time.Duration, error) {
-		switch kind {
-		case "cniplug", kindDirect, kindDockerDirect, kindWarm:
-			d, cost, err := cniplugLifecycle(args, more...)
-			if err == nil && kind == "cniplug" {
-				res.addCost(cost)
-			} else if err == nil {
-				res.addKindCost(kind, cost)
-			}
-			return d, err
-		case kindSync:
-			return uncostedLifecycle(args, more...)
-		default:
-			return plain(args, more...)
-		}
-	}
 	res.RunRM = map[string]samples{}
 	for i := 0; i < o.Seq; i++ {
 		for _, k := range kinds {
-			d, err := lifecycleOf(k.name, e.dockerRunArgs(k.network, false))
+			d, err := lc.of(k.name, e.dockerRunArgs(k.network, false))
 			if err != nil {
 				return err
 			}
@@ -168,21 +229,30 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	if err := <-profileDone; err != nil {
 		e.logf("CPU profile failed: %v", err)
 	}
+	return nil
+}
 
+// measurePairs times sequential `docker run -d` + `docker rm -f`, the kinds interleaved.
+func measurePairs(e *env, o *options, res *results, kinds []benchKind, lc *lifecycles) error {
 	e.logf("sequential docker run -d + docker rm -f: %d per kind", o.Pairs)
 	res.Pair = map[string]samples{}
 	for i := 0; i < o.Pairs; i++ {
 		for _, k := range kinds {
 			name := fmt.Sprintf("bench-%s-pair-%s-%d", e.runID, k.name, i)
 			args := append([]string{"run", "--name", name}, e.dockerRunArgs(k.network, true)[1:]...)
-			d, err := lifecycleOf(k.name, args, []string{"rm", "-f", name})
+			d, err := lc.of(k.name, args, []string{"rm", "-f", name})
 			if err != nil {
 				return err
 			}
 			res.Pair[k.name] = append(res.Pair[k.name], d.Seconds())
 		}
 	}
+	return nil
+}
 
+// measureThroughput runs `docker run --rm` lifecycles in parallel on Docker's bridge and cniplug, and records
+// the lifecycles per second and the CPU they took, at each parallelism.
+func measureThroughput(ctx context.Context, e *env, o *options, res *results, kinds []benchKind) error {
 	e.logf("throughput: %d lifecycles at parallelism %v", o.ThroughputN, o.Parallelism)
 	res.Throughput = map[string]map[int]float64{"bridge": {}, "cniplug": {}}
 	for _, p := range o.Parallelism {
@@ -190,36 +260,40 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 			if _, ok := res.Throughput[k.name]; !ok {
 				continue // Docker bridge and cniplug only
 			}
-			before, err := e.cpuTimes()
-			if err != nil {
+			if err := measureThroughputCell(ctx, e, o, res, k, p); err != nil {
 				return err
 			}
-			wall, err := parallel(o.ThroughputN, p, func(int) error {
-				_, err := timed(exec.CommandContext(ctx, "docker", e.dockerRunArgs(k.network, false)...))
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			res.Throughput[k.name][p] = float64(o.ThroughputN) / wall.Seconds()
-			// The CPU of the cell includes its background removals.
-			e.quiesce()
-			after, err := e.cpuTimes()
-			if err != nil {
-				return err
-			}
-			res.addCPU(k.name, after.machine-before.machine, after.plugin-before.plugin, o.ThroughputN)
 		}
 	}
-	if lifecycles, err = e.settle(deletes + float64(o.ThroughputN*len(o.Parallelism))); err != nil {
+	return nil
+}
+
+// measureThroughputCell is one kind at one parallelism p.
+func measureThroughputCell(ctx context.Context, e *env, o *options, res *results, k benchKind, p int) error {
+	before, err := e.cpuTimes()
+	if err != nil {
 		return err
 	}
-	deletes = lifecycles.methodCount["NetworkDriver.DeleteEndpoint"]
-
-	if err := measureScale(ctx, e, o, res, cniplugLifecycle); err != nil {
+	wall, err := parallel(o.ThroughputN, p, func(int) error {
+		_, err := timed(exec.CommandContext(ctx, "docker", e.dockerRunArgs(k.network, false)...))
+		return err
+	})
+	if err != nil {
 		return err
 	}
+	res.Throughput[k.name][p] = float64(o.ThroughputN) / wall.Seconds()
+	// The CPU of the cell includes its background removals.
+	e.quiesce()
+	after, err := e.cpuTimes()
+	if err != nil {
+		return err
+	}
+	res.addCPU(k.name, after.machine-before.machine, after.plugin-before.plugin, o.ThroughputN)
+	return nil
+}
 
+// measureOutsideDocker runs what is measured without Docker, unless skipped: the Go benchmarks and Podman.
+func measureOutsideDocker(ctx context.Context, e *env, o *options, res *results) error {
 	if !o.SkipGoBench {
 		e.logf("Go benchmarks: raw libcni ADD+DEL and the cnibridge lifecycle, %d iterations", o.GoBenchN)
 		gb, err := goBench(ctx, e, o.GoBenchN, o.LiveSmall, o.LiveLarge)
