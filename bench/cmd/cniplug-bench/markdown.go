@@ -30,9 +30,28 @@ func liveBench(n int) string { return fmt.Sprintf("BenchmarkLibcniAddDelLive/liv
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
+// printf writes to the report being built.
+type printf func(format string, args ...any)
+
+// markdown is results.md: each section in turn.
 func (r *results) markdown() string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	r.mdSetup(w)
+	r.mdTargets(w)
+	r.mdLifecycles(w)
+	r.mdInsideCniplug(w)
+	r.mdThroughput(w)
+	r.mdScale(w)
+	r.mdPodman(w)
+	if len(r.Leaks) > 0 {
+		w("\n**Left behind on the host:** %s\n", strings.Join(r.Leaks, ", "))
+	}
+	return b.String()
+}
+
+// mdSetup is the heading, the host, the networks measured and their conflist.
+func (r *results) mdSetup(w printf) {
 	o := r.Options
 	w("## Benchmark results (%s)\n\n", r.Started.Format("2006-01-02 15:04 UTC"))
 	w("Host: %s CPUs (%s), kernel %s, dockerd %s, %s", r.Host["cpus"], r.Host["cpu"], r.Host["kernel"], r.Host["dockerd"], r.Host["iptables"])
@@ -56,7 +75,10 @@ func (r *results) markdown() string {
 		w("; veth-only remote driver: a remote driver served by the bench that only creates a veth pair and hands one end to Docker (Docker's IPAM), the floor for a remote driver that hands a link over")
 	}
 	w(":\n\n```json\n%s\n```\n\n", r.Conflist)
+}
 
+// mdTargets is the table of targets, each with PASS or MISS.
+func (r *results) mdTargets(w printf) {
 	w("### Targets\n\n| target | measured | limit | result |\n|---|---|---|---|\n")
 	for _, t := range r.Targets {
 		res := "**PASS**"
@@ -69,10 +91,14 @@ func (r *results) markdown() string {
 		}
 		w("| %s%s | %s | %s | %s |\n", t.Name, note, t.Measured, t.Limit, res)
 	}
+}
 
+// lifecycleColumns are the kinds of the lifecycle table, with their headings, and the kinds compared with
+// Docker's bridge, with theirs: the kinds measured in these results.
+func (r *results) lifecycleColumns() (kinds, heads, ratios, ratioHeads []string) {
 	// The sync-DEL kind only where it was measured (older results.json lack it).
-	kinds, heads := []string{"none", "bridge", "cniplug"}, []string{"`--net=none`", "Docker bridge", "cniplug"}
-	ratios, ratioHeads := []string{"cniplug"}, []string{"cniplug / bridge (p50)"}
+	kinds, heads = []string{"none", "bridge", "cniplug"}, []string{"`--net=none`", "Docker bridge", "cniplug"}
+	ratios, ratioHeads = []string{"cniplug"}, []string{"cniplug / bridge (p50)"}
 	if len(r.RunRM[kindSync]) > 0 || len(r.Pair[kindSync]) > 0 {
 		kinds, heads = append(kinds, kindSync), append(heads, "cniplug, sync DEL")
 		ratios, ratioHeads = append(ratios, kindSync), append(ratioHeads, "sync DEL / bridge (p50)")
@@ -87,6 +113,13 @@ func (r *results) markdown() string {
 		kinds, heads = append(kinds, kindFloor), append(heads, "veth-only remote driver")
 		ratios, ratioHeads = append(ratios, kindFloor), append(ratioHeads, "veth-only / bridge (p50)")
 	}
+	return kinds, heads, ratios, ratioHeads
+}
+
+// mdLifecycles is the table of lifecycle wall times by kind, and their ratios to Docker's bridge.
+func (r *results) mdLifecycles(w printf) {
+	o := r.Options
+	kinds, heads, ratios, ratioHeads := r.lifecycleColumns()
 	heads = append(heads, ratioHeads...)
 	w("\n### Container lifecycle, wall time (p50 / p99)\n\n| | %s |\n|---%s|\n", strings.Join(heads, " | "), strings.Repeat("|---", len(heads)))
 	row := func(name string, m map[string]samples, n int) {
@@ -101,7 +134,12 @@ func (r *results) markdown() string {
 	}
 	row("`docker run --rm … true`", r.RunRM, o.Seq)
 	row("`docker run -d … sleep` + `docker rm -f`", r.Pair, o.Pairs)
+}
 
+// mdInsideCniplug is the time spent in cniplug per lifecycle, by options, from its metrics, and the same
+// conflist's cost without Docker.
+func (r *results) mdInsideCniplug(w printf) {
+	o := r.Options
 	costs, labels := []*cost{&r.cost}, []string{"default"}
 	for _, su := range speedUps {
 		if d := r.KindCosts[su.kind]; d != nil && len(d.Overhead) > 0 {
@@ -129,7 +167,11 @@ func (r *results) markdown() string {
 			"cnibridge's lifecycle (staging netns, ADD, read back, move to host and back, DEL) **%s**, i.e. %s of its own.\n",
 			o.GoBenchN, ms(lib), ms(rl), ms(rl-lib))
 	}
+}
 
+// mdThroughput is the table of lifecycles per second by parallelism, and the CPU they took.
+func (r *results) mdThroughput(w printf) {
+	o := r.Options
 	w("\n### Throughput, `docker run --rm` (%d lifecycles per cell)\n\n| parallel | Docker bridge | cniplug | cniplug / bridge |\n|---|---|---|---|\n", o.ThroughputN)
 	for _, p := range o.Parallelism {
 		br, cn := r.Throughput["bridge"][p], r.Throughput["cniplug"][p]
@@ -141,7 +183,11 @@ func (r *results) markdown() string {
 			"(its own CPU time and its children's).\n",
 			ms(br.Machine/float64(br.Lifecycles)), ms(cn.Machine/float64(cn.Lifecycles)), ms(cn.Plugin/float64(cn.Lifecycles)))
 	}
+}
 
+// mdScale is the table of cniplug's costs by live endpoints.
+func (r *results) mdScale(w printf) {
+	o := r.Options
 	w("\n### Scale: cniplug with many live endpoints (n=%d per point)\n\n", o.LiveSamples)
 	w("| live endpoints | `docker run --rm` p50 | time in cniplug p50 | overhead p50 | plugin RSS |\n|---|---|---|---|---|\n")
 	w("| 0 | | | | %s |\n", mib(r.RSS[0]))
@@ -155,27 +201,37 @@ func (r *results) markdown() string {
 		w("| %d | %s | %s | %s | %s |\n", n, ms(p.Wall.p50()), ms(p.InPlugin.p50()), ms(p.Overhead.p50()), mib(r.RSS[n]))
 	}
 	if len(points) == 2 {
-		a, z := r.Scale[points[0]], r.Scale[points[1]]
-		var calls []string
-		for c := range z.PerCall {
-			calls = append(calls, c)
-		}
-		sort.Strings(calls)
-		w("\nMean time per Docker call at %d → %d endpoints: ", points[0], points[1])
-		var parts []string
-		for _, c := range calls {
-			if a.PerCall[c] >= 0.0005 || z.PerCall[c] >= 0.0005 {
-				parts = append(parts, fmt.Sprintf("%s %s → %s", strings.SplitN(c, ".", 2)[1], ms(a.PerCall[c]), ms(z.PerCall[c])))
-			}
-		}
-		w("%s.\n", strings.Join(parts, ", "))
-		small, large := r.GoBench[liveBench(points[0])], r.GoBench[liveBench(points[1])]
-		if small > 0 && large > 0 {
-			w("\nThe CNI plugins alone (Go benchmark, raw libcni ADD+DEL of the same conflist with that many other attachments alive, no Docker, no cniplug): "+
-				"%s at %d, %s at %d, **%.2fx**.\n", ms(small), points[0], ms(large), points[1], large/small)
+		r.mdScaleGrowth(w, points)
+	}
+}
+
+// mdScaleGrowth is how the time per Docker call, and the CNI plugins' own time, grew from the small to the
+// large number of live endpoints (the two points).
+func (r *results) mdScaleGrowth(w printf, points []int) {
+	a, z := r.Scale[points[0]], r.Scale[points[1]]
+	var calls []string
+	for c := range z.PerCall {
+		calls = append(calls, c)
+	}
+	sort.Strings(calls)
+	w("\nMean time per Docker call at %d → %d endpoints: ", points[0], points[1])
+	var parts []string
+	for _, c := range calls {
+		if a.PerCall[c] >= 0.0005 || z.PerCall[c] >= 0.0005 {
+			parts = append(parts, fmt.Sprintf("%s %s → %s", strings.SplitN(c, ".", 2)[1], ms(a.PerCall[c]), ms(z.PerCall[c])))
 		}
 	}
+	w("%s.\n", strings.Join(parts, ", "))
+	small, large := r.GoBench[liveBench(points[0])], r.GoBench[liveBench(points[1])]
+	if small > 0 && large > 0 {
+		w("\nThe CNI plugins alone (Go benchmark, raw libcni ADD+DEL of the same conflist with that many other attachments alive, no Docker, no cniplug): "+
+			"%s at %d, %s at %d, **%.2fx**.\n", ms(small), points[0], ms(large), points[1], large/small)
+	}
+}
 
+// mdPodman compares Podman's network cost with Docker's and cniplug's, on the same conflist.
+func (r *results) mdPodman(w printf) {
+	o := r.Options
 	w("\n### Podman, same conflist (n=%d each)\n\n", o.PodmanN)
 	if p := r.Podman; p == nil {
 		w("Not measured (-skip-podman).\n")
@@ -187,8 +243,4 @@ func (r *results) markdown() string {
 		w("| Docker + cniplug (`docker run --rm`) | %s | %s | %s |\n", ms(r.RunRM["none"].p50()), ms(r.RunRM["cniplug"].p50()), ms(r.RunRM["cniplug"].p50()-r.RunRM["none"].p50()))
 		w("| Docker's own bridge, for reference | %s | %s | %s |\n", ms(r.RunRM["none"].p50()), ms(r.RunRM["bridge"].p50()), ms(r.RunRM["bridge"].p50()-r.RunRM["none"].p50()))
 	}
-	if len(r.Leaks) > 0 {
-		w("\n**Left behind on the host:** %s\n", strings.Join(r.Leaks, ", "))
-	}
-	return b.String()
 }
