@@ -42,10 +42,16 @@ func (d *Driver) GetCapabilities(context.Context, *struct{}) (*network.Capabilit
 
 // Nothing to do for the calls below on a local-scope driver that lets CNI own connectivity.
 
-func (d *Driver) AllocateNetwork(context.Context, *network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+func (d *Driver) AllocateNetwork(_ context.Context, req *network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+	if err := checkNetworkID(req.NetworkID); err != nil {
+		return nil, d.invalid(err)
+	}
 	return &network.AllocateNetworkResponse{}, nil
 }
-func (d *Driver) FreeNetwork(context.Context, *network.FreeNetworkRequest) (*struct{}, error) {
+func (d *Driver) FreeNetwork(_ context.Context, req *network.FreeNetworkRequest) (*struct{}, error) {
+	if err := checkNetworkID(req.NetworkID); err != nil {
+		return nil, d.invalid(err)
+	}
 	return nil, nil
 }
 func (d *Driver) DiscoverNew(context.Context, *network.DiscoveryNotification) (*struct{}, error) {

@@ -18,6 +18,9 @@ import (
 // tells Docker the address and MAC it got, for whichever fields Docker's IPAM left empty. The request becomes
 // a plan, which attach applies, checks and, on failure, rolls back.
 func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	if err := validateCreateEndpoint(req); err != nil {
+		return nil, d.invalid(err)
+	}
 	nw, err := d.store.Network(req.NetworkID)
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "unknown to %s (its state was lost?): %w", d.name, err)
@@ -185,6 +188,9 @@ func endpointResponse(want network.EndpointInterface, a *state.Attachment) *netw
 
 // DeleteEndpoint tears the endpoint's attachment down. An endpoint cniplug does not know is already gone.
 func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpointRequest) (*struct{}, error) {
+	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, d.invalid(err)
+	}
 	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
 	if errors.Is(err, state.ErrNotFound) {
 		return nil, nil
@@ -210,6 +216,9 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 
 // EndpointInfo reports where the endpoint's attachment lives.
 func (d *Driver) EndpointInfo(ctx context.Context, req *network.InfoRequest) (*network.InfoResponse, error) {
+	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, d.invalid(err)
+	}
 	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
 	if err != nil {
 		return &network.InfoResponse{Value: map[string]string{}}, nil

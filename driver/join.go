@@ -12,6 +12,9 @@ import (
 
 // Join hands the CNI-created link to Docker through the host netns, with the gateway and routes CNI set up.
 func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
+	if err := validateJoin(req); err != nil {
+		return nil, d.invalid(err)
+	}
 	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "endpoint %s has no CNI attachment: %w", naming.ShortID(req.EndpointID), err)
@@ -96,14 +99,23 @@ const routeConnected = 1
 // Leave needs no work: libnetwork itself moves the link back to the host netns under SrcName, where
 // DeleteEndpoint's teardown picks it up.
 func (d *Driver) Leave(ctx context.Context, req *network.LeaveRequest) (*struct{}, error) {
+	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, d.invalid(err)
+	}
 	return nil, nil
 }
 
 // Connectivity outside the network is the CNI network's: nothing to program or revoke.
 
-func (d *Driver) ProgramExternalConnectivity(context.Context, *network.ProgramExternalConnectivityRequest) (*struct{}, error) {
+func (d *Driver) ProgramExternalConnectivity(_ context.Context, req *network.ProgramExternalConnectivityRequest) (*struct{}, error) {
+	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, d.invalid(err)
+	}
 	return nil, nil
 }
-func (d *Driver) RevokeExternalConnectivity(context.Context, *network.RevokeExternalConnectivityRequest) (*struct{}, error) {
+func (d *Driver) RevokeExternalConnectivity(_ context.Context, req *network.RevokeExternalConnectivityRequest) (*struct{}, error) {
+	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, d.invalid(err)
+	}
 	return nil, nil
 }

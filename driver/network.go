@@ -17,6 +17,9 @@ import (
 // that the addressing Docker chose can work with the CNI network, validates the combination and records it.
 // The conflist bytes are recorded so later edits of the file cannot break DEL of existing attachments.
 func (d *Driver) CreateNetwork(ctx context.Context, req *network.CreateNetworkRequest) (*struct{}, error) {
+	if err := validateCreateNetwork(req); err != nil {
+		return nil, d.invalid(err)
+	}
 	if _, err := d.store.Network(req.NetworkID); err == nil {
 		return nil, nil // Docker may replay CreateNetwork for a network it already created
 	}
@@ -252,6 +255,9 @@ func (d *Driver) checkCNIPool(nw *cnibridge.Network, pool string) error {
 
 // DeleteNetwork forgets the network, tearing down any attachment Docker did not delete first.
 func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRequest) (*struct{}, error) {
+	if err := checkNetworkID(req.NetworkID); err != nil {
+		return nil, d.invalid(err)
+	}
 	if err := d.mgr.RemoveNetwork(ctx, req.NetworkID); err != nil {
 		return nil, d.errorf(req.NetworkID, "removing leftover attachments: %w", err)
 	}
