@@ -71,6 +71,9 @@ func (p *Ipam) GetDefaultAddressSpaces(context.Context, *struct{}) (*ipam.Addres
 // range (0.0.0.0/0 when its IPAM declares none, e.g. Calico or DHCP), and the gateway is given in the pool
 // data so that Docker does not allocate one: the CNI network owns every address.
 func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*ipam.RequestPoolResponse, error) {
+	if err := validateRequestPool(req); err != nil {
+		return nil, p.errorf("%w", err)
+	}
 	if req.SubPool != "" {
 		return nil, p.errorf("--ip-range is not supported: the CNI network chooses addresses from its own ranges")
 	}
@@ -110,7 +113,7 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 		// check; the CNI IPAM still owns every address. With --subnet Docker skips the check.
 		cidr, gateway = "0.0.0.0/0", "0.0.0.0/0"
 	}
-	pool := &state.Pool{ID: "cniplug-" + naming.RandomID()[:24], CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr, V6: req.V6, Extra: extra,
+	pool := &state.Pool{ID: newPoolID(), CNIName: nw.Name, Conflist: nw.Bytes, CIDR: cidr, V6: req.V6, Extra: extra,
 		Created: time.Now().UTC()}
 	if !req.V6 {
 		pool.Warm = warm // the IPv4 request runs the ADD, which assigns both families
@@ -157,6 +160,9 @@ func (p *Ipam) releasedPool(id string) (*state.Pool, error) {
 
 // ReleasePool forgets the pool and tears down addresses allocated from it that no endpoint claimed.
 func (p *Ipam) ReleasePool(ctx context.Context, req *ipam.ReleasePoolRequest) (*struct{}, error) {
+	if err := checkPoolID(req.PoolID); err != nil {
+		return nil, p.errorf("%w", err)
+	}
 	pool, err := p.releasedPool(req.PoolID)
 	if pool == nil {
 		return nil, err
@@ -176,6 +182,9 @@ func (p *Ipam) ReleasePool(ctx context.Context, req *ipam.ReleasePoolRequest) (*
 // RequestAddress runs the CNI ADD (Docker has no other way to learn the address CNI will assign) into a
 // staging netns and keeps the attachment pending until CreateEndpoint claims it by address.
 func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressRequest) (*ipam.RequestAddressResponse, error) {
+	if err := validateRequestAddress(req); err != nil {
+		return nil, p.errorf("%w", err)
+	}
 	pool, err := p.store.Pool(req.PoolID)
 	if err != nil {
 		return nil, p.errorf("unknown pool %q: %w", req.PoolID, err)
@@ -208,7 +217,8 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 	}
 	addReq := cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw}
 	addReq.Args, addReq.CapabilityArgs = pool.Extra.Apply(cnibridge.RequestArgs(nw, requested, mac))
-	addReq.Args = cnibridge.WithContainerName(addReq.Args, req.Options[endpointNameOption])
+	// Docker puts no limit on container names: a long one is shortened (naming.BoundName), never refused.
+	addReq.Args = cnibridge.WithContainerName(addReq.Args, naming.BoundName(req.Options[endpointNameOption]))
 	a, err := p.mgr.Attach(ctx, attach.Plan{
 		Add:   addReq,
 		Owner: state.Attachment{Phase: state.PhasePending, PoolID: pool.ID, RequestMAC: mac},
@@ -255,6 +265,9 @@ func (p *Ipam) requestV6(pool *state.Pool, address, mac string) (*ipam.RequestAd
 // ReleaseAddress tears down a pending attachment nobody claimed; the release Docker sends after deleting an
 // endpoint finds nothing pending (DeleteEndpoint already tore that attachment down).
 func (p *Ipam) ReleaseAddress(ctx context.Context, req *ipam.ReleaseAddressRequest) (*struct{}, error) {
+	if err := validateReleaseAddress(req); err != nil {
+		return nil, p.errorf("%w", err)
+	}
 	pool, err := p.releasedPool(req.PoolID)
 	if pool == nil {
 		return nil, err
