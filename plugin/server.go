@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/admin"
+	"github.com/cniplug/cniplug/naming"
 	"github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/docker/go-plugins-helpers/sdk"
@@ -28,6 +29,18 @@ import (
 
 // MaxRequestBytes bounds a request body; Docker's requests are a few KiB.
 const MaxRequestBytes = 1 << 20
+
+// readBody reads a request's body, at most MaxRequestBytes of it.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
+	if tooLarge := (*http.MaxBytesError)(nil); errors.As(err, &tooLarge) {
+		return nil, fmt.Errorf("request body too large: over the limit of %d bytes (1 MiB); Docker's requests are a few KiB", tooLarge.Limit)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the request body: %w", err)
+	}
+	return data, nil
+}
 
 // NetworkDriver is what cniplug's network driver implements (the helper's interface, with contexts).
 type NetworkDriver interface {
@@ -200,20 +213,31 @@ type requestIDs struct {
 func (ids requestIDs) logAttrs() []any {
 	var attrs []any
 	if ids.NetworkID != "" {
-		attrs = append(attrs, "network", ids.NetworkID)
+		attrs = append(attrs, "network", logID(ids.NetworkID))
 	}
 	if ids.EndpointID != "" {
-		attrs = append(attrs, "endpoint", ids.EndpointID)
+		attrs = append(attrs, "endpoint", logID(ids.EndpointID))
 	}
 	if ids.PoolID != "" {
-		attrs = append(attrs, "pool", ids.PoolID)
+		attrs = append(attrs, "pool", logID(ids.PoolID))
 	}
 	return attrs
 }
 
+// maxLoggedID bounds an ID in a log line: the IDs are checked only after they are logged, and a request may
+// carry an "ID" of a megabyte.
+const maxLoggedID = 80
+
+func logID(id string) string {
+	if len(id) > maxLoggedID {
+		return id[:maxLoggedID] + "..."
+	}
+	return id
+}
+
 // handle decodes the request into Req (and validates it, if Req has a Validate method), calls fn, and encodes
-// its answer. Failures are answered with a non-200
-// status and {"Err": ...}: libnetwork's IPAM client reads a 200 with "Err" as success, so only the status is a
+// its answer. The drivers check each request's fields first thing; a field they refuse (naming.FieldError) is
+// answered 400, like a body that does not decode. Failures are answered with a non-200 status and {"Err": ...}: libnetwork's IPAM client reads a 200 with "Err" as success, so only the status is a
 // reliable failure signal for both driver types. A panic becomes an error response, never a dead plugin.
 // Every log line carries the network, endpoint and pool IDs the request names.
 func handle[Req, Resp any](s *server, method string, decode func([]byte, any) error, fn func(context.Context, *Req) (*Resp, error)) http.HandlerFunc {
@@ -236,7 +260,7 @@ func handle[Req, Resp any](s *server, method string, decode func([]byte, any) er
 				s.observer.ObserveRequest(method, cniNetwork, time.Since(start), failure)
 			}
 		}()
-		data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
+		data, err := readBody(w, r)
 		if err == nil {
 			_ = json.Unmarshal(data, &ids) // best effort: a body that is not an object names no IDs
 			if attrs := ids.logAttrs(); len(attrs) > 0 {
@@ -262,8 +286,12 @@ func handle[Req, Resp any](s *server, method string, decode func([]byte, any) er
 		resp, err := fn(r.Context(), req)
 		if err != nil {
 			failure = err
+			status := http.StatusInternalServerError
+			if fe := (*naming.FieldError)(nil); errors.As(err, &fe) {
+				status = http.StatusBadRequest // a field the driver's checks refused (driver/validate.go, ipam/validate.go)
+			}
 			log.Warn("request failed", "method", method, "duration", time.Since(start), "error", err)
-			writeJSON(w, http.StatusInternalServerError, network.ErrorResponse{Err: err.Error()})
+			writeJSON(w, status, network.ErrorResponse{Err: err.Error()})
 			return
 		}
 		log.Debug("request served", "method", method, "duration", time.Since(start))

@@ -261,6 +261,9 @@ func TestMalformedRequests(t *testing.T) {
 const minimalConflist = `{"cniVersion":"1.0.0","name":"%s","plugins":[{"type":"bridge","bridge":"cnpnever0",
 	"ipam":{"type":"host-local","ranges":[[{"subnet":"10.251.0.0/24"}]]}}]}`
 
+// unknownPool has the form of cniplug's pool IDs but names no pool.
+const unknownPool = "cniplug-000000000000000000000000"
+
 func TestIPAMErrors(t *testing.T) {
 	s, c := errorStack(t, map[string]string{
 		"10-alpha.conflist": fmt.Sprintf(minimalConflist, "alpha"),
@@ -289,8 +292,8 @@ func TestIPAMErrors(t *testing.T) {
 		{"RequestPool plugin binaries missing", "IpamDriver.RequestPool",
 			dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace, Options: map[string]string{"cni": "alpha"}},
 			[]string{`CNI plugin "bridge" not found`}},
-		{"RequestAddress unknown pool", "IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: "cniplug-nope"},
-			[]string{`unknown pool "cniplug-nope"`}},
+		{"RequestAddress unknown pool", "IpamDriver.RequestAddress", dipam.RequestAddressRequest{PoolID: unknownPool},
+			[]string{`unknown pool "` + unknownPool + `"`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -298,8 +301,8 @@ func TestIPAMErrors(t *testing.T) {
 		})
 	}
 	// Releases of what cniplug does not know succeed: Docker retries them and must not get stuck.
-	c.call("IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: "cniplug-nope"}, nil)
-	c.call("IpamDriver.ReleaseAddress", dipam.ReleaseAddressRequest{PoolID: "cniplug-nope", Address: "10.0.0.2"}, nil)
+	c.call("IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: unknownPool}, nil)
+	c.call("IpamDriver.ReleaseAddress", dipam.ReleaseAddressRequest{PoolID: unknownPool, Address: "10.0.0.2"}, nil)
 	if pools, _ := s.Store.Pools(); len(pools) != 0 {
 		t.Fatalf("failed requests recorded pools: %+v", pools)
 	}
@@ -327,7 +330,7 @@ func TestNetworkDriverErrors(t *testing.T) {
 			[]string{"missing --opt cni=<name>"}},
 		{"CreateNetwork unknown option", "NetworkDriver.CreateNetwork",
 			network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": "alpha", "mtu": "1400"}), IPv4Data: v4},
-			[]string{"unknown option(s) mtu", "--opt accepts cni=<CNI network>, async-delete, host-firewall, direct-join, cni.args."}},
+			[]string{"unknown option(s) mtu", "--opt accepts cni=<CNI network>, async-delete, host-firewall, direct-join, ", "cni.args."}},
 		{"CreateNetwork non-string option", "NetworkDriver.CreateNetwork",
 			network.CreateNetworkRequest{NetworkID: nid, Options: genericOpts(map[string]any{"cni": 7}), IPv4Data: v4},
 			[]string{`option "cni" must be a string`}},
@@ -355,6 +358,47 @@ func TestNetworkDriverErrors(t *testing.T) {
 	// Deleting what cniplug does not know succeeds (Docker retries, and gets stuck on errors).
 	c.call("NetworkDriver.DeleteEndpoint", network.DeleteEndpointRequest{NetworkID: nid, EndpointID: naming.RandomID()}, nil)
 	c.call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil)
+}
+
+// TestInvalidFields: the drivers refuse requests whose fields are not what Docker sends, with a 400 whose Err
+// names the field and its rule, before acting on them.
+func TestInvalidFields(t *testing.T) {
+	s, c := errorStack(t, map[string]string{"10-alpha.conflist": fmt.Sprintf(minimalConflist, "alpha")})
+	nid, eid := naming.RandomID(), naming.RandomID()
+	for _, tc := range []struct {
+		name, path string
+		req        any
+		want       string
+	}{
+		{"NetworkID with a path", "NetworkDriver.CreateNetwork",
+			network.CreateNetworkRequest{NetworkID: "../../../../tmp/x", Options: genericOpts(map[string]any{"cni": "alpha"}),
+				IPv4Data: []*network.IPAMData{{AddressSpace: "null", Pool: "0.0.0.0/0"}}},
+			`cniplug: invalid NetworkID "../../../../tmp/x": want a Docker network ID of 64 lowercase hex digits`},
+		{"MacAddress with IP=", "NetworkDriver.CreateEndpoint",
+			network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, Interface: &network.EndpointInterface{MacAddress: "02:00:00:5b:00:77;IP=10.91.0.200"}},
+			`invalid MacAddress "02:00:00:5b:00:77;IP=10.91.0.200": want six hex bytes like 02:42:ac:11:00:02`},
+		{"SandboxKey of the host", "NetworkDriver.Join",
+			network.JoinRequest{NetworkID: nid, EndpointID: eid, SandboxKey: "/proc/1/ns/net"},
+			`invalid SandboxKey "/proc/1/ns/net": want the path of a network namespace in Docker's /var/run/docker/netns`},
+		{"EndpointID with a path", "NetworkDriver.DeleteEndpoint",
+			network.DeleteEndpointRequest{NetworkID: nid, EndpointID: "../x"}, `invalid EndpointID "../x"`},
+		{"PoolID not cniplug's", "IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: "../x"}, `cniplug IPAM: invalid PoolID "../x"`},
+		{"IPAM MAC with IP=", "IpamDriver.RequestAddress",
+			dipam.RequestAddressRequest{PoolID: unknownPool, Options: map[string]string{"com.docker.network.endpoint.macaddress": "02:00:00:5b:00:77;IP=10.91.0.200"}},
+			`invalid option com.docker.network.endpoint.macaddress "02:00:00:5b:00:77;IP=10.91.0.200"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := c.raw(http.MethodPost, "/"+tc.path, mustMarshal(t, tc.req))
+			var e network.ErrorResponse
+			if err := json.Unmarshal(body, &e); err != nil || status != http.StatusBadRequest {
+				t.Fatalf("status %d body %s; want 400", status, body)
+			}
+			wantContains(t, "Err", e.Err, tc.want)
+		})
+	}
+	if nws, _ := s.Store.Networks(); len(nws) != 0 {
+		t.Fatalf("refused requests recorded networks: %+v", nws)
+	}
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -506,7 +550,7 @@ func (e *cniEnv) joinAndLeave(t *testing.T, nid, eid, mac string) {
 	}
 	// Join is retried by nothing, but calling it twice must not break the link (MoveToHost is idempotent).
 	var again network.JoinResponse
-	e.c.call("NetworkDriver.Join", network.JoinRequest{NetworkID: nid, EndpointID: eid}, &again)
+	e.c.call("NetworkDriver.Join", network.JoinRequest{NetworkID: nid, EndpointID: eid, SandboxKey: "/var/run/docker/netns/" + eid[:12]}, &again)
 	if again.InterfaceName.SrcName != jr.InterfaceName.SrcName {
 		t.Errorf("second Join SrcName %q, first %q", again.InterfaceName.SrcName, jr.InterfaceName.SrcName)
 	}
@@ -786,7 +830,7 @@ func TestDeleteNetworkRemovesLeftovers(t *testing.T) {
 	var ep network.CreateEndpointResponse
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: joined, Interface: &network.EndpointInterface{}}, &ep)
 	c.call("NetworkDriver.CreateEndpoint", network.CreateEndpointRequest{NetworkID: nid, EndpointID: idle, Interface: &network.EndpointInterface{}}, nil)
-	c.call("NetworkDriver.Join", network.JoinRequest{NetworkID: nid, EndpointID: joined}, nil)
+	c.call("NetworkDriver.Join", network.JoinRequest{NetworkID: nid, EndpointID: joined, SandboxKey: "/var/run/docker/netns/" + joined[:12]}, nil)
 	c.call("NetworkDriver.DeleteNetwork", network.DeleteNetworkRequest{NetworkID: nid}, nil)
 	e.finish(t)
 }
