@@ -26,12 +26,27 @@ var (
 
 // chart draws the lifecycle wall times and the throughput side by side.
 func (r *results) chart(path string) error {
-	type bar struct {
-		label string
-		value float64
-		col   color.Color
+	left, err := lifecyclePlot(r.lifecycleBars())
+	if err != nil {
+		return err
 	}
-	bars := []bar{
+	right, err := r.throughputPlot()
+	if err != nil {
+		return err
+	}
+	return writeSideBySide(path, left, right)
+}
+
+// chartBar is one bar of the lifecycle plot.
+type chartBar struct {
+	label string
+	value float64
+	col   color.Color
+}
+
+// lifecycleBars are the p50 wall times of the kinds measured, top to bottom in reading order.
+func (r *results) lifecycleBars() []chartBar {
+	bars := []chartBar{
 		{"run --rm: none", r.RunRM["none"].p50(), colNone},
 		{"run --rm: Docker bridge", r.RunRM["bridge"].p50(), colBridge},
 		{"run --rm: cniplug", r.RunRM["cniplug"].p50(), colCniplug},
@@ -48,7 +63,7 @@ func (r *results) chart(path string) error {
 		{"run -d + rm -f: cniplug warm pool + direct-join", r.Pair[kindWarm].p50(), colWarm},
 	}
 	if p := r.Podman; p != nil && p.Error == "" {
-		bars = append(bars, bar{"podman run --rm: none", p.None.p50(), colNone}, bar{"podman run --rm: CNI", p.CNI.p50(), colPodman})
+		bars = append(bars, chartBar{"podman run --rm: none", p.None.p50(), colNone}, chartBar{"podman run --rm: CNI", p.CNI.p50(), colPodman})
 	}
 	// Kinds not measured (the async-delete one in older results.json) get no bar.
 	kept := bars[:0]
@@ -62,6 +77,11 @@ func (r *results) chart(path string) error {
 	for i, j := 0, len(bars)-1; i < j; i, j = i+1, j-1 {
 		bars[i], bars[j] = bars[j], bars[i]
 	}
+	return bars
+}
+
+// lifecyclePlot draws the bars horizontally, each labelled with its value.
+func lifecyclePlot(bars []chartBar) (*plot.Plot, error) {
 	left := plot.New()
 	left.Title.Text = "Container lifecycle, p50 wall time"
 	left.X.Label.Text = "seconds"
@@ -77,7 +97,7 @@ func (r *results) chart(path string) error {
 		vals[i] = b.value
 		bc, err := plotter.NewBarChart(vals, vg.Points(14))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		bc.Horizontal = true
 		bc.Color = b.col
@@ -87,7 +107,11 @@ func (r *results) chart(path string) error {
 	}
 	left.NominalY(labels...)
 	left.Add(plotter.NewGrid())
+	return left, nil
+}
 
+// throughputPlot draws the throughput of Docker's bridge and cniplug by parallelism, side by side.
+func (r *results) throughputPlot() (*plot.Plot, error) {
 	right := plot.New()
 	right.Title.Text = "Throughput, docker run --rm"
 	right.Y.Label.Text = "lifecycles / s"
@@ -103,12 +127,12 @@ func (r *results) chart(path string) error {
 	w := vg.Points(18)
 	brBars, err := plotter.NewBarChart(brVals, w)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	brBars.Color, brBars.LineStyle.Width, brBars.Offset = colBridge, 0, -w/2
 	cnBars, err := plotter.NewBarChart(cnVals, w)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cnBars.Color, cnBars.LineStyle.Width, cnBars.Offset = colCniplug, 0, w/2
 	right.Add(brBars, cnBars)
@@ -122,7 +146,11 @@ func (r *results) chart(path string) error {
 		maxT = math.Max(maxT, v)
 	}
 	right.Y.Max = maxT * 1.3 // room for the legend
+	return right, nil
+}
 
+// writeSideBySide writes the two plots side by side as a PNG.
+func writeSideBySide(path string, left, right *plot.Plot) error {
 	img := vgimg.New(vg.Points(960), vg.Points(360))
 	dc := draw.New(img)
 	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Points(16), PadTop: vg.Points(8), PadBottom: vg.Points(8), PadLeft: vg.Points(8), PadRight: vg.Points(8)}
