@@ -139,29 +139,49 @@ func dataPath(ctx context.Context, c *cluster.Cluster, o *options, k kind, kr *k
 	}()
 	var tasks [2]task
 	for i := range tasks {
-		n := c.Nodes[i]
-		err := poll(ctx, o.Timeout, svc+"'s task running on "+n.Name, func() (bool, error) {
-			id, err := n.DockerE("ps", "-q", "--filter", "label=com.docker.swarm.service.name="+svc)
-			if err != nil || id == "" {
-				return false, err
-			}
-			tasks[i].id = strings.Fields(id)[0]
-			return true, nil
-		})
-		if err != nil {
+		if tasks[i], err = runningTask(ctx, c.Nodes[i], svc, k.Network, o.Timeout); err != nil {
 			return err
 		}
-		out, err := n.DockerE("inspect", "-f", fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).IPAddress}} {{.State.Pid}}`, k.Network), tasks[i].id)
-		if err != nil {
-			return err
-		}
-		f := strings.Fields(out)
-		if len(f) != 2 {
-			return fmt.Errorf("%s: %s: no address on %s: %q", n.Name, tasks[i].id, k.Network, out)
-		}
-		tasks[i].node, tasks[i].ip, tasks[i].pid = n, f[0], f[1]
 	}
 	a, b := tasks[0], tasks[1]
+	if err := measurePing(k, o, a, b, kr); err != nil {
+		return err
+	}
+	if err := measureIperf(ctx, k, o, a, b, kr); err != nil {
+		return err
+	}
+	logf("%s: ping avg %.3f ms, p50 %.3f ms; %.2f Gbit/s", k.Name, kr.PingAvgMs, samples(kr.PingRTTMs).p50(), kr.Gbps)
+	return nil
+}
+
+// runningTask waits, up to timeout, for svc's task container on n, and reads its address on network and its pid.
+func runningTask(ctx context.Context, n *cluster.Node, svc, network string, timeout time.Duration) (task, error) {
+	t := task{node: n}
+	err := poll(ctx, timeout, svc+"'s task running on "+n.Name, func() (bool, error) {
+		id, err := n.DockerE("ps", "-q", "--filter", "label=com.docker.swarm.service.name="+svc)
+		if err != nil || id == "" {
+			return false, err
+		}
+		t.id = strings.Fields(id)[0]
+		return true, nil
+	})
+	if err != nil {
+		return t, err
+	}
+	out, err := n.DockerE("inspect", "-f", fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).IPAddress}} {{.State.Pid}}`, network), t.id)
+	if err != nil {
+		return t, err
+	}
+	f := strings.Fields(out)
+	if len(f) != 2 {
+		return t, fmt.Errorf("%s: %s: no address on %s: %q", n.Name, t.id, network, out)
+	}
+	t.ip, t.pid = f[0], f[1]
+	return t, nil
+}
+
+// measurePing pings b from a and records the round trips, their average and the loss in kr.
+func measurePing(k kind, o *options, a, b task, kr *kindResult) error {
 	logf("%s: ping %s (%s) -> %s (%s)", k.Name, a.ip, a.node.Name, b.ip, b.node.Name)
 
 	// A first packet resolves neighbours (and, on the overlay, the peer's VTEP); not part of the sample.
@@ -173,13 +193,18 @@ func dataPath(ctx context.Context, c *cluster.Cluster, o *options, k kind, kr *k
 	if kr.PingRTTMs, kr.PingAvgMs, kr.PingLoss, err = parsePing(out); err != nil {
 		return err
 	}
+	return nil
+}
 
+// measureIperf runs iperf3 from a to a one-off server in b's netns and records the throughput and the
+// retransmits in kr.
+func measureIperf(ctx context.Context, k kind, o *options, a, b task, kr *kindResult) error {
 	logf("%s: iperf3 %s -> %s for %ds", k.Name, a.ip, b.ip, o.IperfSec)
 	if out, err := b.node.Command("nsenter", "-t", b.pid, "-n", "iperf3", "-s", "-1", "-D").CombinedOutput(); err != nil {
 		return fmt.Errorf("%s: iperf3 -s: %v: %s", b.node.Name, err, out)
 	}
 	var report []byte
-	err = poll(ctx, 10*time.Second, "iperf3 connecting", func() (bool, error) {
+	err := poll(ctx, 10*time.Second, "iperf3 connecting", func() (bool, error) {
 		out, err := a.node.Command("nsenter", "-t", a.pid, "-n", "iperf3", "-c", b.ip, "-t", strconv.Itoa(o.IperfSec), "-J").Output()
 		if err != nil && strings.Contains(string(out), "Connection refused") {
 			return false, nil // the server is not listening yet
@@ -208,7 +233,6 @@ func dataPath(ctx context.Context, c *cluster.Cluster, o *options, k kind, kr *k
 	}
 	kr.Gbps = ir.End.SumReceived.BitsPerSecond / 1e9
 	kr.Retransmits = ir.End.SumSent.Retransmits
-	logf("%s: ping avg %.3f ms, p50 %.3f ms; %.2f Gbit/s", k.Name, kr.PingAvgMs, samples(kr.PingRTTMs).p50(), kr.Gbps)
 	return nil
 }
 
