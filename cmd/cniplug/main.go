@@ -20,7 +20,9 @@ import (
 	"github.com/cniplug/cniplug/dhcpdaemon"
 	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/driver"
+	"github.com/cniplug/cniplug/hostfw"
 	"github.com/cniplug/cniplug/ipam"
+	"github.com/cniplug/cniplug/metrics"
 	"github.com/cniplug/cniplug/netrules"
 	"github.com/cniplug/cniplug/plugin"
 	"github.com/cniplug/cniplug/state"
@@ -129,30 +131,12 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 		return err
 	}
 	m := newMetrics(store)
-	runner, err := cnibridge.NewRunner(cnibridge.Config{
-		BinDirs:  filepath.SplitList(c.binDirs),
-		CacheDir: c.cacheDir,
-		NetNSDir: c.netnsDir,
-		Owner:    name,
-		Timeout:  c.cniTimeout,
-		Logger:   log,
-
-		ExecObserver: m,
-		PluginPATH:   iptables.PATH(os.Getenv("PATH")),
-	})
+	runner, err := newRunner(c, name, iptables, m, log)
 	if err != nil {
 		return err
 	}
 	defer runner.Close()
-	v4, v6 := iptables.IPTables()
-	// The dhcp IPAM plugin's daemon on its default socket, started when a DHCP network first needs it.
-	// Its DHCP client retransmits after a quarter of the CNI deadline, so a lost first DISCOVER (a link that
-	// just came up) is sent again well within the ADD.
-	leases := dhcpdaemon.New(dhcpdaemon.Config{BinDirs: filepath.SplitList(c.binDirs), StateDir: c.stateDir, Logger: log,
-		RequestTimeout: max(c.cniTimeout/4, time.Second)})
-	mgr := attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6,
-		FirewallInstance: netrules.Instance(c.stateDir),
-		RemovalObserver:  m, WarmFillObserver: m, LeaseDaemon: leases})
+	mgr := newManager(c, store, runner, iptables, m, log)
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)
@@ -185,6 +169,34 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 		log.Warn("stopping with a warm pool's ADD unfinished; the next start removes it", "error", werr)
 	}
 	return err
+}
+
+// newRunner is the CNI runner: the plugins of the bin dirs, run with the PATH of the iptables chosen.
+func newRunner(c *config, name string, iptables hostfw.Selection, m *metrics.Metrics, log *slog.Logger) (*cnibridge.Runner, error) {
+	return cnibridge.NewRunner(cnibridge.Config{
+		BinDirs:  filepath.SplitList(c.binDirs),
+		CacheDir: c.cacheDir,
+		NetNSDir: c.netnsDir,
+		Owner:    name,
+		Timeout:  c.cniTimeout,
+		Logger:   log,
+
+		ExecObserver: m,
+		PluginPATH:   iptables.PATH(os.Getenv("PATH")),
+	})
+}
+
+// newManager is the attachment manager, with the host's firewall and the dhcp daemon's supervisor.
+func newManager(c *config, store *state.Store, runner *cnibridge.Runner, iptables hostfw.Selection, m *metrics.Metrics, log *slog.Logger) *attach.Manager {
+	v4, v6 := iptables.IPTables()
+	// The dhcp IPAM plugin's daemon on its default socket, started when a DHCP network first needs it.
+	// Its DHCP client retransmits after a quarter of the CNI deadline, so a lost first DISCOVER (a link that
+	// just came up) is sent again well within the ADD.
+	leases := dhcpdaemon.New(dhcpdaemon.Config{BinDirs: filepath.SplitList(c.binDirs), StateDir: c.stateDir, Logger: log,
+		RequestTimeout: max(c.cniTimeout/4, time.Second)})
+	return attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6,
+		FirewallInstance: netrules.Instance(c.stateDir),
+		RemovalObserver:  m, WarmFillObserver: m, LeaseDaemon: leases})
 }
 
 // reconcileMinAge leaves alone anything young enough to belong to a Docker call still in flight.
