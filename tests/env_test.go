@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -301,12 +302,24 @@ func requireSuite(t *testing.T) {
 }
 
 // pluginSeesContainerNetns reports whether the plugin can open the container netns path Docker sends at Join:
-// always in host mode; for the managed plugin only when the host's mounts propagate into it (root mount
-// shared, as systemd makes it), since dockerd mounts each container's netns after the plugin started.
+// always in host mode; for the managed plugin only when the host's mounts propagate into it, since dockerd
+// mounts each container's netns after the plugin started. A shared root mount (as systemd makes it) is needed
+// but, with some engine and kernel combinations, not enough: the answer is probed once, by looking for a
+// fresh container's netns mount in the plugin's own mount table.
 func pluginSeesContainerNetns() bool {
 	if !env.managed {
 		return true
 	}
+	propagationOnce.Do(func() { propagationSeen = rootMountShared() && probePropagation() })
+	return propagationSeen
+}
+
+var (
+	propagationOnce sync.Once
+	propagationSeen bool
+)
+
+func rootMountShared() bool {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return false
@@ -323,6 +336,33 @@ func pluginSeesContainerNetns() bool {
 				}
 			}
 			return false
+		}
+	}
+	return false
+}
+
+// probePropagation starts a container without a network and looks for its netns mount in the mount table of
+// every cniplug process in another mount namespace (the managed plugin's).
+func probePropagation() bool {
+	name := testutil.UniqueName("probe")
+	if out, err := exec.Command("docker", "run", "-d", "--name", name, "--net", "none", image, "sleep", "30").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "propagation probe: %v: %s\n", err, out)
+		return false
+	}
+	defer exec.Command("docker", "rm", "-f", name).Run()
+	out, err := exec.Command("docker", "inspect", "-f", "{{.NetworkSettings.SandboxKey}}", name).Output()
+	if err != nil {
+		return false
+	}
+	netnsName := filepath.Base(strings.TrimSpace(string(out)))
+	self, _ := os.Readlink("/proc/self/ns/mnt")
+	for _, pid := range testutil.PidsMatching("cniplug") {
+		if ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); ns == "" || ns == self {
+			continue
+		}
+		mounts, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+		if err == nil && strings.Contains(string(mounts), "/docker/netns/"+netnsName+" ") {
+			return true
 		}
 	}
 	return false
