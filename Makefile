@@ -84,6 +84,11 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime 30s ./cniargs/
 	$(GO) test -run XXX -fuzz FuzzDecodeStrict -fuzztime 30s ./plugin/
 	$(GO) test -run XXX -fuzz FuzzAdminHandler -fuzztime 30s ./plugin/
+	$(GO) test -run XXX -fuzz FuzzCheckMAC -fuzztime 30s ./naming/
+	$(GO) test -run XXX -fuzz FuzzBoundName -fuzztime 30s ./naming/
+	$(GO) test -run XXX -fuzz FuzzCheckNetworkID -fuzztime 30s ./driver/
+	$(GO) test -run XXX -fuzz FuzzCheckSandboxKey -fuzztime 30s ./driver/
+	$(GO) test -run XXX -fuzz FuzzValidateRequestAddress -fuzztime 30s ./ipam/
 
 # Benchmark against Docker's bridge, --net=none and Podman (root, dockerd; ~10 min on 2 cores): writes
 # bench/out/results.md, results.json and chart.png. It changes links, netns and iptables, so it takes the
