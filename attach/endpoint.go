@@ -62,6 +62,13 @@ func (w Want) check(got cnibridge.Interface) error {
 // and publishes the ports. Whatever fails after the attachment exists removes it again through Remove, so a
 // failed request leaves nothing behind.
 func (m *Manager) Attach(ctx context.Context, p Plan) (*state.Attachment, error) {
+	if p.Owner.EndpointID != "" {
+		unlock := m.endpoints.lock(p.Owner.EndpointID)
+		defer unlock()
+		if a, err := m.store.AttachmentByEndpoint(p.Owner.EndpointID); err == nil {
+			return a, nil // a retried CreateEndpoint, or one sent twice at once: the first one's answer
+		}
+	}
 	var a *state.Attachment
 	var err error
 	if p.Claim.Address != "" {
@@ -216,6 +223,29 @@ func (m *Manager) RemoveNetwork(ctx context.Context, networkID string) error {
 		return err
 	}
 	return m.closeNetworkRules(ctx, networkID)
+}
+
+// RemoveEndpoint tears down the endpoint's attachment (DeleteEndpoint): in the background when later is set and
+// it publishes no ports (the next container may publish the same ones at once), else before it returns. An
+// endpoint cniplug does not know, or one whose removal is under way, is done; a CreateEndpoint of the same
+// endpoint still running is waited for.
+func (m *Manager) RemoveEndpoint(ctx context.Context, endpointID string, later bool) error {
+	unlock := m.endpoints.lock(endpointID)
+	defer unlock()
+	a, err := m.store.AttachmentByEndpoint(endpointID)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	if a.Phase == state.PhaseDeleting {
+		return nil // Docker retried: the removal is already under way
+	}
+	if later && a.HostPorts == nil {
+		return m.RemoveLater(a)
+	}
+	return m.Remove(ctx, a)
 }
 
 // RemovePending removes the attachments cniplug's IPAM allocated from a pool that no endpoint claimed.

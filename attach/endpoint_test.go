@@ -106,3 +106,46 @@ func TestAttachFinishesRemovalHoldingRequestedAddress(t *testing.T) {
 	}
 	testutil.Must(t, s.Manager.Remove(ctx, a))
 }
+
+// Two CreateEndpoint requests for one endpoint at once (dockerd retries; a client can too) run one ADD and get
+// the same answer; RemoveEndpoint then leaves nothing, and a second one is a no-op.
+func TestAttachSameEndpointTwiceAtOnce(t *testing.T) {
+	s, nw := teststack.NewBridge(t)
+	ctx := context.Background()
+	endpoint := naming.RandomID()
+	plan := attach.Plan{
+		Add:   cnibridge.AddRequest{ContainerID: endpoint, Network: nw},
+		Owner: state.Attachment{Phase: state.PhaseEndpoint, NetworkID: "net", EndpointID: endpoint},
+	}
+	type answer struct {
+		a   *state.Attachment
+		err error
+	}
+	answers := make(chan answer, 2)
+	for range 2 {
+		go func() {
+			a, err := s.Manager.Attach(ctx, plan)
+			answers <- answer{a, err}
+		}()
+	}
+	first, second := <-answers, <-answers
+	testutil.Must(t, first.err)
+	testutil.Must(t, second.err)
+	if first.a.Interface.IPv4 == "" || first.a.Interface.IPv4 != second.a.Interface.IPv4 || first.a.Interface.MAC != second.a.Interface.MAC {
+		t.Errorf("the two answers differ: %+v and %+v", first.a.Interface, second.a.Interface)
+	}
+	atts, err := s.Store.Attachments()
+	testutil.Must(t, err)
+	if len(atts) != 1 {
+		t.Errorf("%d attachments recorded for one endpoint, want 1", len(atts))
+	}
+	for range 2 {
+		testutil.Must(t, s.Manager.RemoveEndpoint(ctx, endpoint, false))
+	}
+	if atts, _ := s.Store.Attachments(); len(atts) != 0 {
+		t.Errorf("attachments left after RemoveEndpoint: %+v", atts)
+	}
+	if ents, _ := os.ReadDir(s.NetNSDir); len(ents) != 0 {
+		t.Errorf("staging netns left after RemoveEndpoint: %v", ents)
+	}
+}

@@ -21,6 +21,10 @@ type Manager struct {
 	cni   *cnibridge.Runner
 	log   *slog.Logger
 	locks keyedRWMutex // per attachment ID, only ever held exclusively
+	// endpoints is held by CreateEndpoint and DeleteEndpoint of one Docker endpoint for their whole run:
+	// dockerd (or a client) may send the same request twice at once, and the second must wait for the first
+	// and get its answer, never run a second ADD over the first one's record.
+	endpoints keyedRWMutex
 	// nets is held shared by every ADD and DEL on a CNI network and exclusively by its CNI GC, which must
 	// see every attachment of the network (see collectGarbage).
 	nets keyedRWMutex

@@ -29,9 +29,6 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	if req.Interface != nil {
 		want = *req.Interface
 	}
-	if a, err := d.store.AttachmentByEndpoint(req.EndpointID); err == nil {
-		return endpointResponse(want, a), nil // a retried CreateEndpoint
-	}
 	plan, err := d.planEndpoint(nw, req, want)
 	var a *state.Attachment
 	if err == nil {
@@ -191,24 +188,9 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *network.DeleteEndpoint
 	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, d.invalid(err)
 	}
-	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
-	if errors.Is(err, state.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "reading state: %w", err)
-	}
-	if a.Phase == state.PhaseDeleting {
-		return nil, nil // Docker retried: the removal is already under way
-	}
-	// Published ports are unpublished synchronously: the next container may publish the same ones at once.
-	if nw, err := d.store.Network(req.NetworkID); err == nil && nw.AsyncDelete && a.HostPorts == nil {
-		if err := d.mgr.RemoveLater(a); err != nil {
-			return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
-		}
-		return nil, nil
-	}
-	if err := d.mgr.Remove(ctx, a); err != nil {
+	nw, err := d.store.Network(req.NetworkID)
+	later := err == nil && nw.AsyncDelete
+	if err := d.mgr.RemoveEndpoint(ctx, req.EndpointID, later); err != nil {
 		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)
 	}
 	return nil, nil
