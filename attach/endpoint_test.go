@@ -2,7 +2,11 @@ package attach_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -147,5 +151,52 @@ func TestAttachSameEndpointTwiceAtOnce(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(s.NetNSDir); len(ents) != 0 {
 		t.Errorf("staging netns left after RemoveEndpoint: %v", ents)
+	}
+}
+
+// An ADD that fails and whose rollback DEL fails too (a plugin that fails DEL once) is kept, as being removed,
+// instead of forgotten with its staging netns, link and address; reconciliation then finishes its teardown.
+func TestFailedRollbackIsKeptAndHealed(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := testutil.CNIBinDir(t)
+	before := testutil.TakeSnapshot(t)
+	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
+	scripts, marker := t.TempDir(), filepath.Join(t.TempDir(), "del-failed-once")
+	testutil.Must(t, os.WriteFile(filepath.Join(scripts, "delfail"), []byte(fmt.Sprintf(`#!/bin/sh
+cat >/dev/null
+case "$CNI_COMMAND" in
+ADD) echo '{"cniVersion":"1.0.0","code":999,"msg":"delfail says no"}'; exit 1 ;;
+DEL) if [ ! -e %[1]s ]; then touch %[1]s; echo '{"cniVersion":"1.0.0","code":999,"msg":"delfail fails its first DEL"}'; exit 1; fi ;;
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}' ;;
+esac
+exit 0
+`, marker)), 0o755))
+	s := teststack.New(t, teststack.Options{BinDirs: []string{bin, scripts}})
+	name, bridge := testutil.UniqueName("rbnet"), testutil.UniqueName("rbbr")
+	testutil.WriteFile(t, s.ConfDir, name+".conflist", fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[`+
+		`{"type":"bridge","bridge":%q,"isGateway":true,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.251.77.0/24"}]]}},`+
+		`{"type":"delfail"}]}`, name, bridge, t.TempDir()))
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
+	nw, err := cnibridge.ResolveNetwork(s.ConfDir, name)
+	testutil.Must(t, err)
+
+	ctx := context.Background()
+	_, err = s.Manager.Add(ctx, cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw},
+		state.Attachment{Phase: state.PhaseEndpoint, NetworkID: "net", EndpointID: naming.RandomID()})
+	if err == nil || !errors.Is(err, cnibridge.ErrRollback) || !strings.Contains(err.Error(), "delfail says no") {
+		t.Fatalf("want the ADD's and the rollback's failure, got %v", err)
+	}
+	atts, err := s.Store.Attachments()
+	testutil.Must(t, err)
+	if len(atts) != 1 || atts[0].Phase != state.PhaseDeleting {
+		t.Fatalf("want the attachment kept as being removed, have %+v", atts)
+	}
+	rep, err := s.Manager.Reconcile(ctx, attach.ReconcileOptions{})
+	testutil.Must(t, err)
+	if len(rep.Attachments) != 1 || rep.Attachments[0].Reason != "its CNI ADD failed and so did the rollback DEL" || rep.Attachments[0].Error != "" {
+		t.Errorf("reconciliation report: %+v", rep.Attachments)
+	}
+	if atts, _ := s.Store.Attachments(); len(atts) != 0 {
+		t.Errorf("attachments left after reconciliation: %+v", atts)
 	}
 }

@@ -116,6 +116,9 @@ func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state
 		return nil, fmt.Errorf("recording attachment: %w", err)
 	}
 	if err := m.cni.Add(ctx, &rec.Attachment); err != nil {
+		if errors.Is(err, cnibridge.ErrRollback) {
+			return nil, m.keepForTeardown(&rec, err)
+		}
 		if derr := m.store.DeleteAttachment(&rec); derr != nil {
 			m.log.Error("forgetting failed attachment", "attachment", rec.ID(), "cni_network", rec.Network,
 				"network", rec.NetworkID, "endpoint", rec.EndpointID, "error", derr)
@@ -133,6 +136,22 @@ func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state
 	m.log.Info("attachment added", "attachment", rec.ID(), "cni_network", rec.Network, "network", rec.NetworkID,
 		"endpoint", rec.EndpointID, "pool", rec.PoolID, "address", rec.Interface.IPv4, "address_v6", rec.Interface.IPv6)
 	return &rec, nil
+}
+
+// keepForTeardown records an attachment whose ADD and rollback both failed as being removed, instead of
+// forgetting it: reconciliation (and `cniplug gc`) retries its teardown until it succeeds, and `cniplug ls`
+// shows it meanwhile. It returns the error for Docker.
+func (m *Manager) keepForTeardown(rec *state.Attachment, err error) error {
+	rec.Phase = state.PhaseDeleting
+	rec.TeardownReason = "its CNI ADD failed and so did the rollback DEL"
+	if perr := m.store.PutAttachment(rec); perr != nil {
+		m.log.Error("an attachment whose rollback failed could not be recorded for a later teardown", "attachment", rec.ID(),
+			"cni_network", rec.Network, "error", perr)
+		return err
+	}
+	m.log.Warn("rollback of a failed ADD failed; the attachment is kept and its teardown retried by reconciliation",
+		"attachment", rec.ID(), "cni_network", rec.Network, "error", err)
+	return fmt.Errorf("%w (cniplug keeps the attachment and retries its teardown)", err)
 }
 
 // Join lets the attachment's traffic through the host firewall as the policy says and puts its link where

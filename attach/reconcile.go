@@ -53,6 +53,9 @@ type Report struct {
 // staleReason says why an attachment should be torn down, or "" to keep it. stagingLost: its staging netns
 // is gone; poolReleased: no pool of that ID is recorded.
 func staleReason(a *state.Attachment, o ReconcileOptions, stagingLost, poolReleased bool) string {
+	if a.Phase == state.PhaseDeleting && a.TeardownReason != "" {
+		return a.TeardownReason
+	}
 	if a.Phase == state.PhaseDeleting {
 		// Removal is idempotent and serialized per attachment: finishing one a worker is running is harmless.
 		return "Docker deleted its endpoint; the background removal has not finished"

@@ -138,10 +138,14 @@ func (r *Runner) add(ctx context.Context, att *Attachment, makeNetNS func() erro
 	}
 	// libcni does not DEL after a failed ADD; the runtime must (CNI spec: DEL after a failed ADD).
 	if terr := r.Teardown(context.WithoutCancel(ctx), att); terr != nil {
-		err = fmt.Errorf("%w; rollback also failed: %v", err, terr)
+		err = fmt.Errorf("%w; %w: %w", err, ErrRollback, terr)
 	}
 	return err
 }
+
+// ErrRollback marks a failed ADD whose DEL failed too: the attachment may still hold its staging netns, link,
+// address or cache entry, and its teardown must be tried again.
+var ErrRollback = errors.New("the rollback DEL failed too")
 
 // MoveToHost renames the attachment's link to its HostIfName and moves it into the host netns, where
 // libnetwork picks it up (Join SrcName). Calling it again once the link is in the host is a no-op.

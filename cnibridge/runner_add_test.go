@@ -2,6 +2,7 @@ package cnibridge
 
 import (
 	"context"
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -34,7 +35,7 @@ exit 0
 	if !strings.Contains(err.Error(), "failer says no") {
 		t.Errorf("error does not carry the plugin's message: %v", err)
 	}
-	if strings.Contains(err.Error(), "rollback also failed") {
+	if errors.Is(err, ErrRollback) {
 		t.Errorf("rollback failed: %v", err)
 	}
 	failedAddLeftNothing(t, r, nw, att, br)

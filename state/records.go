@@ -119,6 +119,9 @@ type Attachment struct {
 	// RequestAddress: it pairs the endpoint's IPv6 request with the attachment its IPv4 request created. For
 	// an ADD at Join, it is the MAC CreateEndpoint answered.
 	RequestMAC string `json:"requestMAC,omitempty"`
+	// TeardownReason says why an attachment is being removed when it is not Docker's DeleteEndpoint (phase
+	// deleting after a failed ADD whose rollback failed too), for reconciliation's report and `cniplug ls`.
+	TeardownReason string `json:"teardownReason,omitempty"`
 	// AddAtJoin: the CNI ADD has not run yet; Join runs it, into the container's netns when that exists. The
 	// Interface holds the addresses Docker chose, which the ADD asks for.
 	AddAtJoin bool `json:"addAtJoin,omitempty"`
