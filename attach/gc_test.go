@@ -76,7 +76,7 @@ func TestReconcileCollectsGarbage(t *testing.T) {
 	pluginDir, recordDir := t.TempDir(), t.TempDir()
 	testutil.WriteFile(t, pluginDir, "gc-recorder", fmt.Sprintf(gcRecorder, recordDir))
 	testutil.Must(t, os.Chmod(filepath.Join(pluginDir, "gc-recorder"), 0o755))
-	s := teststack.New(t, teststack.Options{BinDirs: []string{pluginDir, bins}})
+	s := teststack.New(t, teststack.Options{BinDirs: []string{pluginDir, bins}, CNIGC: true})
 
 	name, bridge := testutil.UniqueName("gcnet"), testutil.UniqueName("gcbr")
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
@@ -141,4 +141,43 @@ func TestReconcileCollectsGarbage(t *testing.T) {
 	if _, err := os.Stat(foreignCache); err != nil {
 		t.Errorf("another runtime's cache entry was touched: %v", err)
 	}
+}
+
+// TestNoCNIGCByDefault: without --cni-gc, reconciliation runs no CNI GC at all, so another runtime's
+// attachment on the same CNI network (its cache entry and the addresses its plugins hold) is never released,
+// whatever that runtime does meanwhile. cniplug's own cache-only attachments are still torn down.
+func TestNoCNIGCByDefault(t *testing.T) {
+	testutil.RequireRoot(t)
+	bins := testutil.CNIBinDir(t)
+	before := testutil.TakeSnapshot(t)
+	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
+
+	pluginDir, recordDir := t.TempDir(), t.TempDir()
+	testutil.WriteFile(t, pluginDir, "gc-recorder", fmt.Sprintf(gcRecorder, recordDir))
+	testutil.Must(t, os.Chmod(filepath.Join(pluginDir, "gc-recorder"), 0o755))
+	s := teststack.New(t, teststack.Options{BinDirs: []string{pluginDir, bins}})
+	name, bridge := testutil.UniqueName("gcnet"), testutil.UniqueName("gcbr")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
+	nw, err := cnibridge.ParseNetwork([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"gc-recorder"},`+
+		`{"type":"bridge","bridge":%q,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.251.%d.0/24"}]]}}]}`,
+		name, bridge, t.TempDir(), 1+mrand.IntN(250))))
+	testutil.Must(t, err)
+	ctx := context.Background()
+	live, err := s.Manager.Add(ctx, cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw},
+		state.Attachment{Phase: state.PhaseJoined, NetworkID: "net1", EndpointID: "ep1"})
+	testutil.Must(t, err)
+	foreign := naming.RandomID()
+	foreignCache := testutil.WriteFile(t, filepath.Join(s.CacheDir, "results"), name+"-"+foreign+"-eth0",
+		fmt.Sprintf(`{"kind":"cniCacheV1","containerId":%q,"ifName":"eth0","networkName":%q,"netns":"/run/netns/other-runtime"}`, foreign, name))
+
+	_, err = s.Manager.Reconcile(ctx, attach.ReconcileOptions{Live: dockerapi.Live{"net1": {"ep1": true}}})
+	testutil.Must(t, err)
+	if calls := gcCalls(t, recordDir); len(calls) != 0 {
+		t.Errorf("CNI GC ran without --cni-gc: %v", calls)
+	}
+	if _, err := os.Stat(foreignCache); err != nil {
+		t.Errorf("another runtime's cache entry went: %v", err)
+	}
+	testutil.Must(t, os.Remove(foreignCache))
+	testutil.Must(t, s.Manager.Remove(ctx, live))
 }

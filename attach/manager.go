@@ -38,6 +38,7 @@ type Manager struct {
 
 	ports            portsState // host port publishing (ports.go)
 	firewallInstance string
+	cniGC            bool
 	rules            rulesState // the networks' firewall rule sets (forward.go)
 	iptables         string     // the commands that publish ports; "" looks them up in PATH
 	ip6tables        string
@@ -51,6 +52,10 @@ type Config struct {
 	// IPTables and IP6Tables are the commands that publish ports ("" looks them up in PATH), those of the
 	// selected iptables backend (hostfw.Selection.IPTables).
 	IPTables, IP6Tables string
+	// CNIGC: reconciliation also runs CNI GC (spec 1.1) on the CNI networks cniplug has attachments on. Off by
+	// default: libcni reads its cache again while it collects, and DELs (and the plugins release) whatever is
+	// not in the valid list, so an attachment another runtime adds to the same network meanwhile would go.
+	CNIGC bool
 	// FirewallInstance tags this instance's top firewall chains (netrules.Instance), so that two cniplugs on one
 	// host keep to their own.
 	FirewallInstance string
@@ -82,7 +87,7 @@ type WarmFillObserver interface {
 
 // NewManager returns a Manager over the store and runner.
 func NewManager(cfg Config) *Manager {
-	return &Manager{store: cfg.Store, cni: cfg.Runner, log: cfg.Logger, iptables: cfg.IPTables, ip6tables: cfg.IP6Tables, firewallInstance: cfg.FirewallInstance,
+	return &Manager{store: cfg.Store, cni: cfg.Runner, log: cfg.Logger, iptables: cfg.IPTables, ip6tables: cfg.IP6Tables, firewallInstance: cfg.FirewallInstance, cniGC: cfg.CNIGC,
 		removalObserver: cfg.RemovalObserver, warmFillObserver: cfg.WarmFillObserver, leaseDaemon: cfg.LeaseDaemon}
 }
 

@@ -164,9 +164,11 @@ func (m *Manager) Reconcile(ctx context.Context, o ReconcileOptions) (Report, er
 	rep.Attachments = append(rep.Attachments, orphans...)
 	errs = append(errs, err)
 	if !o.DryRun {
-		gc, err := m.collectGarbage(ctx)
-		rep.GC = gc
-		errs = append(errs, err)
+		if m.cniGC {
+			gc, err := m.collectGarbage(ctx)
+			rep.GC = gc
+			errs = append(errs, err)
+		}
 		errs = append(errs, m.takeUpLeases(ctx))
 		errs = append(errs, m.repairNetworkRules(ctx))
 	}

@@ -48,6 +48,7 @@ type config struct {
 
 	metricsListen string
 	pprof         bool
+	cniGC         bool
 }
 
 // envOr returns the environment variable's value (how the managed plugin is configured) or def.
@@ -82,6 +83,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", envDuration("CNIPLUG_RECONCILE_INTERVAL", time.Minute), "how often to release attachments no live Docker endpoint owns; 0 disables (env CNIPLUG_RECONCILE_INTERVAL)")
 	fs.DurationVar(&c.reconcileMinAge, "reconcile-min-age", envDuration("CNIPLUG_RECONCILE_MIN_AGE", 0), "attachments younger than this are in flight and never reconciled (default 2 x --cni-timeout + 30s) (env CNIPLUG_RECONCILE_MIN_AGE)")
 	fs.StringVar(&c.metricsListen, "metrics-listen", envOr("CNIPLUG_METRICS_LISTEN", ""), "serve Prometheus /metrics and /healthz on this TCP address, e.g. 127.0.0.1:9580; empty disables (env CNIPLUG_METRICS_LISTEN)")
+	fs.BoolVar(&c.cniGC, "cni-gc", envBool("CNIPLUG_CNI_GC"), "also run CNI GC (spec 1.1) on the CNI networks cniplug uses, at every reconciliation; only where no other runtime adds attachments to them, as GC releases whatever is not listed at the moment it runs (env CNIPLUG_CNI_GC=1)")
 	fs.BoolVar(&c.pprof, "pprof", envBool("CNIPLUG_PPROF"), "also serve /debug/pprof/ on the metrics listener (env CNIPLUG_PPROF=1)")
 	timeout := envOr("CNIPLUG_CNI_TIMEOUT", "10s")
 	fs.Func("cni-timeout", "deadline for each CNI ADD or DEL, below Docker's 30s plugin timeout (env CNIPLUG_CNI_TIMEOUT, default 10s)", func(s string) error {
@@ -195,8 +197,8 @@ func newManager(c *config, store *state.Store, runner *cnibridge.Runner, iptable
 	leases := dhcpdaemon.New(dhcpdaemon.Config{BinDirs: filepath.SplitList(c.binDirs), StateDir: c.stateDir, Logger: log,
 		RequestTimeout: max(c.cniTimeout/4, time.Second)})
 	return attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6,
-		FirewallInstance: netrules.Instance(c.stateDir),
-		RemovalObserver:  m, WarmFillObserver: m, LeaseDaemon: leases})
+		FirewallInstance: netrules.Instance(c.stateDir), CNIGC: c.cniGC,
+		RemovalObserver: m, WarmFillObserver: m, LeaseDaemon: leases})
 }
 
 // reconcileMinAge leaves alone anything young enough to belong to a Docker call still in flight.

@@ -56,6 +56,7 @@ type Options struct {
 	BinDirs []string     // CNI plugin dirs; may be empty for tests that run no CNI plugin
 	MinAge  time.Duration
 	NoAdmin bool // serve only the driver methods, as an older cniplug did
+	CNIGC   bool // reconciliation runs CNI GC (--cni-gc)
 	// HostConfDir puts an (empty) host conf dir before ConfDir in the list cniplug searches.
 	HostConfDir bool
 }
@@ -91,7 +92,8 @@ func New(t testing.TB, o Options) *Stack {
 		t.Skipf("skipping: cannot build the CNI runner: %v", err)
 	}
 	t.Cleanup(func() { _ = runner.Close() })
-	s.Manager = attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, RemovalObserver: s.Metrics, WarmFillObserver: s.Metrics})
+	s.Manager = attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, RemovalObserver: s.Metrics, WarmFillObserver: s.Metrics,
+		CNIGC: o.CNIGC})
 	// Safety net: whatever a test left attached is torn down through cniplug's own teardown path. Tests that
 	// assert an empty store do so before this runs, so it cannot hide a leak.
 	t.Cleanup(func() {
