@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/cniconf"
 	"github.com/cniplug/cniplug/hostports"
 	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/state"
@@ -217,12 +218,29 @@ func (m *Manager) finishRemovalsHolding(ctx context.Context, cniNetwork string, 
 	return nil
 }
 
-// RemoveNetwork removes every attachment of a Docker network (those Docker did not delete first).
+// RemoveNetwork removes a Docker network (DeleteNetwork, and reconciliation for one Docker removed while
+// cniplug was down): every attachment Docker did not delete first, its firewall rules, the bridge of a
+// conflist that adopted Docker's pool, then its record. The record goes last, so that a step that fails is
+// retried by the next DeleteNetwork or reconciliation instead of leaving something nothing knows of.
 func (m *Manager) RemoveNetwork(ctx context.Context, networkID string) error {
 	if err := m.removeAll(ctx, func(a *state.Attachment) bool { return a.NetworkID == networkID }); err != nil {
+		return fmt.Errorf("removing leftover attachments: %w", err)
+	}
+	if err := m.closeNetworkRules(ctx, networkID); err != nil {
 		return err
 	}
-	return m.closeNetworkRules(ctx, networkID)
+	if nw, err := m.store.Network(networkID); err == nil {
+		if err := cniconf.RemoveAdopted(nw.Conflist); err != nil {
+			return fmt.Errorf("removing the bridge of CNI network %q: %w", nw.CNIName, err)
+		}
+	}
+	if err := m.store.DeleteNetwork(networkID); err != nil {
+		return fmt.Errorf("forgetting network: %w", err)
+	}
+	if err := m.StopLeaseDaemonIfUnused(ctx); err != nil {
+		m.log.Warn("network deleted but the dhcp daemon nothing needs any more was not stopped", "network", networkID, "error", err)
+	}
+	return nil
 }
 
 // RemoveEndpoint tears down the endpoint's attachment (DeleteEndpoint): in the background when later is set and

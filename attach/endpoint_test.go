@@ -2,6 +2,7 @@ package attach_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -9,9 +10,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/cniconf"
+	"github.com/cniplug/cniplug/dockerapi"
 	"github.com/cniplug/cniplug/internal/testing/teststack"
 	"github.com/cniplug/cniplug/internal/testing/testutil"
 	"github.com/cniplug/cniplug/naming"
@@ -198,5 +202,39 @@ exit 0
 	}
 	if atts, _ := s.Store.Attachments(); len(atts) != 0 {
 		t.Errorf("attachments left after reconciliation: %+v", atts)
+	}
+}
+
+// A network whose conflist adopted Docker's pool has a bridge of its own; when Docker removed the network
+// while cniplug was down, reconciliation forgets it and removes that bridge too (as DeleteNetwork does).
+func TestReconcileRemovesAdoptedBridge(t *testing.T) {
+	s, nw := teststack.NewBridge(t)
+	ctx := context.Background()
+	networkID := naming.RandomID()
+	var doc map[string]any
+	testutil.Must(t, json.Unmarshal(nw.Bytes, &doc))
+	doc["cniplug"] = map[string]any{"adoptDockerPool": true}
+	base, err := json.Marshal(doc)
+	testutil.Must(t, err)
+	baseNet, err := cnibridge.ParseNetwork(base)
+	testutil.Must(t, err)
+	adopted, err := cniconf.AdoptDockerPool(baseNet, networkID, "10.250.33.0/24", "10.250.33.1/24")
+	testutil.Must(t, err)
+	bridges := adopted.Bridges()
+	if len(bridges) != 1 {
+		t.Fatalf("adopted conflist names bridges %v", bridges)
+	}
+	testutil.Run(t, "ip", "link", "add", bridges[0], "type", "bridge")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridges[0]).Run() })
+	testutil.Must(t, s.Store.PutNetwork(&state.Network{ID: networkID, CNIName: nw.Name, Conflist: adopted.Bytes, Mode: state.ModeDocker,
+		NoHostFirewall: true, Created: time.Now().UTC().Add(-time.Hour)}))
+
+	rep, err := s.Manager.Reconcile(ctx, attach.ReconcileOptions{Live: dockerapi.Live{}, MinAge: time.Minute})
+	testutil.Must(t, err)
+	if len(rep.ForgottenNetworks) != 1 || rep.ForgottenNetworks[0] != networkID {
+		t.Errorf("forgotten networks %v, want %s", rep.ForgottenNetworks, networkID)
+	}
+	if err := exec.Command("ip", "link", "show", bridges[0]).Run(); err == nil {
+		t.Errorf("bridge %s of the forgotten network is still there", bridges[0])
 	}
 }

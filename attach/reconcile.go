@@ -262,7 +262,7 @@ func (m *Manager) reconcileNetworks(ctx context.Context, o ReconcileOptions) (fo
 		}
 		forgotten = append(forgotten, n.ID)
 		if !o.DryRun {
-			errs = append(errs, m.closeNetworkRules(ctx, n.ID), m.store.DeleteNetwork(n.ID))
+			errs = append(errs, m.RemoveNetwork(ctx, n.ID))
 		}
 	}
 	if err == nil { // without the networks every warm pool would look unused

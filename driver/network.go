@@ -259,19 +259,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 		return nil, d.invalid(err)
 	}
 	if err := d.mgr.RemoveNetwork(ctx, req.NetworkID); err != nil {
-		return nil, d.errorf(req.NetworkID, "removing leftover attachments: %w", err)
-	}
-	rec, _ := d.store.Network(req.NetworkID)
-	if err := d.store.DeleteNetwork(req.NetworkID); err != nil {
-		return nil, d.errorf(req.NetworkID, "forgetting network: %w", err)
-	}
-	if rec != nil {
-		if err := cniconf.RemoveAdopted(rec.Conflist); err != nil {
-			d.log.Warn("network deleted but its bridge was not", "network", req.NetworkID, "error", err)
-		}
-	}
-	if err := d.mgr.StopLeaseDaemonIfUnused(ctx); err != nil {
-		d.log.Warn("network deleted but the dhcp daemon nothing needs any more was not stopped", "network", req.NetworkID, "error", err)
+		return nil, d.errorf(req.NetworkID, "%w", err)
 	}
 	d.log.Info("network deleted", "network", req.NetworkID)
 	return nil, nil
