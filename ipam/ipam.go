@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/cniplug/cniplug/attach"
@@ -42,11 +43,19 @@ type Ipam struct {
 	mgr     *attach.Manager
 	store   *state.Store
 	log     *slog.Logger
+	// maxWarmTotal bounds the warm attachments of all pools together: each holds an address of a CNI network
+	// that other networks, and other users of the host, share. warmMu makes checking and recording atomic.
+	maxWarmTotal int
+	warmMu       sync.Mutex
 }
 
-// New returns an Ipam whose pools use the CNI networks chooser picks.
-func New(name string, chooser cniconf.Chooser, mgr *attach.Manager, log *slog.Logger) *Ipam {
-	return &Ipam{name: name, chooser: chooser, mgr: mgr, store: mgr.Store(), log: log}
+// DefaultMaxWarmTotal is the default bound on the warm attachments of all pools together.
+const DefaultMaxWarmTotal = 64
+
+// New returns an Ipam whose pools use the CNI networks chooser picks, with at most maxWarmTotal warm
+// attachments across its pools.
+func New(name string, chooser cniconf.Chooser, mgr *attach.Manager, log *slog.Logger, maxWarmTotal int) *Ipam {
+	return &Ipam{name: name, chooser: chooser, mgr: mgr, store: mgr.Store(), log: log, maxWarmTotal: maxWarmTotal}
 }
 
 func (p *Ipam) errorf(format string, args ...any) error {
@@ -118,12 +127,37 @@ func (p *Ipam) RequestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*
 	if !req.V6 {
 		pool.Warm = warm // the IPv4 request runs the ADD, which assigns both families
 	}
-	if err := p.store.PutPool(pool); err != nil {
-		return nil, p.errorf("recording pool: %w", err)
+	if err := p.recordPool(pool); err != nil {
+		return nil, p.errorf("%w", err)
 	}
 	p.log.Info("pool requested", "pool", pool.ID, "cni_network", nw.Name, "cidr", cidr, "v6", req.V6, "warm", pool.Warm)
 	p.mgr.StartWarmPool(pool)
 	return &ipam.RequestPoolResponse{PoolID: pool.ID, Pool: cidr, Data: map[string]string{poolGatewayKey: gateway}}, nil
+}
+
+// recordPool records the pool if its warm attachments fit under the bound shared by all pools.
+func (p *Ipam) recordPool(pool *state.Pool) error {
+	p.warmMu.Lock()
+	defer p.warmMu.Unlock()
+	if pool.Warm > 0 {
+		pools, err := p.store.Pools()
+		if err != nil {
+			return fmt.Errorf("reading pools: %w", err)
+		}
+		total := pool.Warm
+		for _, other := range pools {
+			total += other.Warm
+		}
+		if total > p.maxWarmTotal {
+			return fmt.Errorf("--ipam-opt %s=%d would bring the warm attachments of all of this plugin's pools to %d, over its limit of %d "+
+				"(each holds an address of a CNI network others share; an operator raises it with --warm-pool-max-total, env CNIPLUG_WARM_POOL_MAX_TOTAL): "+
+				"ask for fewer", OptWarmPool, pool.Warm, total, p.maxWarmTotal)
+		}
+	}
+	if err := p.store.PutPool(pool); err != nil {
+		return fmt.Errorf("recording pool: %w", err)
+	}
+	return nil
 }
 
 // warmPoolOption reads --ipam-opt warm-pool=N and checks that the CNI network's attachments can be added

@@ -1107,3 +1107,24 @@ func TestWarmPoolRefused(t *testing.T) {
 	}
 	e.finish(t)
 }
+
+// TestWarmPoolTotalCap: the warm attachments of all pools together stay under --warm-pool-max-total (default
+// 64): a pool that would pass it is refused with the numbers and the flag, and records nothing.
+func TestWarmPoolTotalCap(t *testing.T) {
+	e := newCNIEnv(t)
+	// A pool recorded with 60 warm attachments (not started: only its count matters here).
+	big := &state.Pool{ID: "cniplug-" + naming.RandomID()[:24], CNIName: e.name, CIDR: "0.0.0.0/0", Warm: 60}
+	testutil.Must(t, e.Store.PutPool(big))
+	wantContains(t, "RequestPool", e.c.callErr("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace,
+		Options: map[string]string{"cni": e.name, "warm-pool": "5"}}), "warm-pool=5 would bring the warm attachments of all of this plugin's pools to 65, over its limit of 64")
+	if pools, _ := e.Store.Pools(); len(pools) != 1 {
+		t.Errorf("a refused pool was recorded: %+v", pools)
+	}
+	var pool dipam.RequestPoolResponse
+	e.c.call("IpamDriver.RequestPool", dipam.RequestPoolRequest{AddressSpace: state.LocalAddressSpace,
+		Options: map[string]string{"cni": e.name, "warm-pool": "4"}}, &pool)
+	e.WaitWarm(t, pool.PoolID, 4)
+	e.c.call("IpamDriver.ReleasePool", dipam.ReleasePoolRequest{PoolID: pool.PoolID}, nil)
+	testutil.Must(t, e.Store.DeletePool(big.ID))
+	e.finish(t)
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -49,6 +50,7 @@ type config struct {
 	metricsListen string
 	pprof         bool
 	cniGC         bool
+	maxWarmTotal  int
 }
 
 // envOr returns the environment variable's value (how the managed plugin is configured) or def.
@@ -62,6 +64,13 @@ func envOr(key, def string) string {
 func envDuration(key string, def time.Duration) time.Duration {
 	if d, err := time.ParseDuration(os.Getenv(key)); err == nil {
 		return d
+	}
+	return def
+}
+
+func envInt(key string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(key)); err == nil {
+		return n
 	}
 	return def
 }
@@ -83,6 +92,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", envDuration("CNIPLUG_RECONCILE_INTERVAL", time.Minute), "how often to release attachments no live Docker endpoint owns; 0 disables (env CNIPLUG_RECONCILE_INTERVAL)")
 	fs.DurationVar(&c.reconcileMinAge, "reconcile-min-age", envDuration("CNIPLUG_RECONCILE_MIN_AGE", 0), "attachments younger than this are in flight and never reconciled (default 2 x --cni-timeout + 30s) (env CNIPLUG_RECONCILE_MIN_AGE)")
 	fs.StringVar(&c.metricsListen, "metrics-listen", envOr("CNIPLUG_METRICS_LISTEN", ""), "serve Prometheus /metrics and /healthz on this TCP address, e.g. 127.0.0.1:9580; empty disables (env CNIPLUG_METRICS_LISTEN)")
+	fs.IntVar(&c.maxWarmTotal, "warm-pool-max-total", envInt("CNIPLUG_WARM_POOL_MAX_TOTAL", ipam.DefaultMaxWarmTotal), "the most warm attachments (--ipam-opt warm-pool=N) all pools may keep together; a pool beyond it is refused (env CNIPLUG_WARM_POOL_MAX_TOTAL)")
 	fs.BoolVar(&c.cniGC, "cni-gc", envBool("CNIPLUG_CNI_GC"), "also run CNI GC (spec 1.1) on the CNI networks cniplug uses, at every reconciliation; only where no other runtime adds attachments to them, as GC releases whatever is not listed at the moment it runs (env CNIPLUG_CNI_GC=1)")
 	fs.BoolVar(&c.pprof, "pprof", envBool("CNIPLUG_PPROF"), "also serve /debug/pprof/ on the metrics listener (env CNIPLUG_PPROF=1)")
 	timeout := envOr("CNIPLUG_CNI_TIMEOUT", "10s")
@@ -98,6 +108,9 @@ func parseFlags(args []string) (*config, error) {
 		return nil, fmt.Errorf("invalid --cni-timeout %q: want a positive duration such as 10s", timeout)
 	}
 	c.cniTimeout = d
+	if c.maxWarmTotal < 0 {
+		return nil, fmt.Errorf("invalid --warm-pool-max-total %d: want 0 or more", c.maxWarmTotal)
+	}
 	return c, nil
 }
 
@@ -148,7 +161,7 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	}
 	svc := newAdmin(c, name, mgr)
 	chooser := cniconf.Chooser{ConfDirs: c.confDir, DefaultNetwork: c.defaultNetwork, Validator: runner}
-	drv, ipd := driver.New(name, chooser, mgr, log), ipam.New(name, chooser, mgr, log)
+	drv, ipd := driver.New(name, chooser, mgr, log), ipam.New(name, chooser, mgr, log, c.maxWarmTotal)
 	h := plugin.NewHandler(drv, ipd, log,
 		plugin.WithAdmin(svc), plugin.WithObserver(m, svc))
 	if err := serveMetrics(ctx, c, m, store, log); err != nil {

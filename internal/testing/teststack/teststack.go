@@ -57,6 +57,8 @@ type Options struct {
 	MinAge  time.Duration
 	NoAdmin bool // serve only the driver methods, as an older cniplug did
 	CNIGC   bool // reconciliation runs CNI GC (--cni-gc)
+	// MaxWarmTotal bounds the warm attachments of all pools (--warm-pool-max-total); 0 for the default.
+	MaxWarmTotal int
 	// HostConfDir puts an (empty) host conf dir before ConfDir in the list cniplug searches.
 	HostConfDir bool
 }
@@ -120,7 +122,7 @@ func New(t testing.TB, o Options) *Stack {
 	}
 	opts = append(opts, plugin.WithObserver(s.Metrics, s.Admin))
 	chooser := cniconf.Chooser{ConfDirs: s.ConfDirs, Validator: runner}
-	drv, ipd := driver.New("cniplug", chooser, s.Manager, log), ipam.New("cniplug", chooser, s.Manager, log)
+	drv, ipd := driver.New("cniplug", chooser, s.Manager, log), ipam.New("cniplug", chooser, s.Manager, log, o.maxWarmTotal())
 	s.Handler = plugin.NewHandler(drv, ipd, log, opts...)
 	return s
 }
@@ -271,4 +273,11 @@ func NewBridge(t testing.TB) (*Stack, *cnibridge.Network) {
 		t.Fatal(err)
 	}
 	return s, nw
+}
+
+func (o Options) maxWarmTotal() int {
+	if o.MaxWarmTotal == 0 {
+		return ipam.DefaultMaxWarmTotal
+	}
+	return o.MaxWarmTotal
 }
