@@ -59,10 +59,10 @@ func (w Want) check(got cnibridge.Interface) error {
 	return nil
 }
 
-// Attach applies the plan: it adds (or claims) the attachment, checks the result against what Docker chose
+// Apply applies the plan: it adds (or claims) the attachment, checks the result against what Docker chose
 // and publishes the ports. Whatever fails after the attachment exists removes it again through Remove, so a
 // failed request leaves nothing behind.
-func (m *Manager) Attach(ctx context.Context, p Plan) (*state.Attachment, error) {
+func (m *Manager) Apply(ctx context.Context, p Plan) (*state.Attachment, error) {
 	if p.Owner.EndpointID != "" {
 		unlock := m.endpoints.lock(p.Owner.EndpointID)
 		defer unlock()
@@ -111,7 +111,7 @@ func (m *Manager) Attach(ctx context.Context, p Plan) (*state.Attachment, error)
 // addresses Docker chose and the MAC CreateEndpoint answers. Teardown of such a record (the endpoint went
 // before Join) finds nothing to remove and releases nothing that is not its own.
 func (m *Manager) recordForJoin(p Plan) (*state.Attachment, error) {
-	planned, err := m.cni.Plan(p.Add)
+	planned, err := m.cni.NewAttachment(p.Add)
 	if err != nil {
 		return nil, err
 	}
@@ -139,13 +139,13 @@ func (m *Manager) addAtJoin(ctx context.Context, a *state.Attachment, p JoinPoli
 	want := Want{Address: a.Interface.IPv4, AddressIPv6: a.Interface.IPv6, MAC: a.RequestMAC, NeedIPv4: a.Interface.IPv4 != ""}
 	add := m.cni.Add
 	if inContainer = cnibridge.SandboxReady(sandboxKey) && cnibridge.SandboxEmpty(sandboxKey); inContainer {
-		if err := m.cni.PlanSandboxJoin(&a.Attachment, sandboxKey); err != nil {
+		if err := m.cni.SetSandbox(&a.Attachment, sandboxKey); err != nil {
 			return false, err
 		}
 		a.IfName = a.SandboxIfName // CNI_IFNAME: the link is created under its name in the container
 		add = m.cni.AddInSandbox
 	}
-	allowForward, err := m.planForward(ctx, a, p)
+	allowForward, err := m.joinNetworkRules(ctx, a, p)
 	if err != nil {
 		return false, err
 	}
@@ -169,7 +169,7 @@ func (m *Manager) addAtJoin(ctx context.Context, a *state.Attachment, p JoinPoli
 		return false, err
 	}
 	if a.Forward != nil && len(routedPrefixes(a.Interface)) > 0 {
-		if allowForward, err = m.planForward(ctx, a, p); err != nil {
+		if allowForward, err = m.joinNetworkRules(ctx, a, p); err != nil {
 			return false, err
 		}
 		if err := m.store.PutAttachment(a); err != nil {

@@ -22,7 +22,7 @@ import (
 	"github.com/cniplug/cniplug/state"
 )
 
-// Attach checks the CNI result against what Docker chose; a result that differs is removed again through the
+// Apply checks the CNI result against what Docker chose; a result that differs is removed again through the
 // one teardown path, leaving no record, staging netns or address behind. A result that matches is kept.
 func TestAttachChecksResult(t *testing.T) {
 	s, nw := teststack.NewBridge(t)
@@ -42,7 +42,7 @@ func TestAttachChecksResult(t *testing.T) {
 		{"an IPv6 address CNI does not assign", attach.Want{AddressIPv6: "fd00::2/64"}, "but CNI assigned none"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, err := s.Manager.Attach(context.Background(), attach.Plan{
+			a, err := s.Manager.Apply(context.Background(), attach.Plan{
 				Add:   cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw},
 				Owner: state.Attachment{Phase: state.PhaseEndpoint, NetworkID: "net", EndpointID: naming.RandomID()},
 				Want:  tc.want,
@@ -101,7 +101,7 @@ func TestAttachFinishesRemovalHoldingRequestedAddress(t *testing.T) {
 	addr := old.Interface.IPv4
 	req := cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw}
 	req.Args, req.CapabilityArgs = cnibridge.RequestArgs(nw, []string{addr}, "")
-	a, err := s.Manager.Attach(ctx, attach.Plan{
+	a, err := s.Manager.Apply(ctx, attach.Plan{
 		Add:   req,
 		Owner: state.Attachment{Phase: state.PhaseEndpoint, NetworkID: "net", EndpointID: naming.RandomID()},
 		Want:  attach.Want{Address: addr, NeedIPv4: true},
@@ -132,7 +132,7 @@ func TestAttachSameEndpointTwiceAtOnce(t *testing.T) {
 	answers := make(chan answer, 2)
 	for range 2 {
 		go func() {
-			a, err := s.Manager.Attach(ctx, plan)
+			a, err := s.Manager.Apply(ctx, plan)
 			answers <- answer{a, err}
 		}()
 	}

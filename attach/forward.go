@@ -42,10 +42,10 @@ func (m *Manager) networkRules() (*netrules.Rules, error) {
 	return m.rules.rules, m.rules.err
 }
 
-// planForward records the attachment as a member of its network's rule set and returns what joins it (nil
+// joinNetworkRules records the attachment as a member of its network's rule set and returns what joins it (nil
 // when the network has none). The caller records the attachment before it calls that: teardown must find the
 // member. Joining costs no iptables command when the container's prefixes are the network's already.
-func (m *Manager) planForward(ctx context.Context, a *state.Attachment, p JoinPolicy) (func() error, error) {
+func (m *Manager) joinNetworkRules(ctx context.Context, a *state.Attachment, p JoinPolicy) (func() error, error) {
 	if !p.HostFirewall || len(a.Interface.Addresses()) == 0 {
 		return nil, nil
 	}
@@ -82,8 +82,8 @@ func routedPrefixes(iface cnibridge.Interface) []string {
 	return out
 }
 
-// revokeForward takes the attachment out of its network's rule set; part of the one teardown path (Remove).
-func (m *Manager) revokeForward(ctx context.Context, a *state.Attachment) error {
+// leaveNetworkRules takes the attachment out of its network's rule set; part of the one teardown path (Remove).
+func (m *Manager) leaveNetworkRules(ctx context.Context, a *state.Attachment) error {
 	if a.Forward == nil {
 		return nil
 	}

@@ -92,7 +92,7 @@ func TestReconcileCollectsGarbage(t *testing.T) {
 		state.Attachment{Phase: state.PhaseJoined, NetworkID: "net1", EndpointID: "ep1"})
 	testutil.Must(t, err)
 	// An attachment of this instance that only the cache knows: ADD ran, the record is gone.
-	orphan, err := s.Manager.Runner().Plan(cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw})
+	orphan, err := s.Manager.Runner().NewAttachment(cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw})
 	testutil.Must(t, err)
 	testutil.Must(t, s.Manager.Runner().Add(ctx, orphan))
 	// Another runtime's attachment on the same CNI network, sharing the cache.

@@ -100,7 +100,7 @@ func (m *Manager) Runner() *cnibridge.Runner { return m.cni }
 // Add plans the attachment, records it as adding, runs CNI ADD, and records the result with the phase and
 // owners given in owner. On failure nothing is left behind: not the CNI side, not the record.
 func (m *Manager) Add(ctx context.Context, req cnibridge.AddRequest, owner state.Attachment) (*state.Attachment, error) {
-	planned, err := m.cni.Plan(req)
+	planned, err := m.cni.NewAttachment(req)
 	if err != nil {
 		return nil, err
 	}
@@ -195,12 +195,12 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 	}
 	var allowForward func() error
 	if !addedAtJoin {
-		if allowForward, err = m.planForward(ctx, a, p); err != nil {
+		if allowForward, err = m.joinNetworkRules(ctx, a, p); err != nil {
 			return err
 		}
 	}
 	if intoSandbox {
-		if err := m.cni.PlanSandboxJoin(&a.Attachment, sandboxKey); err != nil {
+		if err := m.cni.SetSandbox(&a.Attachment, sandboxKey); err != nil {
 			return err
 		}
 		// Recorded before the hand-over: teardown then releases with the container's key, which is harmless
@@ -272,7 +272,7 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 		return err
 	}
 	// Independent too, as at Join: the FORWARD rules go while the CNI DEL runs.
-	revoked := alongside(func() error { return m.revokeForward(ctx, a) })
+	revoked := alongside(func() error { return m.leaveNetworkRules(ctx, a) })
 	if err := errors.Join(m.cni.Teardown(ctx, &a.Attachment), <-revoked); err != nil {
 		return err
 	}

@@ -95,7 +95,7 @@ func BenchmarkRunnerLifecycle(b *testing.B) {
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		att, err := r.Plan(cnibridge.AddRequest{ContainerID: benchContainerID(i), Network: nw})
+		att, err := r.NewAttachment(cnibridge.AddRequest{ContainerID: benchContainerID(i), Network: nw})
 		if err != nil {
 			b.Fatal(err)
 		}

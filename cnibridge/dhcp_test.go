@@ -100,7 +100,7 @@ func (e *dhcpEnv) add(t *testing.T, plugin string) (*Attachment, net.IP) {
 	name := testutil.UniqueName("dhcp")
 	nw, err := ParseNetwork([]byte(conflist(name, plugin)))
 	testutil.Must(t, err)
-	att, err := e.r.Plan(AddRequest{ContainerID: containerID(t), Network: nw})
+	att, err := e.r.NewAttachment(AddRequest{ContainerID: containerID(t), Network: nw})
 	testutil.Must(t, err)
 	if err := e.r.Add(context.Background(), att); err != nil {
 		t.Fatalf("ADD: %v", err)

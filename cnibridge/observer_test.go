@@ -103,7 +103,7 @@ func TestExecObserverSeesEveryPluginExec(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
-	att, err := r.Plan(cnibridge.AddRequest{ContainerID: "0123456789abcdef" + testutil.UniqueName("obs"), Network: nw})
+	att, err := r.NewAttachment(cnibridge.AddRequest{ContainerID: "0123456789abcdef" + testutil.UniqueName("obs"), Network: nw})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,9 +13,9 @@ import (
 	"github.com/cniplug/cniplug/naming"
 )
 
-// Plan names everything an attachment will create (staging netns, host link name) without creating it, so
+// NewAttachment names everything an attachment will create (staging netns, host link name) without creating it, so
 // the caller can record the attachment before applying it.
-func (r *Runner) Plan(req AddRequest) (*Attachment, error) {
+func (r *Runner) NewAttachment(req AddRequest) (*Attachment, error) {
 	if len(req.ContainerID) < naming.ShortIDLen || !validName.MatchString(req.ContainerID) {
 		return nil, fmt.Errorf("invalid attachment id %q", req.ContainerID)
 	}
@@ -43,7 +43,7 @@ func (r *Runner) Add(ctx context.Context, att *Attachment) error {
 }
 
 // AddInSandbox is Add straight into the container's netns, for an attachment whose ADD can wait for Join
-// (its address is Docker's): no staging netns and no link move. PlanSandboxJoin has named the link there;
+// (its address is Docker's): no staging netns and no link move. SetSandbox has named the link there;
 // CNI_IFNAME is that name. The container's netns must hold no other link yet (SandboxEmpty): CNI plugins
 // expect a netns of their own, and their default route would collide with another network's. The
 // container's netns is pinned at the planned staging path, which teardown then finds as after PinSandbox:

@@ -25,7 +25,7 @@ esac
 exit 0
 `)
 	args, _ := RequestArgs(nw, nil, "")
-	att, err := r.Plan(AddRequest{ContainerID: containerID(t), Network: nw, Args: args})
+	att, err := r.NewAttachment(AddRequest{ContainerID: containerID(t), Network: nw, Args: args})
 	testutil.Must(t, err)
 	err = r.Add(context.Background(), att)
 	if err == nil {
@@ -61,7 +61,7 @@ esac
 exit 0
 `)
 			args, _ := RequestArgs(nw, nil, "")
-			att, err := r.Plan(AddRequest{ContainerID: containerID(t), Network: nw, Args: args})
+			att, err := r.NewAttachment(AddRequest{ContainerID: containerID(t), Network: nw, Args: args})
 			testutil.Must(t, err)
 			start := time.Now()
 			err = r.Add(context.Background(), att)
@@ -91,7 +91,7 @@ func TestPlan(t *testing.T) {
 	nw, err := ParseNetwork([]byte(conflist("plan-test", `{"type":"bridge"}`)))
 	testutil.Must(t, err)
 	id := strings.Repeat("ab", 32)
-	att, err := r.Plan(AddRequest{ContainerID: id, Network: nw, Args: [][2]string{{"IgnoreUnknown", "1"}}})
+	att, err := r.NewAttachment(AddRequest{ContainerID: id, Network: nw, Args: [][2]string{{"IgnoreUnknown", "1"}}})
 	testutil.Must(t, err)
 	want := &Attachment{
 		ContainerID: id, IfName: "eth0", NetNS: "/run/cniplug-test-netns/cniplug-abababababab",
@@ -104,7 +104,7 @@ func TestPlan(t *testing.T) {
 		t.Errorf("Plan created %s", att.NetNS)
 	}
 	for _, bad := range []string{"", "short", "../../../../etc/x", "abcdefabcdef/x", "-abcdefabcdef"} {
-		if _, err := r.Plan(AddRequest{ContainerID: bad, Network: nw}); err == nil {
+		if _, err := r.NewAttachment(AddRequest{ContainerID: bad, Network: nw}); err == nil {
 			t.Errorf("Plan accepted id %q", bad)
 		}
 	}

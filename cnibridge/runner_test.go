@@ -374,7 +374,7 @@ func attachWith(t *testing.T, kind netKind, version string, request func(nw *Net
 	}
 	args, caps := request(nw, subnet)
 
-	att, err := r.Plan(AddRequest{ContainerID: containerID(t), Network: nw, Args: args, CapabilityArgs: caps})
+	att, err := r.NewAttachment(AddRequest{ContainerID: containerID(t), Network: nw, Args: args, CapabilityArgs: caps})
 	testutil.Must(t, err)
 	if len(att.HostIfName) > 15 {
 		t.Fatalf("HostIfName %q is longer than IFNAMSIZ-1", att.HostIfName)

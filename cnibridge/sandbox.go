@@ -17,10 +17,10 @@ import (
 // creates later.
 func SandboxReady(path string) bool { return path != "" && isNetNS(path) }
 
-// PlanSandboxJoin names the link the attachment will have inside the container's netns at sandbox: the first
-// eth<N> no link there has. It only reads the sandbox, so the caller can record the plan before JoinSandbox
+// SetSandbox names the link the attachment will have inside the container's netns at sandbox: the first
+// eth<N> no link there has. It only reads the sandbox, so the caller can record it before JoinSandbox
 // applies it (teardown must find the link wherever a crash leaves it).
-func (r *Runner) PlanSandboxJoin(att *Attachment, sandbox string) error {
+func (r *Runner) SetSandbox(att *Attachment, sandbox string) error {
 	if att.Sandbox == sandbox && att.SandboxIfName != "" {
 		return nil // a repeated Join
 	}
@@ -46,7 +46,7 @@ func (r *Runner) PlanSandboxJoin(att *Attachment, sandbox string) error {
 }
 
 // JoinSandbox moves the attachment's link from its staging netns straight into the container's netns planned
-// by PlanSandboxJoin, instead of handing it to Docker through the host netns: one link move instead of the
+// by SetSandbox, instead of handing it to Docker through the host netns: one link move instead of the
 // two (staging to host by cniplug, host to container by Docker) that each wait for the kernel's RCU grace
 // period. A move drops addresses, routes and the up state, so it puts back the addresses and the connected
 // routes CNI gave the link and sets it up; Docker adds the gateway and the routes via a next hop (libnetwork

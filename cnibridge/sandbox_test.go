@@ -69,7 +69,7 @@ func TestJoinSandbox(t *testing.T) {
 			t.Fatal("SandboxReady does not tell an existing netns from a missing one")
 		}
 
-		testutil.Must(t, a.r.PlanSandboxJoin(a.att, sandbox))
+		testutil.Must(t, a.r.SetSandbox(a.att, sandbox))
 		if a.att.SandboxIfName != tc.wantName {
 			t.Fatalf("planned name %s, want %s", a.att.SandboxIfName, tc.wantName)
 		}
@@ -161,7 +161,7 @@ func TestAddInSandbox(t *testing.T) {
 		}
 		wantName := tc.wantName
 		a := attachWith(t, kind, "1.0.0", nil, func(r *Runner, att *Attachment) error {
-			if err := r.PlanSandboxJoin(att, sandbox); err != nil {
+			if err := r.SetSandbox(att, sandbox); err != nil {
 				return err
 			}
 			return r.AddInSandbox(context.Background(), att)

@@ -32,7 +32,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 	plan, err := d.planEndpoint(nw, req, want)
 	var a *state.Attachment
 	if err == nil {
-		a, err = d.mgr.Attach(ctx, plan)
+		a, err = d.mgr.Apply(ctx, plan)
 	}
 	if err != nil {
 		return nil, d.errorf(req.NetworkID, "CNI network %q: %w", nw.CNIName, err)

@@ -95,7 +95,7 @@ func (d *Driver) parseNetwork(ctx context.Context, req *network.CreateNetworkReq
 	}
 	// DEL runs in the background by default. The CNI IPAM keeps the address reserved until DEL releases it;
 	// an ADD that asks for an address a background removal still holds (Docker's IPAM hands a released
-	// address out again at once; --ip) finishes that removal first (attach.Manager.Attach).
+	// address out again at once; --ip) finishes that removal first (attach.Manager.Apply).
 	if rec.AsyncDelete, err = boolOption(opts, OptAsyncDelete, true); err != nil {
 		return nil, nil, err
 	}

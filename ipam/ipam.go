@@ -253,7 +253,7 @@ func (p *Ipam) RequestAddress(ctx context.Context, req *ipam.RequestAddressReque
 	addReq.Args, addReq.CapabilityArgs = pool.Extra.Apply(cnibridge.RequestArgs(nw, requested, mac))
 	// Docker puts no limit on container names: a long one is shortened (naming.BoundName), never refused.
 	addReq.Args = cnibridge.WithContainerName(addReq.Args, naming.BoundName(req.Options[endpointNameOption]))
-	a, err := p.mgr.Attach(ctx, attach.Plan{
+	a, err := p.mgr.Apply(ctx, attach.Plan{
 		Add:   addReq,
 		Owner: state.Attachment{Phase: state.PhasePending, PoolID: pool.ID, RequestMAC: mac},
 		Want:  attach.Want{Address: req.Address, NeedIPv4: true},
