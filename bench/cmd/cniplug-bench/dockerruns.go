@@ -35,7 +35,7 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 		return err
 	}
 	kinds := []benchKind{
-		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}, {kindDockerDirect, e.dockerDirectNet}, {kindWarm, e.warmNet}, {kindFloor, e.floorNet}}
+		{"none", "none"}, {"bridge", e.dockerBridge}, {"cniplug", e.cniplugNet}, {kindSync, e.syncNet}, {kindDirect, e.directNet}, {kindDockerDirect, e.dockerDirectNet}, {kindWarm, e.warmNet}, {kindMasq, e.masqNet}, {kindNftMasq, e.nftNet}, {kindFloor, e.floorNet}}
 
 	deletes, err := warmUp(ctx, e, res, kinds)
 	if err != nil {
@@ -48,10 +48,10 @@ func measureAll(ctx context.Context, e *env, o *options, res *results) error {
 	if err := measurePairs(e, o, res, kinds, lc); err != nil {
 		return err
 	}
-	if err := measureThroughput(ctx, e, o, res, kinds); err != nil {
+	if err := measureThroughput(ctx, e, o, res, kinds, lc); err != nil {
 		return err
 	}
-	if err := lc.settleAfter(float64(o.ThroughputN * len(o.Parallelism))); err != nil {
+	if err := measureChains(ctx, e, o, res); err != nil {
 		return err
 	}
 	if err := measureScale(ctx, e, o, res, lc.cniplug); err != nil {
@@ -75,12 +75,34 @@ func setUpNetworks(e *env, o *options, res *results) error {
 	if err != nil {
 		return err
 	}
+	masqSubnet, err := freeSubnet("10.216.0.0/16", "10.226.0.0/16", "10.236.0.0/16")
+	if err != nil {
+		return err
+	}
+	nftSubnet, err := freeSubnet("10.215.0.0/16", "10.225.0.0/16", "10.235.0.0/16")
+	if err != nil {
+		return err
+	}
 	if err := e.writeConflist(subnet, o.IPMasq); err != nil {
+		return err
+	}
+	if err := e.writeMasqConflists(masqSubnet, nftSubnet); err != nil {
 		return err
 	}
 	conf, _ := os.ReadFile(e.conflist)
 	res.Conflist = strings.TrimSpace(string(conf))
 	if err := e.startPlugin(); err != nil {
+		return err
+	}
+	e.roots = findRoots(e.plugin.Process.Pid)
+	if l, err := startExitListener(); err != nil {
+		e.logf("no CPU split by process group (%v)", err)
+	} else {
+		e.exits = l
+		e.onCleanup("closing the taskstats listener", func() error { l.close(); return nil })
+	}
+	// The masquerade networks first: their removal comes after the containers'.
+	if err := e.createMasqNetworks(masqSubnet, nftSubnet); err != nil {
 		return err
 	}
 	if err := e.createNetworks(bridgeSubnet, subnet); err != nil {
@@ -176,11 +198,20 @@ func (l *lifecycles) cniplug(args []string, more ...[]string) (time.Duration, li
 	return d, diff(b, a), nil
 }
 
+// isCniplugKind says whether the kind's network is on the bench's cniplug.
+func isCniplugKind(kind string) bool {
+	switch kind {
+	case "cniplug", kindSync, kindDirect, kindDockerDirect, kindWarm, kindMasq, kindNftMasq:
+		return true
+	}
+	return false
+}
+
 // of is one lifecycle of a kind: the cniplug networks costed from the metrics (default and direct-join), the
 // sync-DEL one settled but not costed, the others plain.
 func (l *lifecycles) of(kind string, args []string, more ...[]string) (time.Duration, error) {
 	switch kind {
-	case "cniplug", kindDirect, kindDockerDirect, kindWarm:
+	case "cniplug", kindDirect, kindDockerDirect, kindWarm, kindMasq, kindNftMasq:
 		d, cost, err := l.cniplug(args, more...)
 		if err == nil && kind == "cniplug" {
 			l.res.addCost(cost)
@@ -250,17 +281,20 @@ func measurePairs(e *env, o *options, res *results, kinds []benchKind, lc *lifec
 	return nil
 }
 
-// measureThroughput runs `docker run --rm` lifecycles in parallel on Docker's bridge and cniplug, and records
+// measureThroughput runs `docker run --rm` lifecycles in parallel on every kind but --net=none, and records
 // the lifecycles per second and the CPU they took, at each parallelism.
-func measureThroughput(ctx context.Context, e *env, o *options, res *results, kinds []benchKind) error {
+func measureThroughput(ctx context.Context, e *env, o *options, res *results, kinds []benchKind, lc *lifecycles) error {
 	e.logf("throughput: %d lifecycles at parallelism %v", o.ThroughputN, o.Parallelism)
-	res.Throughput = map[string]map[int]float64{"bridge": {}, "cniplug": {}}
+	res.Throughput = map[string]map[int]float64{}
 	for _, p := range o.Parallelism {
 		for _, k := range kinds {
-			if _, ok := res.Throughput[k.name]; !ok {
-				continue // Docker bridge and cniplug only
+			if k.name == "none" {
+				continue
 			}
-			if err := measureThroughputCell(ctx, e, o, res, k, p); err != nil {
+			if res.Throughput[k.name] == nil {
+				res.Throughput[k.name] = map[int]float64{}
+			}
+			if err := measureThroughputCell(ctx, e, o, res, k, p, lc); err != nil {
 				return err
 			}
 		}
@@ -269,8 +303,12 @@ func measureThroughput(ctx context.Context, e *env, o *options, res *results, ki
 }
 
 // measureThroughputCell is one kind at one parallelism p.
-func measureThroughputCell(ctx context.Context, e *env, o *options, res *results, k benchKind, p int) error {
+func measureThroughputCell(ctx context.Context, e *env, o *options, res *results, k benchKind, p int, lc *lifecycles) error {
 	before, err := e.cpuTimes()
+	if err != nil {
+		return err
+	}
+	win, err := startGroups(e.exits)
 	if err != nil {
 		return err
 	}
@@ -282,13 +320,43 @@ func measureThroughputCell(ctx context.Context, e *env, o *options, res *results
 		return err
 	}
 	res.Throughput[k.name][p] = float64(o.ThroughputN) / wall.Seconds()
-	// The CPU of the cell includes its background removals.
-	e.quiesce()
+	// The CPU of the cell includes its background removals and the warm pool's refill: on cniplug, every
+	// DeleteEndpoint of the cell served and finished.
+	extra := 0.0
+	if isCniplugKind(k.name) {
+		extra = float64(o.ThroughputN)
+	}
+	if err := lc.settleAfter(extra); err != nil {
+		return err
+	}
 	after, err := e.cpuTimes()
 	if err != nil {
 		return err
 	}
-	res.addCPU(k.name, after.machine-before.machine, after.plugin-before.plugin, o.ThroughputN)
+	groups, err := win.end(e.roots)
+	if err != nil {
+		e.logf("CPU split of %s at %d: %v", k.name, p, err)
+		groups = nil
+	}
+	res.addCPU(k.name, after.machine-before.machine, after.plugin-before.plugin, o.ThroughputN, groups)
+	return nil
+}
+
+// measureChains measures the CPU of raw libcni ADD+DEL of each conflist: the chain's own cost, for the
+// throughput ceiling.
+func measureChains(ctx context.Context, e *env, o *options, res *results) error {
+	if o.ChainN <= 0 {
+		return nil
+	}
+	e.logf("raw libcni ADD+DEL CPU: %d per conflist", o.ChainN)
+	res.Chains = map[string]*chainCPU{}
+	for name, path := range map[string]string{chainMain: e.conflist, chainNoMasq: e.masqConflist, chainNft: e.nftConflist} {
+		c, err := measureChainCPU(ctx, e, path, o.ChainN)
+		if err != nil {
+			return err
+		}
+		res.Chains[name] = c
+	}
 	return nil
 }
 

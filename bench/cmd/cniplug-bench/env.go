@@ -36,6 +36,8 @@ type env struct {
 	metricsAddr string
 	plugin      *exec.Cmd
 	pluginLog   string
+	exits       *exitListener // taskstats exit records for the CPU split by process group (nil: not available)
+	roots       roots         // dockerd, containerd, cniplug and the bench, for the CPU split
 
 	cniplugNet string // Docker network on cniplug
 	syncNet    string // the same on cniplug with --opt async-delete=false (CNI DEL inside DeleteEndpoint)
@@ -44,9 +46,13 @@ type env struct {
 	// of host-local's allocations for the other networks) and --opt direct-join=true: ADD at Join, in place
 	dockerDirectNet string
 	warmNet         string // cniplug's IPAM with --ipam-opt warm-pool and --opt direct-join=true
-	floorNet        string // Docker network on the veth-only floor driver (vethfloor.go)
-	dockerBridge    string // Docker's own user-defined bridge network
-	podman          *podman
+	// masqNet: a conflist without ipMasq (masqConflist), Docker's IPAM, --opt masquerade=true and direct join
+	masqNet, masqConflist string
+	// nftNet: a conflist with ipMasq and "ipMasqBackend": "nftables" (nftConflist), Docker's IPAM and direct join
+	nftNet, nftConflist string
+	floorNet            string // Docker network on the veth-only floor driver (vethfloor.go)
+	dockerBridge        string // Docker's own user-defined bridge network
+	podman              *podman
 
 	cleanups []func() error
 }
@@ -131,19 +137,27 @@ func (e *env) writeConflist(subnet string, ipMasq bool) error {
 	if err := os.MkdirAll(e.confDir, 0o755); err != nil {
 		return err
 	}
+	var err error
+	e.conflist, err = e.writeChain(e.cniName, e.bridge, subnet, fmt.Sprintf("%q:%t", "ipMasq", ipMasq))
+	return err
+}
+
+// writeChain writes a bridge + host-local conflist named name on its own bridge device into the conf dir,
+// with masq the bridge plugin's masquerade keys, and returns its path.
+func (e *env) writeChain(name, bridge, subnet, masq string) (string, error) {
 	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[
-  {"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":%t,
+  {"type":"bridge","bridge":%q,"isGateway":true,%s,
    "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}]}}]}
-`, e.cniName, e.bridge, ipMasq, filepath.Join(e.tmp, "host-local"), subnet)
-	e.conflist = filepath.Join(e.confDir, e.cniName+".conflist")
-	e.onCleanup("removing bridge "+e.bridge, func() error {
-		if _, err := run("ip", "link", "show", e.bridge); err != nil {
+`, name, bridge, masq, filepath.Join(e.tmp, "host-local"), subnet)
+	path := filepath.Join(e.confDir, name+".conflist")
+	e.onCleanup("removing bridge "+bridge, func() error {
+		if _, err := run("ip", "link", "show", bridge); err != nil {
 			return nil
 		}
-		_, err := run("ip", "link", "del", e.bridge)
+		_, err := run("ip", "link", "del", bridge)
 		return err
 	})
-	return os.WriteFile(e.conflist, []byte(conf), 0o644)
+	return path, os.WriteFile(path, []byte(conf), 0o644)
 }
 
 func freePort() (string, error) {
@@ -223,22 +237,17 @@ func (e *env) createNetworks(bridgeSubnet, cniSubnet string) error {
 	e.directNet = "cnibenchdirect-" + e.runID
 	e.dockerDirectNet = "cnibenchdd-" + e.runID
 	e.warmNet = "cnibenchwarm-" + e.runID
-	_, sub, err := net.ParseCIDR(cniSubnet)
+	dockerIPAM, err := dockerIPAMArgs(cniSubnet)
 	if err != nil {
 		return err
 	}
-	ones, _ := sub.Mask.Size()
-	upper := &net.IPNet{IP: append(net.IP(nil), sub.IP.To4()...), Mask: net.CIDRMask(ones+1, 32)}
-	upper.IP[ones/8] |= 0x80 >> (ones % 8)
-	gateway := append(net.IP(nil), sub.IP.To4()...)
-	gateway[3]++ // the bridge plugin's gateway: the subnet's first address
 	cniIPAM := []string{"--ipam-driver", e.driver, "--ipam-opt", "cni=" + e.cniName}
 	for _, n := range []struct {
 		name  string
 		extra []string
 	}{{e.cniplugNet, cniIPAM}, {e.syncNet, append([]string{"--opt", "async-delete=false"}, cniIPAM...)},
 		{e.directNet, append([]string{"--opt", "direct-join=true"}, cniIPAM...)},
-		{e.dockerDirectNet, []string{"--opt", "direct-join=true", "--subnet", cniSubnet, "--gateway", gateway.String(), "--ip-range", upper.String()}},
+		{e.dockerDirectNet, append([]string{"--opt", "direct-join=true"}, dockerIPAM...)},
 		{e.warmNet, append([]string{"--opt", "direct-join=true", "--ipam-opt", fmt.Sprintf("warm-pool=%d", warmPoolSize)}, cniIPAM...)}} {
 		args := append([]string{"network", "create", "-d", e.driver, "--opt", "cni=" + e.cniName}, n.extra...)
 		args = append(args, n.name)
@@ -268,6 +277,59 @@ func (e *env) createNetworks(bridgeSubnet, cniSubnet string) error {
 		_, err = docker(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
 		return err
 	})
+	return nil
+}
+
+// dockerIPAMArgs are the docker network create flags of Docker's IPAM on the conflist's subnet: the bridge
+// plugin's gateway (the first address), and addresses from the upper half, clear of host-local's allocations
+// (for the other Docker networks on the conflist, and raw libcni) from the bottom.
+func dockerIPAMArgs(subnet string) ([]string, error) {
+	_, sub, err := net.ParseCIDR(subnet)
+	if err != nil {
+		return nil, err
+	}
+	ones, _ := sub.Mask.Size()
+	upper := &net.IPNet{IP: append(net.IP(nil), sub.IP.To4()...), Mask: net.CIDRMask(ones+1, 32)}
+	upper.IP[ones/8] |= 0x80 >> (ones % 8)
+	gateway := append(net.IP(nil), sub.IP.To4()...)
+	gateway[3]++
+	return []string{"--subnet", subnet, "--gateway", gateway.String(), "--ip-range", upper.String()}, nil
+}
+
+// writeMasqConflists writes the two conflists of the masquerade comparison next to the main one: without
+// ipMasq (for cniplug's network-level --opt masquerade=true), and with ipMasq on the bridge plugin's nftables
+// backend. Before the plugin starts, which reads the conf dir.
+func (e *env) writeMasqConflists(masqSubnet, nftSubnet string) error {
+	var err error
+	if e.masqConflist, err = e.writeChain(e.cniName+"m", e.bridge+"m", masqSubnet, `"ipMasq":false`); err != nil {
+		return err
+	}
+	e.nftConflist, err = e.writeChain(e.cniName+"n", e.bridge+"n", nftSubnet, `"ipMasq":true,"ipMasqBackend":"nftables"`)
+	return err
+}
+
+// createMasqNetworks creates the Docker networks of the masquerade comparison, both with Docker's IPAM and
+// direct join (the cheapest path of the kinds measured): on the conflist without ipMasq with
+// --opt masquerade=true, and on the nftables-ipMasq one.
+func (e *env) createMasqNetworks(masqSubnet, nftSubnet string) error {
+	e.masqNet = "cnibenchmasq-" + e.runID
+	e.nftNet = "cnibenchnft-" + e.runID
+	for _, n := range []struct{ name, cni, subnet, masq string }{
+		{e.masqNet, e.cniName + "m", masqSubnet, "true"}, {e.nftNet, e.cniName + "n", nftSubnet, "false"}} {
+		ipam, err := dockerIPAMArgs(n.subnet)
+		if err != nil {
+			return err
+		}
+		args := append([]string{"network", "create", "-d", e.driver, "--opt", "cni=" + n.cni, "--opt", "direct-join=true", "--opt", "masquerade=" + n.masq}, ipam...)
+		if _, err := docker(append(args, n.name)...); err != nil {
+			return err
+		}
+		name := n.name
+		e.onCleanup("removing Docker network "+name, func() error {
+			_, err := docker("network", "rm", name)
+			return err
+		})
+	}
 	return nil
 }
 

@@ -37,6 +37,7 @@ type options struct {
 	SkipGoBench  bool
 	StartWorkers int
 	IPMasq       bool
+	ChainN       int `json:",omitempty"`
 }
 
 // render, when set, names a results.json to re-render instead of measuring.
@@ -60,6 +61,7 @@ func parseOptions() (*options, error) {
 	flag.BoolVar(&o.SkipPodman, "skip-podman", false, "do not measure Podman")
 	flag.BoolVar(&o.SkipGoBench, "skip-gobench", false, "do not run the Go benchmarks")
 	flag.IntVar(&o.StartWorkers, "start-workers", 4, "parallel `docker run -d` when filling up live endpoints")
+	flag.IntVar(&o.ChainN, "chain-n", 20, "raw libcni ADD+DEL per conflist whose CPU (getrusage) gives the throughput ceiling (0: not measured)")
 	flag.BoolVar(&o.IPMasq, "ipmasq", true, "bridge plugin ipMasq (outbound NAT like Docker's bridge; costs iptables execs per container)")
 	flag.StringVar(&render, "render", "", "only re-render results.md and chart.png from this results.json")
 	flag.Parse()

@@ -5,6 +5,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -23,6 +25,33 @@ const kindDockerDirect = "cniplug-docker-direct"
 // RequestAddress takes an attachment added in advance, and the refill runs in the background.
 const kindWarm = "cniplug-warm"
 
+// kindMasq is the network kind of a cniplug network on a conflist without ipMasq, with cniplug's
+// network-level --opt masquerade=true, Docker's IPAM and direct join.
+const kindMasq = "cniplug-masq"
+
+// kindNftMasq is the network kind of a cniplug network on a conflist with ipMasq on the bridge plugin's
+// nftables backend ("ipMasqBackend": "nftables"), Docker's IPAM and direct join.
+const kindNftMasq = "cniplug-nft-ipmasq"
+
+// The conflists whose raw libcni ADD+DEL CPU is measured (results.Chains): the main one (ipMasq as -ipmasq),
+// the one without ipMasq and the one with ipMasq on nftables.
+const (
+	chainMain   = "main"
+	chainNoMasq = "no-ipmasq"
+	chainNft    = "nft-ipmasq"
+)
+
+// chainOf is the conflist a kind's network runs.
+func chainOf(kind string) string {
+	switch kind {
+	case kindMasq:
+		return chainNoMasq
+	case kindNftMasq:
+		return chainNft
+	}
+	return chainMain
+}
+
 // warmPoolSize is the bench's --ipam-opt warm-pool: more than the lifecycles the sequential runs have in flight.
 const warmPoolSize = 4
 
@@ -31,6 +60,8 @@ var speedUps = []struct{ kind, label, opts string }{
 	{kindDirect, "direct-join", "`--opt direct-join=true`"},
 	{kindDockerDirect, "Docker IPAM + direct-join", "`--subnet … --opt direct-join=true`: Docker's IPAM, the ADD at Join in the container's netns"},
 	{kindWarm, "warm pool + direct-join", fmt.Sprintf("`--ipam-opt warm-pool=%d --opt direct-join=true`: cniplug's IPAM takes an attachment added in advance; the refill's ADD counts as cniplug's time", warmPoolSize)},
+	{kindMasq, "masquerade=true, no ipMasq", "conflist without `ipMasq`, `--opt masquerade=true --subnet … --opt direct-join=true`: the network masqueraded once by cniplug, Docker's IPAM, direct join"},
+	{kindNftMasq, "nftables ipMasq", "conflist with `\"ipMasq\": true, \"ipMasqBackend\": \"nftables\"`, `--subnet … --opt direct-join=true`"},
 }
 
 // kindFloor is the network kind of the veth-only remote driver, the floor for any remote driver that hands a
@@ -55,10 +86,13 @@ type results struct {
 	Throughput map[string]map[int]float64 // kind -> parallelism -> lifecycles/s
 	// CPU seconds per lifecycle over the throughput runs, by kind: the whole machine's, and cniplug's with the
 	// CNI plugins and commands it ran. Earlier results lack it.
-	CPU     map[string]*cpuUse  `json:",omitempty"`
-	Scale   map[int]*scalePoint // live endpoints -> measurements
-	RSS     map[int]int64       // live endpoints -> bytes
-	GoBench map[string]float64  // benchmark -> seconds/op
+	CPU map[string]*cpuUse `json:",omitempty"`
+	// CPU per raw libcni ADD+DEL of each conflist (chainMain, ...), for the throughput ceiling. Earlier
+	// results lack it.
+	Chains  map[string]*chainCPU `json:",omitempty"`
+	Scale   map[int]*scalePoint  // live endpoints -> measurements
+	RSS     map[int]int64        // live endpoints -> bytes
+	GoBench map[string]float64   // benchmark -> seconds/op
 	Podman  *podmanResult
 
 	Targets []target
@@ -107,9 +141,35 @@ func (r *results) addCost(c lifecycleCost) { r.cost.add(c) }
 type cpuUse struct {
 	Lifecycles      int
 	Machine, Plugin float64 // seconds
+	// Groups: seconds by process group (procacct.go), over GroupLifecycles of the lifecycles (the cells
+	// whose split worked). Earlier results lack it.
+	Groups          map[string]float64 `json:",omitempty"`
+	GroupLifecycles int                `json:",omitempty"`
 }
 
-func (r *results) addCPU(kind string, machine, plugin float64, lifecycles int) {
+// perLifecycle is the CPU of a group per lifecycle.
+func (c *cpuUse) perLifecycle(group string) float64 {
+	if c == nil || c.GroupLifecycles == 0 {
+		return math.NaN()
+	}
+	return c.Groups[group] / float64(c.GroupLifecycles)
+}
+
+// firewall is the CPU of all firewall execs per lifecycle, whoever ran them.
+func (c *cpuUse) firewall() float64 {
+	if c == nil || c.GroupLifecycles == 0 {
+		return math.NaN()
+	}
+	sum := 0.0
+	for g, v := range c.Groups {
+		if strings.HasPrefix(g, groupFirewall) {
+			sum += v
+		}
+	}
+	return sum / float64(c.GroupLifecycles)
+}
+
+func (r *results) addCPU(kind string, machine, plugin float64, lifecycles int, groups map[string]float64) {
 	if r.CPU == nil {
 		r.CPU = map[string]*cpuUse{}
 	}
@@ -120,6 +180,28 @@ func (r *results) addCPU(kind string, machine, plugin float64, lifecycles int) {
 	c.Lifecycles += lifecycles
 	c.Machine += machine
 	c.Plugin += plugin
+	if groups != nil {
+		if c.Groups == nil {
+			c.Groups = map[string]float64{}
+		}
+		sum := 0.0
+		for g, v := range groups {
+			c.Groups[g] += v
+			sum += v
+		}
+		c.Groups[groupUnacct] += machine - sum
+		c.GroupLifecycles += lifecycles
+	}
+}
+
+// ceilingOf is the throughput ceiling of a kind's chain (lifecycles/s), 0 when not measured.
+func (r *results) ceilingOf(kind string) float64 {
+	br, ch := r.CPU["bridge"], r.Chains[chainOf(kind)]
+	if br == nil || br.Lifecycles == 0 || ch == nil {
+		return 0
+	}
+	cores, _ := strconv.Atoi(r.Host["cpus"])
+	return ceiling(cores, br.Machine/float64(br.Lifecycles), ch.Plugins)
 }
 
 // addKindCost records a lifecycle on a network with speed-up options.
@@ -163,6 +245,18 @@ func (r *results) evaluate() {
 		if d := r.KindCosts[su.kind]; d != nil && len(d.Overhead) > 0 {
 			add("cniplug overhead per lifecycle with the speed-up options, p50", ms(d.Overhead.p50()), "≤ 10 ms", d.Overhead.p50()/0.010, su.opts)
 			add("cniplug overhead per lifecycle with the speed-up options, p99", ms(d.Overhead.p99()), "≤ 25 ms", d.Overhead.p99()/0.025, su.opts)
+		}
+	}
+	if ceil := r.ceilingOf("cniplug"); ceil > 0 {
+		for _, p := range r.Options.Parallelism {
+			if p < 4 {
+				continue // one lifecycle at a time does not load the CPUs
+			}
+			if thr, ok := r.Throughput["cniplug"][p]; ok {
+				f := thr / ceil
+				add(fmt.Sprintf("cniplug throughput at %d parallel as a fraction of the chain's ceiling", p), fmt.Sprintf("%.2f (%.2f /s of %.2f /s)", f, thr, ceil), "≥ 0.95",
+					0.95/f, "ceiling = cores / (CPU per lifecycle on Docker's bridge + CPU of the chain's plugins per raw libcni ADD+DEL)")
+			}
 		}
 	}
 	if p := r.Podman; p != nil && p.Error == "" {
