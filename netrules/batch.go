@@ -161,6 +161,21 @@ func renderBatch(top topChains, sets []networkSet, v6 bool, previous []string) b
 	return batch{text: out.String(), chains: w.chains, empty: len(active) == 0}
 }
 
+// match writes one rule in chain for each prefix and each bridge of the network, matching the packet's source
+// (-s, -i) or its destination (-d, -o), with the given target.
+func (w *writer) match(table, chain string, s networkSet, v6, source bool, target ...string) {
+	addr, iface := "-d", "-o"
+	if source {
+		addr, iface = "-s", "-i"
+	}
+	for _, p := range s.prefixes[v6] {
+		w.rule(table, chain, append([]string{addr, p}, target...)...)
+	}
+	for _, b := range s.bridges {
+		w.rule(table, chain, append([]string{iface, b}, target...)...)
+	}
+}
+
 // internal writes an internal network's isolation: a packet with one end in the network (by prefix, or by
 // the bridge it came in or goes out on) must have the other end there too. Traffic to the host itself (the
 // gateway address) is not forwarded and stays allowed, as on Docker's internal networks.
@@ -168,28 +183,12 @@ func (w *writer) internal(s networkSet, v6 bool) {
 	from, to := chainOf(s.id), chainOf(s.id)+"-D"
 	w.declare(tableMangle, from)
 	w.declare(tableMangle, to)
-	for _, p := range s.prefixes[v6] {
-		w.rule(tableMangle, w.top.isolation, "-s", p, "-j", from)
-		w.rule(tableMangle, w.top.isolation, "-d", p, "-j", from)
-	}
-	for _, b := range s.bridges {
-		w.rule(tableMangle, w.top.isolation, "-i", b, "-j", from)
-		w.rule(tableMangle, w.top.isolation, "-o", b, "-j", from)
-	}
+	w.match(tableMangle, w.top.isolation, s, v6, true, "-j", from)
+	w.match(tableMangle, w.top.isolation, s, v6, false, "-j", from)
 	// from: is the source in the network? Then check the destination (goto: its RETURN ends this jump).
-	for _, p := range s.prefixes[v6] {
-		w.rule(tableMangle, from, "-s", p, "-g", to)
-	}
-	for _, b := range s.bridges {
-		w.rule(tableMangle, from, "-i", b, "-g", to)
-	}
+	w.match(tableMangle, from, s, v6, true, "-g", to)
 	w.rule(tableMangle, from, "-j", "DROP")
-	for _, p := range s.prefixes[v6] {
-		w.rule(tableMangle, to, "-d", p, "-j", "RETURN")
-	}
-	for _, b := range s.bridges {
-		w.rule(tableMangle, to, "-o", b, "-j", "RETURN")
-	}
+	w.match(tableMangle, to, s, v6, false, "-j", "RETURN")
 	w.rule(tableMangle, to, "-j", "DROP")
 }
 
@@ -198,18 +197,8 @@ func (w *writer) internal(s networkSet, v6 bool) {
 func (w *writer) inbound(s networkSet, v6 bool) {
 	c := chainOf(s.id)
 	w.declare(tableMangle, c)
-	for _, p := range s.prefixes[v6] {
-		w.rule(tableMangle, w.top.isolation, "-d", p, "-j", c)
-	}
-	for _, b := range s.bridges {
-		w.rule(tableMangle, w.top.isolation, "-o", b, "-j", c)
-	}
-	for _, p := range s.prefixes[v6] {
-		w.rule(tableMangle, c, "-s", p, "-j", "RETURN")
-	}
-	for _, b := range s.bridges {
-		w.rule(tableMangle, c, "-i", b, "-j", "RETURN")
-	}
+	w.match(tableMangle, w.top.isolation, s, v6, false, "-j", c)
+	w.match(tableMangle, c, s, v6, true, "-j", "RETURN")
 	w.rule(tableMangle, c, "-j", "DROP")
 }
 
@@ -233,18 +222,14 @@ func (w *writer) accepts(s networkSet, v6 bool) {
 
 // masquerade writes a network's source NAT: what leaves the network for anywhere else leaves with the host's
 // address, as from Docker's bridge networks. Traffic to the network's own prefixes and bridges (the other
-// hosts' ranges of a routed network among them) keeps its source.
+// hosts' ranges of a routed network among them) keeps its source. POSTROUTING knows no input interface, so
+// the network's traffic is told by its source prefixes alone.
 func (w *writer) masquerade(s networkSet, v6 bool) {
 	c := netMasqPrefix + strings.TrimPrefix(chainOf(s.id), netChainPrefix)
 	w.declare(tableNAT, c)
 	for _, p := range s.prefixes[v6] {
 		w.rule(tableNAT, w.top.masquerade, "-s", p, "-j", c)
 	}
-	for _, p := range s.prefixes[v6] {
-		w.rule(tableNAT, c, "-d", p, "-j", "RETURN")
-	}
-	for _, b := range s.bridges {
-		w.rule(tableNAT, c, "-o", b, "-j", "RETURN")
-	}
+	w.match(tableNAT, c, s, v6, false, "-j", "RETURN")
 	w.rule(tableNAT, c, "-j", "MASQUERADE")
 }
