@@ -73,10 +73,10 @@ func (r *results) mdSetup(w printf) {
 		w("; cniplug warm pool + direct-join: a fifth with cniplug's IPAM, `--ipam-opt warm-pool=%d` and `--opt direct-join=true`", warmPoolSize)
 	}
 	if len(r.RunRM[kindMasq]) > 0 {
-		w("; cniplug masquerade=true, no ipMasq: the same conflist without `ipMasq` on a bridge and subnet of its own, Docker's IPAM, `--opt direct-join=true` and `--opt masquerade=true` (cniplug masquerades the network's prefixes once, in the nat table)")
+		w("; cniplug masquerade=true, no ipMasq: the same conflist without `ipMasq` on a bridge and subnet of its own, cniplug's IPAM, `--opt direct-join=true` and `--opt masquerade=true` (cniplug masquerades the network's prefixes once, in the nat table)")
 	}
 	if len(r.RunRM[kindNftMasq]) > 0 {
-		w("; cniplug nftables ipMasq: the same conflist with `\"ipMasq\": true, \"ipMasqBackend\": \"nftables\"` on a bridge and subnet of its own, Docker's IPAM and `--opt direct-join=true`")
+		w("; cniplug nftables ipMasq: the same conflist with `\"ipMasq\": true, \"ipMasqBackend\": \"nftables\"` on a bridge and subnet of its own, cniplug's IPAM and `--opt direct-join=true` (these two compare with direct-join)")
 	}
 	if len(r.RunRM[kindFloor]) > 0 {
 		w("; veth-only remote driver: a remote driver served by the bench that only creates a veth pair and hands one end to Docker (Docker's IPAM), the floor for a remote driver that hands a link over")
@@ -227,10 +227,18 @@ func (r *results) mdThroughput(w printf) {
 	for i, k := range kinds {
 		w("| %s |", labels[i])
 		for _, p := range o.Parallelism {
-			w(" %.2f /s |", r.Throughput[k][p])
+			if v, ok := r.Throughput[k][p]; ok {
+				w(" %.2f /s |", v)
+			} else {
+				w(" failed |")
+			}
 		}
 		for _, p := range o.Parallelism {
-			w(" %s |", ratio(r.Throughput[k][p], r.Throughput["bridge"][p]))
+			if v, ok := r.Throughput[k][p]; ok {
+				w(" %s |", ratio(v, r.Throughput["bridge"][p]))
+			} else {
+				w(" n/a |")
+			}
 		}
 		if ceilings {
 			ceil := r.ceilingOf(k)
@@ -240,10 +248,19 @@ func (r *results) mdThroughput(w printf) {
 			}
 			w(" %.2f /s |", ceil)
 			for _, p := range o.Parallelism {
-				w(" %.2f |", r.Throughput[k][p]/ceil)
+				if v, ok := r.Throughput[k][p]; ok {
+					w(" %.2f |", v/ceil)
+				} else {
+					w(" |")
+				}
 			}
 		}
 		w("\n")
+	}
+	for i, k := range kinds {
+		if msg, ok := r.ThroughputErrors[k]; ok {
+			w("\n**%s failed under parallel lifecycles** (its cells from there on are empty): %s\n", labels[i], strings.ReplaceAll(msg, "\n", " "))
+		}
 	}
 	if br, cn := r.CPU["bridge"], r.CPU["cniplug"]; br != nil && cn != nil && br.Lifecycles > 0 && cn.Lifecycles > 0 {
 		w("\nCPU per lifecycle over these runs (the whole machine, from /proc/stat, background removals included): "+
@@ -320,7 +337,7 @@ func (r *results) mdCeiling(w printf) {
 	brCPU := br.Machine / float64(br.Lifecycles)
 	w("\n#### The ceiling the chain allows\n\nceiling = cores / (CPU per lifecycle on Docker's bridge + CPU of the chain's plugins per ADD+DEL), " +
 		"nothing of cniplug's: the throughput cniplug would reach if it cost nothing beyond Docker's own lifecycle and the CNI plugins " +
-		"(an upper bound: Docker's bridge's own veth and address work is counted next to the bridge plugin's). " +
+		"(a conservative one: Docker's bridge's own veth and address work is counted next to the bridge plugin's, so a kind may exceed it). " +
 		"The plugins' CPU is getrusage(RUSAGE_CHILDREN) over raw libcni ADD+DEL in the bench process (the plugins and the commands they ran), libcni's own RUSAGE_SELF.\n\n")
 	w("| conflist | iterations | plugins' CPU per ADD+DEL | libcni's own | wall per ADD+DEL | ceiling (%s cores, bridge %s) |\n|---|---|---|---|---|---|\n", r.Host["cpus"], ms(brCPU))
 	cores, _ := strconv.Atoi(r.Host["cpus"])

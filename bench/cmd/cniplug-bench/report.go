@@ -60,8 +60,8 @@ var speedUps = []struct{ kind, label, opts string }{
 	{kindDirect, "direct-join", "`--opt direct-join=true`"},
 	{kindDockerDirect, "Docker IPAM + direct-join", "`--subnet … --opt direct-join=true`: Docker's IPAM, the ADD at Join in the container's netns"},
 	{kindWarm, "warm pool + direct-join", fmt.Sprintf("`--ipam-opt warm-pool=%d --opt direct-join=true`: cniplug's IPAM takes an attachment added in advance; the refill's ADD counts as cniplug's time", warmPoolSize)},
-	{kindMasq, "masquerade=true, no ipMasq", "conflist without `ipMasq`, `--opt masquerade=true --subnet … --opt direct-join=true`: the network masqueraded once by cniplug, Docker's IPAM, direct join"},
-	{kindNftMasq, "nftables ipMasq", "conflist with `\"ipMasq\": true, \"ipMasqBackend\": \"nftables\"`, `--subnet … --opt direct-join=true`"},
+	{kindMasq, "masquerade=true, no ipMasq", "conflist without `ipMasq`, `--opt masquerade=true --opt direct-join=true`: the network masqueraded once by cniplug, cniplug's IPAM, direct join"},
+	{kindNftMasq, "nftables ipMasq", "conflist with `\"ipMasq\": true, \"ipMasqBackend\": \"nftables\"`, `--opt direct-join=true`, cniplug's IPAM"},
 }
 
 // kindFloor is the network kind of the veth-only remote driver, the floor for any remote driver that hands a
@@ -84,6 +84,8 @@ type results struct {
 	KindCosts map[string]*cost `json:",omitempty"`
 
 	Throughput map[string]map[int]float64 // kind -> parallelism -> lifecycles/s
+	// ThroughputErrors: kinds whose parallel lifecycles failed, with the first error (no later cells).
+	ThroughputErrors map[string]string `json:",omitempty"`
 	// CPU seconds per lifecycle over the throughput runs, by kind: the whole machine's, and cniplug's with the
 	// CNI plugins and commands it ran. Earlier results lack it.
 	CPU map[string]*cpuUse `json:",omitempty"`
