@@ -27,7 +27,11 @@ func (r *Runner) Teardown(ctx context.Context, att *Attachment) error {
 		return fmt.Errorf("recorded conflist of CNI network %q is unusable: %w", att.Network, err)
 	}
 	if !isNetNS(att.NetNS) {
-		_ = removeNetNS(att.NetNS)
+		// Its netns went (a reboot, or a managed plugin's mount namespace that died with it): DEL runs in a
+		// fresh one at the same path, which releases the addresses and rules the link no longer holds.
+		if err := removeNetNS(att.NetNS); err != nil {
+			return fmt.Errorf("clearing the lost staging netns before DEL: %w", err)
+		}
 		if err := createNetNS(att.NetNS); err != nil {
 			return fmt.Errorf("recreating staging netns for DEL: %w", err)
 		}

@@ -92,16 +92,23 @@ cp config.json "$out/config.json"
 printf 'cniplug %s built %s (%s)\n' "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
   "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')" >"$out/rootfs/etc/cniplug-release"
 say "plugin bundle in $out ($(du -sh "$out" | cut -f1))"
+# Staging namespaces reach the host's /run/netns only through a shared mount: make it one, in a peer group of
+# its own. `ip netns add` bind-mounts /run/netns onto itself, which puts it in the root mount's peer group when
+# / is shared (systemd, or `mount --make-rshared /`): every netns the plugin pins then gets a second mount,
+# hidden under /run/netns, and once the plugin's mount namespace is gone (a crash, disable, upgrade) the next
+# instance can neither see that namespace nor remove its file ("device or resource busy").
+# The containers' namespaces that dockerd pins under /run/docker/netns after the plugin started reach the plugin
+# the same way only (direct join, DHCP leases renewed from the container's namespace).
+for d in /run/netns /run/docker/netns; do
+  mkdir -p "$d"
+  mountpoint -q "$d" || mount --bind "$d" "$d"
+  mount --make-private "$d" && mount --make-shared "$d"
+done
+
 [ $create = 1 ] || exit 0
 
 # The mount sources must exist for the plugin to start (Docker does not create them).
 mkdir -p /etc/cni/net.d /opt/cni/bin /var/lib/cni /var/lib/cniplug
-# Staging namespaces reach the host's /run/netns only through a shared mount: make it one, as `ip netns add`
-# does (a no-op where it is already shared, e.g. under systemd).
-mkdir -p /run/netns
-if ! mount --make-shared /run/netns 2>/dev/null; then
-  mount --bind /run/netns /run/netns && mount --make-shared /run/netns
-fi
 if docker plugin inspect "$name" >/dev/null 2>&1; then
   say "replacing plugin $name"
   docker plugin disable -f "$name" >/dev/null 2>&1 || true

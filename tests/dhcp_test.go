@@ -55,7 +55,7 @@ func TestDHCP(t *testing.T) {
 		t.Run(kind+"/"+string(mode), func(t *testing.T) {
 			requireSuite(t)
 			if !pluginSeesContainerNetns() {
-				t.Skip("skipping: this host's mounts do not propagate into the managed plugin (root mount not shared, or the engine binds the plugin's /run privately), so it cannot see containers' network namespaces")
+				t.Skip("skipping: containers' network namespaces do not reach the managed plugin on this host (/run/docker/netns is no shared mount of its own: scripts/build-plugin.sh makes it one, see docs/managed-plugin.md)")
 			}
 			if testutil.PidsMatching(defaultDHCPDaemon) != nil {
 				t.Skip("skipping: a dhcp daemon already runs on " + defaultDHCPDaemon)

@@ -62,10 +62,8 @@ func prepareManaged(tmp string) string {
 }
 
 // createManaged creates the suite's plugin (disabled) from the bundle, pointed at the suite's dirs.
+// scripts/build-plugin.sh has made /run/netns and /run/docker/netns shared mounts of their own.
 func createManaged() error {
-	if err := ensureSharedNetnsDir(); err != nil {
-		return err
-	}
 	// The plugin sees only its mounts: its bin dir gets the reference plugins next to the scripted ones.
 	refs, _ := filepath.Glob(filepath.Join(env.cniBinDir, "*"))
 	for _, f := range refs {
@@ -91,25 +89,6 @@ func createManaged() error {
 	}
 	env.pluginID = strings.TrimSpace(string(out))
 	env.socket = filepath.Join("/run/docker/plugins", env.pluginID, "cniplug.sock") // its host side
-	return nil
-}
-
-// ensureSharedNetnsDir makes /run/netns a shared mount point, as `ip netns add` does. The plugin pins its
-// staging namespaces in its own mount namespace (under the host's /run, mounted rshared); they reach the
-// host's /run/netns, where the leak check looks, only through a shared mount.
-func ensureSharedNetnsDir() error {
-	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
-		return err
-	}
-	if err := syscall.Mount("", "/run/netns", "", syscall.MS_SHARED|syscall.MS_REC, ""); err == nil {
-		return nil
-	}
-	if err := syscall.Mount("/run/netns", "/run/netns", "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind-mounting /run/netns: %w", err)
-	}
-	if err := syscall.Mount("", "/run/netns", "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
-		return fmt.Errorf("making /run/netns shared: %w", err)
-	}
 	return nil
 }
 
@@ -156,14 +135,53 @@ func startManaged() error {
 	}
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		if pid := managedPID(); pid != 0 && pid != killedPID && pluginServing() {
+			waitReregistered()
 			return nil
 		}
 	}
 	return fmt.Errorf("plugin %s does not serve on its socket\n%s", pluginName, strings.Join(managedLog(20), "\n"))
 }
 
-// killedPID is the plugin process stopManaged killed: startManaged waits for another one.
-var killedPID int
+// waitReregistered waits, after dockerd restarted a killed plugin, until dockerd has registered its network
+// driver again (GetCapabilities to the new process). dockerd's remote driver keeps endpoints in memory and
+// loses them when it re-registers: a container started before that can fail with dockerd's own "remote
+// network driver: endpoint ... not found" between Join and ProgramExternalConnectivity.
+func waitReregistered() {
+	if killedAt.IsZero() {
+		return
+	}
+	since := killedAt
+	killedAt = time.Time{}
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		for _, line := range managedLog(400) {
+			if strings.Contains(line, "method=NetworkDriver.GetCapabilities") && pluginLineTime(line).After(since) {
+				return
+			}
+		}
+	}
+}
+
+// pluginLineTime is the plugin's own time= stamp in a line of its log as dockerd relays it.
+func pluginLineTime(line string) time.Time {
+	for _, f := range strings.Fields(line) {
+		f = strings.Trim(f, `"\`)
+		for _, prefix := range []string{`msg=time=`, `time=`} {
+			if v, ok := strings.CutPrefix(f, prefix); ok {
+				if t, err := time.Parse(time.RFC3339Nano, strings.Trim(v, `"\`)); err == nil && strings.Contains(v, ".") {
+					return t
+				}
+			}
+		}
+	}
+	return time.Time{}
+}
+
+// killedPID is the plugin process stopManaged killed: startManaged waits for another one, and for dockerd to
+// register it (killedAt).
+var (
+	killedPID int
+	killedAt  time.Time
+)
 
 // stopManaged: SIGKILL kills the plugin's process, which dockerd then restarts (a crash of a managed
 // plugin); anything else disables the plugin (`docker plugin disable -f`: SIGTERM, and it stays down).
@@ -178,6 +196,7 @@ func stopManaged(sig syscall.Signal) {
 	if pid == 0 {
 		return
 	}
+	killedAt = time.Now()
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if syscall.Kill(pid, 0) != nil {
