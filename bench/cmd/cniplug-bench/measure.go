@@ -150,15 +150,6 @@ func (e *env) settle(want float64) (*scrape, error) {
 	}
 }
 
-// quiesce waits (up to 5 s) until no background removal is left running.
-func (e *env) quiesce() {
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if s, err := e.scrape(); err != nil || s.deleting == 0 {
-			return
-		}
-	}
-}
-
 // lifecycleCost is what one lifecycle cost inside cniplug, from two scrapes around it.
 type lifecycleCost struct {
 	inPlugin float64 // time in cniplug's handlers and its background removals
