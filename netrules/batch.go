@@ -133,6 +133,17 @@ func renderBatch(top topChains, sets []networkSet, v6 bool, previous []string) b
 				w.inbound(s, v6)
 			}
 		}
+		// Into the networks' own bridges first, so that a CNI bridge named like Docker's is not taken for one.
+		for _, s := range active {
+			for _, b := range s.bridges {
+				w.rule(tableFilter, w.top.networks, "-o", b, "-j", "ACCEPT")
+			}
+		}
+		// What the networks send into Docker's own bridges is Docker's to decide: Docker 20.10 drops nothing from
+		// a foreign interface into its bridges but by its FORWARD policy, which the accepts below would override.
+		for _, b := range []string{"docker0", "br-+"} {
+			w.rule(tableFilter, w.top.networks, "-o", b, "-j", "RETURN")
+		}
 		for _, s := range active {
 			w.accepts(s, v6)
 			if s.masquerade && !s.internal {
@@ -216,7 +227,6 @@ func (w *writer) accepts(s networkSet, v6 bool) {
 	}
 	for _, b := range s.bridges {
 		w.rule(tableFilter, w.top.networks, "-i", b, "-j", "ACCEPT")
-		w.rule(tableFilter, w.top.networks, "-o", b, "-j", "ACCEPT")
 	}
 }
 
