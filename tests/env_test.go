@@ -506,20 +506,23 @@ func createNetwork(t *testing.T, n cniNet, mode addressing, extra ...string) str
 	args := append([]string{"network", "create", "-d", driverName, "--opt", "cni=" + n.Name}, mode.flags(n)...)
 	args = append(append(args, extra...), name)
 	docker(t, args...)
-	t.Cleanup(func() {
-		// Docker 20.10 may release a force-removed container's endpoint a moment after `docker rm -f`
-		// returned (in the container's exit handling): "has active endpoints" until then. After 50 parallel
-		// `rm -f` on 2 CPUs that took more than 15 s once (the plugin had removed every attachment by then).
-		out, err := dockerErr("network", "rm", name)
-		for deadline := time.Now().Add(45 * time.Second); err != nil && strings.Contains(out, "has active endpoints") && time.Now().Before(deadline); {
-			time.Sleep(200 * time.Millisecond)
-			out, err = dockerErr("network", "rm", name)
-		}
-		if err != nil {
-			t.Errorf("docker network rm %s: %v: %s", name, err, out)
-		}
-	})
+	t.Cleanup(func() { removeNetwork(t, name) })
 	return name
+}
+
+// removeNetwork removes a Docker network at the end of a test. Docker 20.10 may release a force-removed
+// container's endpoint a moment after `docker rm -f` returned (in the container's exit handling): "has active
+// endpoints" until then. After 50 parallel `rm -f` on 2 CPUs that took more than 15 s once (the plugin had
+// removed every attachment by then).
+func removeNetwork(t *testing.T, name string) {
+	out, err := dockerErr("network", "rm", name)
+	for deadline := time.Now().Add(45 * time.Second); err != nil && strings.Contains(out, "has active endpoints") && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		out, err = dockerErr("network", "rm", name)
+	}
+	if err != nil {
+		t.Errorf("docker network rm %s: %v: %s", name, err, out)
+	}
 }
 
 // runContainer starts a long-running container and force-removes it when the test ends.

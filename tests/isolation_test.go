@@ -26,16 +26,7 @@ func dockerBridgeNetwork(t *testing.T, extra ...string) string {
 	t.Helper()
 	name := testutil.UniqueName("dbr")
 	docker(t, append(append([]string{"network", "create"}, extra...), name)...)
-	t.Cleanup(func() {
-		out, err := dockerErr("network", "rm", name)
-		for deadline := time.Now().Add(45 * time.Second); err != nil && strings.Contains(out, "has active endpoints") && time.Now().Before(deadline); {
-			time.Sleep(200 * time.Millisecond)
-			out, err = dockerErr("network", "rm", name)
-		}
-		if err != nil {
-			t.Errorf("docker network rm %s: %v: %s", name, err, out)
-		}
-	})
+	t.Cleanup(func() { removeNetwork(t, name) })
 	return name
 }
 
