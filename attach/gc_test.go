@@ -68,23 +68,8 @@ func gcCalls(t *testing.T, dir string) [][]string {
 // every attachment anyone holds (its own records and other runtimes' cache entries), and never runs GC with
 // an empty list.
 func TestReconcileCollectsGarbage(t *testing.T) {
-	testutil.RequireRoot(t)
-	bins := testutil.CNIBinDir(t)
-	before := testutil.TakeSnapshot(t)
-	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
-
-	pluginDir, recordDir := t.TempDir(), t.TempDir()
-	testutil.WriteFile(t, pluginDir, "gc-recorder", fmt.Sprintf(gcRecorder, recordDir))
-	testutil.Must(t, os.Chmod(filepath.Join(pluginDir, "gc-recorder"), 0o755))
-	s := teststack.New(t, teststack.Options{BinDirs: []string{pluginDir, bins}, CNIGC: true})
-
-	name, bridge := testutil.UniqueName("gcnet"), testutil.UniqueName("gcbr")
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
-	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"gc-recorder"},`+
-		`{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":true,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.251.%d.0/24"}]]}}]}`,
-		name, bridge, t.TempDir(), 1+mrand.IntN(250))
-	nw, err := cnibridge.ParseNetwork([]byte(conf))
-	testutil.Must(t, err)
+	s, nw, recordDir := gcStack(t, true)
+	name := nw.Name
 	ctx := context.Background()
 
 	// A live attachment, recorded.
@@ -147,21 +132,8 @@ func TestReconcileCollectsGarbage(t *testing.T) {
 // attachment on the same CNI network (its cache entry and the addresses its plugins hold) is never released,
 // whatever that runtime does meanwhile. cniplug's own cache-only attachments are still torn down.
 func TestNoCNIGCByDefault(t *testing.T) {
-	testutil.RequireRoot(t)
-	bins := testutil.CNIBinDir(t)
-	before := testutil.TakeSnapshot(t)
-	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
-
-	pluginDir, recordDir := t.TempDir(), t.TempDir()
-	testutil.WriteFile(t, pluginDir, "gc-recorder", fmt.Sprintf(gcRecorder, recordDir))
-	testutil.Must(t, os.Chmod(filepath.Join(pluginDir, "gc-recorder"), 0o755))
-	s := teststack.New(t, teststack.Options{BinDirs: []string{pluginDir, bins}})
-	name, bridge := testutil.UniqueName("gcnet"), testutil.UniqueName("gcbr")
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
-	nw, err := cnibridge.ParseNetwork([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"gc-recorder"},`+
-		`{"type":"bridge","bridge":%q,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.251.%d.0/24"}]]}}]}`,
-		name, bridge, t.TempDir(), 1+mrand.IntN(250))))
-	testutil.Must(t, err)
+	s, nw, recordDir := gcStack(t, false)
+	name := nw.Name
 	ctx := context.Background()
 	live, err := s.Manager.Add(ctx, cnibridge.AddRequest{ContainerID: naming.RandomID(), Network: nw},
 		state.Attachment{Phase: state.PhaseJoined, NetworkID: "net1", EndpointID: "ep1"})
@@ -180,4 +152,26 @@ func TestNoCNIGCByDefault(t *testing.T) {
 	}
 	testutil.Must(t, os.Remove(foreignCache))
 	testutil.Must(t, s.Manager.Remove(ctx, live))
+}
+
+// gcStack is a stack (with or without --cni-gc) and a spec 1.1 CNI network whose chain starts with the GC
+// recorder, which writes what GC names into the returned dir; it ends with a leak check.
+func gcStack(t *testing.T, cniGC bool) (*teststack.Stack, *cnibridge.Network, string) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	bins := testutil.CNIBinDir(t)
+	before := testutil.TakeSnapshot(t)
+	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
+	pluginDir, recordDir := t.TempDir(), t.TempDir()
+	testutil.WriteFile(t, pluginDir, "gc-recorder", fmt.Sprintf(gcRecorder, recordDir))
+	testutil.Must(t, os.Chmod(filepath.Join(pluginDir, "gc-recorder"), 0o755))
+	s := teststack.New(t, teststack.Options{BinDirs: []string{pluginDir, bins}, CNIGC: cniGC})
+	name, bridge := testutil.UniqueName("gcnet"), testutil.UniqueName("gcbr")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
+	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"gc-recorder"},`+
+		`{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":true,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.251.%d.0/24"}]]}}]}`,
+		name, bridge, t.TempDir(), 1+mrand.IntN(250))
+	nw, err := cnibridge.ParseNetwork([]byte(conf))
+	testutil.Must(t, err)
+	return s, nw, recordDir
 }
