@@ -94,7 +94,7 @@ func (m *Manager) Apply(ctx context.Context, p Plan) (*state.Attachment, error) 
 		err = p.Want.check(a.Interface)
 	}
 	if err == nil {
-		if err = m.publishPorts(a, p.Ports, !p.PortsByPlugin); err != nil {
+		if err = m.publishPorts(ctx, a, p.Ports, !p.PortsByPlugin); err != nil {
 			err = fmt.Errorf("cannot publish ports: %w", err)
 		}
 	}

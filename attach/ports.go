@@ -63,7 +63,7 @@ func (m *Manager) ResolvePorts(bs []hostports.Binding) ([]hostports.Mapping, err
 // programs the DNAT itself (false when the CNI chain's portmap plugin did, through the portMappings
 // capability). On failure no rule is left programmed; the record stays, and Attach removes the attachment
 // through Remove, which also forgets the ports.
-func (m *Manager) publishPorts(a *state.Attachment, ms []hostports.Mapping, dnat bool) error {
+func (m *Manager) publishPorts(ctx context.Context, a *state.Attachment, ms []hostports.Mapping, dnat bool) error {
 	if len(ms) == 0 {
 		return nil
 	}
@@ -93,7 +93,7 @@ func (m *Manager) publishPorts(a *state.Attachment, ms []hostports.Mapping, dnat
 		a.HostPorts = nil
 		return fmt.Errorf("recording published ports: %w", err)
 	}
-	if err := prog.Apply(*rec); err != nil {
+	if err := prog.Apply(ctx, *rec); err != nil {
 		return fmt.Errorf("publishing ports: %w", err)
 	}
 	m.log.Info("ports published", "attachment", a.ID(), "network", a.NetworkID, "endpoint", a.EndpointID,
@@ -102,7 +102,7 @@ func (m *Manager) publishPorts(a *state.Attachment, ms []hostports.Mapping, dnat
 }
 
 // unpublish removes the attachment's host port rules; part of the one teardown path (Remove).
-func (m *Manager) unpublish(_ context.Context, a *state.Attachment) error {
+func (m *Manager) unpublish(ctx context.Context, a *state.Attachment) error {
 	if a.HostPorts == nil || len(a.HostPorts.Mappings) == 0 {
 		return nil
 	}
@@ -110,7 +110,7 @@ func (m *Manager) unpublish(_ context.Context, a *state.Attachment) error {
 	if err != nil {
 		return fmt.Errorf("removing published ports: %w", err)
 	}
-	if err := prog.Remove(*a.HostPorts); err != nil {
+	if err := prog.Remove(ctx, *a.HostPorts); err != nil {
 		return fmt.Errorf("removing published ports %v: %w", a.HostPorts.Mappings, err)
 	}
 	return nil

@@ -2,18 +2,21 @@
 // programs and removes the iptables rules (DNAT, masquerade for localhost and hairpin clients, and FORWARD
 // accepts past Docker's DROP policy), checks that host ports are free, and decodes Docker's portmap option.
 //
-// Rules go through go-iptables, which runs the `iptables` found in PATH: that binary (iptables-legacy or
-// iptables-nft, or the one hostfw selected) decides the backend, so the rules land where the host's are.
+// Rules go through the `iptables-save` and `iptables-restore` of the iptables found in PATH (iptables-legacy
+// or iptables-nft, or the one hostfw selected): that binary decides the backend, so the rules land where the
+// host's are.
 //
 // Layout: top-level chains CNIPLUG-HOSTPORTS (nat, from PREROUTING and OUTPUT for local destinations),
 // CNIPLUG-POSTROUTING (nat) and CNIPLUG-FORWARD (filter) each jump to per-attachment chains
 // CNIPLUG-DN-<id>, CNIPLUG-SN-<id> and CNIPLUG-FW-<id>. Removing an attachment deletes its chains and the
 // jumps to them. The top-level chains and their jumps are created on first use and then kept (empty when no
 // container uses them), as the CNI plugins keep CNI-FORWARD and CNI-HOSTPORT-*: removing and re-creating them
-// around every container cost two dozen iptables execs per lifecycle.
+// around every container cost two dozen iptables execs per lifecycle. A change costs one iptables-save and one
+// iptables-restore per family.
 package hostports
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -21,8 +24,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/coreos/go-iptables/iptables"
-
+	"github.com/cniplug/cniplug/iptcmd"
 	"github.com/cniplug/cniplug/naming"
 )
 
@@ -69,84 +71,72 @@ func (r Record) chains() (dn, sn, fw string) {
 	return "CNIPLUG-DN-" + s, "CNIPLUG-SN-" + s, "CNIPLUG-FW-" + s
 }
 
-// Programmer programs host port rules through one iptables binary per family.
+// Programmer programs host port rules. A change reads a family's ruleset once (iptables-save) and writes one
+// batch (iptables-restore), each bounded by a deadline (package iptcmd).
 type Programmer struct {
-	mu sync.Mutex // top-level chains are shared by every attachment
-	v4 *iptables.IPTables
-	v6 *iptables.IPTables
-	// topReady: the top-level chains and jumps of a family were made by this Programmer (guarded by mu).
-	topReady map[*iptables.IPTables]bool
+	// mu serializes changes: each writes a batch computed from the ruleset it read, and the top-level chains
+	// are shared by every attachment.
+	mu sync.Mutex
+	v4 *iptcmd.Command
+	v6 *iptcmd.Command
 	// procSys is where route_localnet is set ("/proc/sys"; tests may point elsewhere).
 	procSys string
-	// v4Path is the iptables command, for listing a whole table at once.
-	v4Path string
 }
 
 // New returns a Programmer running the given iptables and ip6tables binaries ("" looks `iptables` or
-// `ip6tables` up in PATH), e.g. iptables-legacy. IPv6 is optional: without ip6tables only IPv4 mappings can
-// be programmed.
+// `ip6tables` up in PATH), e.g. iptables-legacy, through their -save and -restore commands. IPv6 is optional:
+// without ip6tables only IPv4 mappings can be programmed.
 func New(v4Path, v6Path string) (*Programmer, error) {
-	newIPT := func(proto iptables.Protocol, path string) (*iptables.IPTables, error) {
-		if path != "" {
-			return iptables.New(iptables.IPFamily(proto), iptables.Timeout(10), iptables.Path(path))
-		}
-		return iptables.New(iptables.IPFamily(proto), iptables.Timeout(10))
-	}
-	v4, err := newIPT(iptables.ProtocolIPv4, v4Path)
+	v4, err := iptcmd.New(v4Path, false)
 	if err != nil {
 		return nil, fmt.Errorf("iptables is needed to publish ports: %w", err)
 	}
-	v6, _ := newIPT(iptables.ProtocolIPv6, v6Path)
-	if v4Path == "" {
-		v4Path = "iptables"
-	}
-	return &Programmer{v4: v4, v6: v6, procSys: "/proc/sys", topReady: map[*iptables.IPTables]bool{}, v4Path: v4Path}, nil
+	v6, _ := iptcmd.New(v6Path, true)
+	return &Programmer{v4: v4, v6: v6, procSys: "/proc/sys"}, nil
 }
 
 // Apply programs the record's rules. It is idempotent, and on failure removes whatever it added.
-func (p *Programmer) Apply(r Record) error {
+func (p *Programmer) Apply(ctx context.Context, r Record) error {
 	if len(r.Mappings) == 0 {
 		return nil
 	}
 	if len(r.ID) < 1 {
 		return errors.New("host ports: record has no id")
 	}
-	return p.applyOrUndo(func() error { return p.apply(r) }, func() error { return p.remove(r) })
-}
-
-// applyOrUndo runs apply under the lock that guards the shared top-level chains; when it fails, undo removes
-// whatever it added, so a failed apply leaves no rule behind.
-func (p *Programmer) applyOrUndo(apply, undo func() error) error {
+	if err := Check(r); err != nil {
+		return err
+	}
+	fams, err := p.families(r)
+	if err != nil {
+		return err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	err := apply()
-	if err != nil && len(p.topReady) > 0 {
-		// The top-level chains may have gone behind our back (a flushed table, a firewalld reload): make them
-		// again and try once more; apply is idempotent.
-		p.topReady = map[*iptables.IPTables]bool{}
-		err = apply()
-	}
-	if err != nil {
-		if rerr := undo(); rerr != nil {
-			err = fmt.Errorf("%w; removing the partial rules also failed: %v", err, rerr)
+	for _, f := range fams {
+		if err := p.applyFamily(ctx, r, f); err != nil {
+			// iptables-restore commits table by table: a failed batch may have left part of itself.
+			if rerr := p.remove(ctx, r); rerr != nil {
+				err = fmt.Errorf("%w; removing the partial rules also failed: %v", err, rerr)
+			}
+			return err
 		}
 	}
-	return err
+	return nil
 }
 
 // Remove deletes the record's rules and chains (the top-level chains stay). It is
 // idempotent: removing what is not there succeeds.
-func (p *Programmer) Remove(r Record) error {
+func (p *Programmer) Remove(ctx context.Context, r Record) error {
 	if len(r.Mappings) == 0 {
 		return nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.remove(r)
+	return p.remove(ctx, r)
 }
 
 type family struct {
-	ipt         *iptables.IPTables
+	cmd         *iptcmd.Command
 	containerIP net.IP
 	subnet      *net.IPNet
 	v6          bool
@@ -154,7 +144,7 @@ type family struct {
 
 func (p *Programmer) families(r Record) ([]family, error) {
 	var out []family
-	add := func(addr string, ipt *iptables.IPTables, v6 bool) error {
+	add := func(addr string, cmd *iptcmd.Command, v6 bool) error {
 		if addr == "" {
 			return nil
 		}
@@ -166,10 +156,10 @@ func (p *Programmer) families(r Record) ([]family, error) {
 			}
 			subnet = nil
 		}
-		if ipt == nil {
+		if cmd == nil {
 			return nil
 		}
-		out = append(out, family{ipt: ipt, containerIP: ip, subnet: subnet, v6: v6})
+		out = append(out, family{cmd: cmd, containerIP: ip, subnet: subnet, v6: v6})
 		return nil
 	}
 	if err := add(r.ContainerIPv4, p.v4, false); err != nil {
@@ -220,118 +210,101 @@ func Check(r Record) error {
 	return nil
 }
 
-func (p *Programmer) apply(r Record) error {
-	if err := Check(r); err != nil {
-		return err
+func (f family) name() string {
+	if f.v6 {
+		return "IPv6"
 	}
-	fams, err := p.families(r)
-	if err != nil {
-		return err
-	}
-	dn, sn, fw := r.chains()
-	for _, f := range fams {
-		ms := mappingsFor(r, f.v6)
-		if len(ms) == 0 {
-			continue
-		}
-		if err := p.ensureTop(f.ipt, f.v6); err != nil {
-			return err
-		}
-		// Per-attachment chains, rebuilt from scratch so that Apply is idempotent.
-		for _, c := range []struct{ table, chain, top string }{{tableFilt, fw, topForward}, {tableNAT, sn, topSNAT}, {tableNAT, dn, topNAT}} {
-			if c.table == tableNAT && !r.DNAT {
-				continue
-			}
-			if err := f.ipt.ClearChain(c.table, c.chain); err != nil {
-				return fmt.Errorf("creating chain %s: %w", c.chain, err)
-			}
-			if err := f.ipt.AppendUnique(c.table, c.top, "-m", "comment", "--comment", "cniplug "+r.ID, "-j", c.chain); err != nil {
-				return fmt.Errorf("jumping to %s: %w", c.chain, err)
-			}
-		}
-		cip := f.containerIP.String()
-		for _, m := range ms {
-			cport := strconv.Itoa(m.ContainerPort)
-			hport := strconv.Itoa(m.HostPort)
-			// Let DNATed traffic to and from the published port through FORWARD (Docker's policy is DROP).
-			for _, rule := range [][]string{
-				{"-d", cip, "-p", m.Proto, "-m", m.Proto, "--dport", cport, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"},
-				{"-s", cip, "-p", m.Proto, "-m", m.Proto, "--sport", cport, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"},
-			} {
-				if err := f.ipt.Append(tableFilt, fw, rule...); err != nil {
-					return fmt.Errorf("adding FORWARD accept for %s: %w", m, err)
-				}
-			}
-			if !r.DNAT {
-				continue
-			}
-			dst := cip + ":" + cport
-			if f.v6 {
-				dst = "[" + cip + "]:" + cport
-			}
-			rule := []string{"-p", m.Proto, "-m", m.Proto, "--dport", hport}
-			if !isAny(m.HostIP) {
-				rule = append([]string{"-d", m.HostIP}, rule...)
-			}
-			if err := f.ipt.Append(tableNAT, dn, append(rule, "-j", "DNAT", "--to-destination", dst)...); err != nil {
-				return fmt.Errorf("adding DNAT for %s: %w", m, err)
-			}
-			// Clients whose replies would not come back through this host's NAT: localhost (route_localnet)
-			// and other containers on the same subnet (hairpin) are masqueraded.
-			srcs := []string{}
-			if !f.v6 {
-				srcs = append(srcs, "127.0.0.0/8")
-			}
-			if f.subnet != nil {
-				srcs = append(srcs, f.subnet.String())
-			}
-			for _, src := range srcs {
-				if err := f.ipt.Append(tableNAT, sn, "-s", src, "-d", cip, "-p", m.Proto, "-m", m.Proto, "--dport", cport,
-					"-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE"); err != nil {
-					return fmt.Errorf("adding masquerade for %s: %w", m, err)
-				}
-			}
-		}
-		if r.DNAT && !f.v6 {
-			if err := p.enableLocalnet(f.containerIP); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return "IPv4"
 }
 
-// ensureTop creates the top-level chains and their jumps from the built-in chains, once per Programmer and
-// family.
-func (p *Programmer) ensureTop(ipt *iptables.IPTables, v6 bool) error {
-	if p.topReady[ipt] {
+// perAttachment lists the record's chains with the table each is in and the top-level chain that jumps to it.
+func (r Record) perAttachment() []struct{ table, chain, top string } {
+	dn, sn, fw := r.chains()
+	return []struct{ table, chain, top string }{{tableFilt, fw, topForward}, {tableNAT, sn, topSNAT}, {tableNAT, dn, topNAT}}
+}
+
+// applyFamily writes one family's rules for the record in one batch: the top-level chains and jumps that are
+// missing, the attachment's chains rebuilt from scratch (so that Apply is idempotent), and the
+// route_localnet guard.
+func (p *Programmer) applyFamily(ctx context.Context, r Record, f family) error {
+	ms := mappingsFor(r, f.v6)
+	if len(ms) == 0 {
 		return nil
 	}
-	if err := p.makeTop(ipt); err != nil {
-		return err
+	rs, err := f.cmd.Read(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the %s rules: %w", f.name(), err)
 	}
-	p.topReady[ipt] = true
+	var b iptcmd.Batch
+	addTop(&b, rs)
+	for _, c := range r.perAttachment() {
+		if c.table == tableNAT && !r.DNAT {
+			continue
+		}
+		b.Declare(c.table, c.chain)
+		if len(rs.Jumps(c.table, c.top, c.chain)) == 0 {
+			b.Append(c.table, c.top, "-m", "comment", "--comment", "cniplug "+r.ID, "-j", c.chain)
+		}
+	}
+	dn, sn, fw := r.chains()
+	cip := f.containerIP.String()
+	for _, m := range ms {
+		cport := strconv.Itoa(m.ContainerPort)
+		// Let DNATed traffic to and from the published port through FORWARD (Docker's policy is DROP).
+		b.Append(tableFilt, fw, "-d", cip, "-p", m.Proto, "-m", m.Proto, "--dport", cport, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
+		b.Append(tableFilt, fw, "-s", cip, "-p", m.Proto, "-m", m.Proto, "--sport", cport, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
+		if !r.DNAT {
+			continue
+		}
+		dst := cip + ":" + cport
+		if f.v6 {
+			dst = "[" + cip + "]:" + cport
+		}
+		rule := []string{"-p", m.Proto, "-m", m.Proto, "--dport", strconv.Itoa(m.HostPort)}
+		if !isAny(m.HostIP) {
+			rule = append([]string{"-d", m.HostIP}, rule...)
+		}
+		b.Append(tableNAT, dn, append(rule, "-j", "DNAT", "--to-destination", dst)...)
+		// Clients whose replies would not come back through this host's NAT: localhost (route_localnet)
+		// and other containers on the same subnet (hairpin) are masqueraded.
+		srcs := []string{}
+		if !f.v6 {
+			srcs = append(srcs, "127.0.0.0/8")
+		}
+		if f.subnet != nil {
+			srcs = append(srcs, f.subnet.String())
+		}
+		for _, src := range srcs {
+			b.Append(tableNAT, sn, "-s", src, "-d", cip, "-p", m.Proto, "-m", m.Proto, "--dport", cport,
+				"-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE")
+		}
+	}
+	localnetLink := ""
+	if r.DNAT && !f.v6 {
+		localnetLink = guardLocalnet(&b, rs, f.containerIP)
+	}
+	if err := f.cmd.Write(ctx, &b); err != nil {
+		return fmt.Errorf("programming the %s rules: %w", f.name(), err)
+	}
+	if localnetLink != "" {
+		return p.setLocalnet(localnetLink, true)
+	}
 	return nil
 }
 
-func (p *Programmer) makeTop(ipt *iptables.IPTables) error {
+// addTop adds the top-level chains and their jumps from the built-in chains that the ruleset lacks: made on
+// first use, and again after a flush or a firewall reload behind cniplug's back.
+func addTop(b *iptcmd.Batch, rs iptcmd.Ruleset) {
 	for _, c := range []struct{ table, chain string }{{tableFilt, topForward}, {tableNAT, topNAT}, {tableNAT, topSNAT}} {
-		ok, err := ipt.ChainExists(c.table, c.chain)
-		if err != nil {
-			return fmt.Errorf("reading %s table: %w", c.table, err)
-		}
-		if !ok {
-			if err := ipt.NewChain(c.table, c.chain); err != nil {
-				return fmt.Errorf("creating chain %s: %w", c.chain, err)
-			}
+		if !rs.HasChain(c.table, c.chain) {
+			b.Declare(c.table, c.chain)
 		}
 	}
 	for _, j := range topJumps() {
-		if err := ipt.AppendUnique(j.table, j.from, j.rule...); err != nil {
-			return fmt.Errorf("adding %s jump to %s: %w", j.from, j.rule[len(j.rule)-1], err)
+		if len(rs.Jumps(j.table, j.from, j.rule[len(j.rule)-1])) == 0 {
+			b.Append(j.table, j.from, j.rule...)
 		}
 	}
-	return nil
 }
 
 type jump struct {
@@ -349,36 +322,46 @@ func topJumps() []jump {
 	}
 }
 
-func (p *Programmer) remove(r Record) error {
-	dn, sn, fw := r.chains()
+// remove deletes the record's chains and the jumps to them, family by family, and the route_localnet guards
+// no cniplug DNAT needs any more. Caller holds mu.
+func (p *Programmer) remove(ctx context.Context, r Record) error {
 	var errs []error
-	for _, ipt := range []*iptables.IPTables{p.v4, p.v6} {
-		if ipt == nil {
+	for _, f := range []struct {
+		cmd *iptcmd.Command
+		v6  bool
+	}{{p.v4, false}, {p.v6, true}} {
+		if f.cmd == nil || (f.v6 && r.ContainerIPv6 == "") || (!f.v6 && r.ContainerIPv4 == "") {
+			continue // Apply made no chain in a family the container has no address of
+		}
+		name := family{v6: f.v6}.name()
+		rs, err := f.cmd.Read(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reading the %s rules: %w", name, err))
 			continue
 		}
-		for _, c := range []struct{ table, chain, top string }{{tableNAT, dn, topNAT}, {tableNAT, sn, topSNAT}, {tableFilt, fw, topForward}} {
-			// A jump cannot exist without its target chain (and iptables cannot even look for one).
-			ok, err := ipt.ChainExists(c.table, c.chain)
-			if err != nil {
-				errs = append(errs, err)
+		var b iptcmd.Batch
+		removing := map[string]bool{}
+		for _, c := range r.perAttachment() {
+			if !rs.HasChain(c.table, c.chain) {
 				continue
 			}
-			if !ok {
-				continue
+			for _, j := range rs.Jumps(c.table, "", c.chain) {
+				b.Delete(c.table, j)
 			}
-			if top, _ := ipt.ChainExists(c.table, c.top); top {
-				if err := ipt.DeleteIfExists(c.table, c.top, "-m", "comment", "--comment", "cniplug "+r.ID, "-j", c.chain); err != nil {
-					errs = append(errs, fmt.Errorf("removing jump to %s: %w", c.chain, err))
-					continue
-				}
-			}
-			if err := ipt.ClearAndDeleteChain(c.table, c.chain); err != nil {
-				errs = append(errs, fmt.Errorf("removing chain %s: %w", c.chain, err))
-			}
+			b.Remove(c.table, c.chain)
+			removing[c.chain] = true
 		}
-	}
-	if r.DNAT && r.ContainerIPv4 != "" {
-		errs = append(errs, p.releaseLocalnet())
+		var unguarded []string
+		if r.DNAT && !f.v6 {
+			unguarded = releaseLocalnet(&b, rs, removing)
+		}
+		if err := f.cmd.Write(ctx, &b); err != nil {
+			errs = append(errs, fmt.Errorf("removing the %s rules: %w", name, err))
+			continue
+		}
+		for _, ifname := range unguarded {
+			errs = append(errs, p.setLocalnet(ifname, false))
+		}
 	}
 	return errors.Join(errs...)
 }

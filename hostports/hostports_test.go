@@ -2,6 +2,7 @@ package hostports
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -196,9 +197,9 @@ func TestApplyRemove(t *testing.T) {
 				Mappings: []Mapping{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}, {Proto: "udp", HostIP: "10.98.0.1", HostPort: 5353, ContainerPort: 53}}}
 			testutil.InNetNS(t, hostNS, func() {
 				p.procSys = "/proc/sys"
-				err = p.Apply(rec)
+				err = p.Apply(context.Background(), rec)
 				if err == nil {
-					err = p.Apply(rec) // idempotent
+					err = p.Apply(context.Background(), rec) // idempotent
 				}
 			})
 			testutil.Must(t, err)
@@ -281,9 +282,9 @@ func TestApplyRemove(t *testing.T) {
 			testutil.Run(t, "ip", append([]string{"netns", "exec", host, v4, "-I", "INPUT", "1"}, localnetGuard("hpveth0")...)...)
 
 			testutil.InNetNS(t, hostNS, func() {
-				err = p.Remove(rec)
+				err = p.Remove(context.Background(), rec)
 				if err == nil {
-					err = p.Remove(rec)
+					err = p.Remove(context.Background(), rec)
 				}
 			})
 			testutil.Must(t, err)
@@ -323,4 +324,73 @@ func ruleLayout(sh func(ns, cmd string) string, ns, iptables string) string {
 		}
 	}
 	return strings.Join(out, "\n") + "\n"
+}
+
+// TestHungIptables: an iptables-restore that never finishes fails the one publish that ran it, within the
+// command deadline, and is killed; the publishes waiting behind it go on and succeed.
+func TestHungIptables(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := exec.LookPath("iptables-legacy-restore"); err != nil {
+		t.Skip("skipping: iptables-legacy-restore not installed")
+	}
+	ns := testutil.NewNS(t)
+	// Wrappers around iptables-legacy: the first restore hangs (mkdir is atomic: exactly one call wins).
+	dir := t.TempDir()
+	testutil.WriteFile(t, dir, "iptables-legacy-save", "#!/bin/sh\nexec iptables-legacy-save \"$@\"\n")
+	testutil.WriteFile(t, dir, "iptables-legacy-restore", "#!/bin/sh\nif mkdir "+dir+"/hung 2>/dev/null; then exec sleep 3600; fi\nexec iptables-legacy-restore \"$@\"\n")
+	testutil.Run(t, "chmod", "+x", dir+"/iptables-legacy-save", dir+"/iptables-legacy-restore")
+	t.Cleanup(func() { testutil.KillMatching(t, "sleep 3600") })
+
+	p, err := New(dir+"/iptables-legacy", "")
+	testutil.Must(t, err)
+	p.v4.Timeout = time.Second
+	records := []Record{
+		{ID: "a1aaaaaaaaaaa0000", ContainerIPv4: "10.77.0.2/24", DNAT: true, Mappings: []Mapping{{Proto: "tcp", HostPort: 8081, ContainerPort: 80}}},
+		{ID: "a2aaaaaaaaaaa0000", ContainerIPv4: "10.77.0.3/24", DNAT: true, Mappings: []Mapping{{Proto: "tcp", HostPort: 8082, ContainerPort: 80}}},
+		{ID: "a3aaaaaaaaaaa0000", ContainerIPv4: "10.77.0.4/24", DNAT: true, Mappings: []Mapping{{Proto: "tcp", HostPort: 8083, ContainerPort: 80}}},
+	}
+	errs := make([]error, len(records))
+	start := time.Now()
+	done := make(chan int)
+	for i, r := range records {
+		go testutil.InNetNS(t, ns, func() {
+			errs[i] = p.Apply(context.Background(), r)
+			done <- i
+		})
+	}
+	for range records {
+		<-done
+	}
+	elapsed := time.Since(start)
+	failed := 0
+	for i, err := range errs {
+		if err == nil {
+			continue
+		}
+		failed++
+		if !strings.Contains(err.Error(), "did not finish in time") {
+			t.Errorf("publish %d failed for another reason than the hung command: %v", i, err)
+		}
+	}
+	if failed != 1 {
+		t.Errorf("%d publishes failed, want exactly the one that ran the hung command: %v", failed, errs)
+	}
+	// One deadline for the hung command, plus the failed publish's own cleanup and the others' work.
+	if elapsed > 8*time.Second {
+		t.Errorf("the publishes took %s: the hung command held them longer than its deadline", elapsed)
+	}
+	if pids := testutil.PidsMatching("sleep 3600"); len(pids) > 0 {
+		t.Errorf("the hung command was not stopped: %v", pids)
+	}
+	save := testutil.Run(t, "iptables-legacy-save", "-t", "nat")
+	for i, r := range records {
+		dn, _, _ := r.chains()
+		if has := strings.Contains(save, ":"+dn); has != (errs[i] == nil) {
+			t.Errorf("publish %d (error %v): its DNAT chain present = %v", i, errs[i], has)
+		}
+		testutil.Must(t, p.Remove(context.Background(), r))
+	}
+	if save := testutil.Run(t, "iptables-legacy-save"); strings.Contains(save, "CNIPLUG-DN-") || strings.Contains(save, "CNIPLUG-FW-") {
+		t.Errorf("rules remain after Remove:\n%s", save)
+	}
 }

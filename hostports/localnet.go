@@ -1,15 +1,14 @@
 package hostports
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
-	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/cniplug/cniplug/iptcmd"
 )
 
 // localnetComment marks the guards; with it they are found again after a restart, whichever cniplug added them.
@@ -20,86 +19,92 @@ const localnetComment = "CNIPLUG route_localnet guard"
 // localhost-only services (CVE-2020-8558). Only replies and DNATed connections pass, as in kube-proxy's and
 // Docker's rules for the same case.
 func localnetGuard(ifname string) []string {
-	return []string{"-i", ifname, "-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
+	return []string{"-d", "127.0.0.0/8", "-i", ifname, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
 		"-m", "comment", "--comment", localnetComment, "-j", "DROP"}
 }
 
-// enableLocalnet lets packets from 127.0.0.0/8, DNATed in OUTPUT, leave through the interface that routes to
-// the container (as the portmap plugin does); without it the kernel drops them as martians. The guard goes in
-// first: route_localnet is never set without it.
-func (p *Programmer) enableLocalnet(containerIP net.IP) error {
-	ifname, ok := linkTowards(containerIP)
-	if !ok {
-		return nil // no route to the container from here: nothing to let out, localhost clients just fail
+// guards returns the route_localnet guards in the ruleset by the interface each guards.
+func guards(rs iptcmd.Ruleset) map[string]string {
+	out := map[string]string{}
+	for _, r := range rs.Rules(tableFilt, "INPUT") {
+		if strings.Contains(r, localnetComment) {
+			if ifname := fieldAfter(r, "-i"); ifname != "" {
+				out[ifname] = r
+			}
+		}
 	}
-	rule := localnetGuard(ifname)
-	exists, err := p.v4.Exists(tableFilt, "INPUT", rule...)
-	if err == nil && !exists {
-		err = p.v4.Insert(tableFilt, "INPUT", 1, rule...)
-	}
-	if err != nil {
-		return fmt.Errorf("guarding route_localnet on %s: %w", ifname, err)
-	}
-	if err := os.WriteFile(p.localnetPath(ifname), []byte("1"), 0o644); err != nil {
-		return fmt.Errorf("setting route_localnet on %s for localhost clients of published ports: %w", ifname, err)
-	}
-	return nil
+	return out
 }
 
-// releaseLocalnet resets route_localnet and removes the guard on every guarded interface that no cniplug DNAT
-// targets any more (the last published port behind it went), or that is gone. It reads the kernel's rules, not
-// cniplug's memory, so it is right after a restart and with several cniplug instances on the host.
-func (p *Programmer) releaseLocalnet() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	nat, err := exec.CommandContext(ctx, p.v4Path, "-w", "-t", tableNAT, "-S").Output()
-	if err != nil {
-		return fmt.Errorf("reading the nat table: %w", err)
+// guardLocalnet adds the guard of the interface that routes to the container, if it has none, and names that
+// interface: route_localnet is to be set on it once the guard is in (setLocalnet), so it is never set
+// unguarded. It lets packets from 127.0.0.0/8, DNATed in OUTPUT, leave towards the container (as the portmap
+// plugin does); without it the kernel drops them as martians. "" means there is no route to the container
+// from here: nothing to let out, and localhost clients just fail.
+func guardLocalnet(b *iptcmd.Batch, rs iptcmd.Ruleset, containerIP net.IP) string {
+	ifname, ok := linkTowards(containerIP)
+	if !ok {
+		return ""
 	}
+	if _, guarded := guards(rs)[ifname]; !guarded {
+		b.Insert(tableFilt, "INPUT", localnetGuard(ifname)...)
+	}
+	return ifname
+}
+
+// releaseLocalnet removes the guard of every interface that no cniplug DNAT targets any more once the chains
+// in removing are gone (the last published port behind it went), or that is gone, and names those interfaces:
+// their route_localnet is to be reset. It reads the kernel's rules, not cniplug's memory, so it is right after
+// a restart and with several cniplug instances on the host.
+func releaseLocalnet(b *iptcmd.Batch, rs iptcmd.Ruleset, removing map[string]bool) []string {
 	needed := map[string]bool{}
-	for _, target := range dnatTargets(string(nat)) {
+	for _, target := range dnatTargets(rs, removing) {
 		if ifname, ok := linkTowards(target); ok {
 			needed[ifname] = true
 		}
 	}
-	rules, err := p.v4.List(tableFilt, "INPUT")
-	if err != nil {
-		return fmt.Errorf("reading INPUT: %w", err)
+	var out []string
+	for ifname, rule := range guards(rs) {
+		if needed[ifname] {
+			continue
+		}
+		b.Delete(tableFilt, rule)
+		out = append(out, ifname)
 	}
-	for _, r := range rules {
-		if !strings.Contains(r, localnetComment) {
-			continue
+	return out
+}
+
+// setLocalnet sets or resets route_localnet on the interface; an interface that is gone needs no reset.
+func (p *Programmer) setLocalnet(ifname string, on bool) error {
+	path := p.procSys + "/net/ipv4/conf/" + ifname + "/route_localnet"
+	if on {
+		if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("setting route_localnet on %s for localhost clients of published ports: %w", ifname, err)
 		}
-		ifname := fieldAfter(r, "-i")
-		if ifname == "" || needed[ifname] {
-			continue
-		}
-		if err := p.v4.DeleteIfExists(tableFilt, "INPUT", localnetGuard(ifname)...); err != nil {
-			return fmt.Errorf("removing the route_localnet guard of %s: %w", ifname, err)
-		}
-		if _, err := os.Stat(p.localnetPath(ifname)); err == nil {
-			if err := os.WriteFile(p.localnetPath(ifname), []byte("0"), 0o644); err != nil {
-				return fmt.Errorf("resetting route_localnet on %s: %w", ifname, err)
-			}
-		}
+		return nil
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte("0"), 0o644); err != nil {
+		return fmt.Errorf("resetting route_localnet on %s: %w", ifname, err)
 	}
 	return nil
 }
 
-func (p *Programmer) localnetPath(ifname string) string {
-	return p.procSys + "/net/ipv4/conf/" + ifname + "/route_localnet"
-}
-
-// dnatTargets returns the IPv4 addresses cniplug's DNAT rules (its CNIPLUG-DN-* chains) send connections to.
-func dnatTargets(save string) []net.IP {
+// dnatTargets returns the IPv4 addresses cniplug's DNAT rules (its CNIPLUG-DN-* chains, but those in skip)
+// send connections to.
+func dnatTargets(rs iptcmd.Ruleset, skip map[string]bool) []net.IP {
 	var out []net.IP
-	for _, line := range strings.Split(save, "\n") {
-		if !strings.HasPrefix(line, "-A CNIPLUG-DN-") {
+	for _, chain := range rs.Chains(tableNAT, "CNIPLUG-DN-") {
+		if skip[chain] {
 			continue
 		}
-		host, _, err := net.SplitHostPort(fieldAfter(line, "--to-destination"))
-		if ip := net.ParseIP(host); err == nil && ip != nil && ip.To4() != nil {
-			out = append(out, ip)
+		for _, line := range rs.Rules(tableNAT, chain) {
+			host, _, err := net.SplitHostPort(fieldAfter(line, "--to-destination"))
+			if ip := net.ParseIP(host); err == nil && ip != nil && ip.To4() != nil {
+				out = append(out, ip)
+			}
 		}
 	}
 	return out

@@ -1,10 +1,11 @@
 package netrules
 
 import (
-	"fmt"
 	"net"
 	"slices"
 	"strings"
+
+	"github.com/cniplug/cniplug/iptcmd"
 )
 
 // networkSet is one Docker network's rule set: the union of its members.
@@ -75,40 +76,36 @@ func chainOf(networkID string) string {
 	return netChainPrefix + id
 }
 
-// batch is one family's iptables-restore input.
+// batch is one family's iptables-restore input for the rule sets, without the jumps from the built-in
+// chains (those depend on what the host has: family.apply adds them).
 type batch struct {
-	text   string
-	chains []string // "table chain" of every chain it makes: the top chains and the per-network ones
-	empty  bool     // no network has rules in this family: the top chains go too
-}
-
-// tableText is one table's part of a batch: chain declarations (which create or flush), rules, and the
-// deletions of chains no longer needed, in that order.
-type tableText struct {
-	declare, rules, remove strings.Builder
+	restore *iptcmd.Batch
+	text    string   // the rule sets' part, to tell whether anything changed
+	chains  []string // "table chain" of every chain it makes: the top chains and the per-network ones
+	empty   bool     // no network has rules in this family: the top chains go too
 }
 
 // writer builds a batch.
 type writer struct {
 	top    topChains
-	tables map[string]*tableText
+	b      *iptcmd.Batch
 	chains []string
 }
 
 func (w *writer) declare(table, chain string) {
-	fmt.Fprintf(&w.tables[table].declare, ":%s - [0:0]\n", chain)
+	w.b.Declare(table, chain)
 	w.chains = append(w.chains, table+" "+chain)
 }
 
 func (w *writer) rule(table, chain string, args ...string) {
-	fmt.Fprintf(&w.tables[table].rules, "-A %s %s\n", chain, strings.Join(args, " "))
+	w.b.Append(table, chain, args...)
 }
 
 // renderBatch writes the family's rules for the sets. It rewrites both top chains whole (a declared chain is
 // flushed) and removes the chains of the previous batch that this one does not make. The text depends only
 // on the sets and the previous chains, so an unchanged rule set gives an equal batch.
 func renderBatch(top topChains, sets []networkSet, v6 bool, previous []string) batch {
-	w := &writer{top: top, tables: map[string]*tableText{tableMangle: {}, tableFilter: {}, tableNAT: {}}}
+	w := &writer{top: top, b: &iptcmd.Batch{}}
 	var active []networkSet
 	for _, s := range sets {
 		if len(s.prefixes[v6]) > 0 || len(s.bridges) > 0 {
@@ -157,19 +154,11 @@ func renderBatch(top topChains, sets []networkSet, v6 bool, previous []string) b
 	}
 	for _, c := range previous {
 		table, chain, _ := strings.Cut(c, " ")
-		if t := w.tables[table]; t != nil && !made[c] {
-			fmt.Fprintf(&t.declare, ":%s - [0:0]\n", chain)
-			fmt.Fprintf(&t.remove, "-X %s\n", chain)
+		if !made[c] {
+			w.b.Remove(table, chain)
 		}
 	}
-	var out strings.Builder
-	for _, name := range []string{tableMangle, tableFilter, tableNAT} {
-		t := w.tables[name]
-		if t.declare.Len() > 0 {
-			fmt.Fprintf(&out, "*%s\n%s%s%sCOMMIT\n", name, t.declare.String(), t.rules.String(), t.remove.String())
-		}
-	}
-	return batch{text: out.String(), chains: w.chains, empty: len(active) == 0}
+	return batch{restore: w.b, text: w.b.String(), chains: w.chains, empty: len(active) == 0}
 }
 
 // match writes one rule in chain for each prefix and each bridge of the network, matching the packet's source

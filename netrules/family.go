@@ -3,18 +3,15 @@ package netrules
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"strings"
-	"time"
 
-	"github.com/coreos/go-iptables/iptables"
+	"github.com/cniplug/cniplug/iptcmd"
 )
 
 type family struct {
-	top     topChains
-	v6      bool
-	ipt     *iptables.IPTables
-	restore string
+	top topChains
+	v6  bool
+	cmd *iptcmd.Command
 	// programmed is the batch last applied, and chains the per-network chains it made: a batch equal to the
 	// last one is not applied again.
 	programmed string
@@ -28,22 +25,24 @@ func (f *family) name() string {
 	return "IPv4"
 }
 
-// apply programs the family's batch for the sets if it changed since the last one. The jumps from the
-// built-in chains are checked each time a batch is applied, so a batch after a flush (a firewalld reload)
-// puts them back.
+// apply programs the family's batch for the sets if it changed since the last one: one read of the host's
+// rules and one restore. The jumps from the built-in chains are checked each time a batch is applied, so a
+// batch after a flush (a firewalld reload) puts them back.
 func (f *family) apply(ctx context.Context, sets []networkSet) error {
 	b := renderBatch(f.top, sets, f.v6, f.chains)
 	if b.text == f.programmed {
 		return nil
 	}
-	if b.empty {
-		if err := f.removeJumps(); err != nil {
-			return err
-		}
-	} else if err := f.ensureJumps(); err != nil {
-		return err
+	rs, err := f.cmd.Read(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the %s firewall rules: %w", f.name(), err)
 	}
-	if err := restore(ctx, f.restore, b.text); err != nil {
+	if b.empty {
+		f.removeJumps(b.restore, rs)
+	} else {
+		f.addJumps(b.restore, rs)
+	}
+	if err := f.cmd.Write(ctx, b.restore); err != nil {
 		f.programmed = "" // unknown state: the next change applies again
 		return fmt.Errorf("programming the networks' %s firewall rules: %w", f.name(), err)
 	}
@@ -81,142 +80,81 @@ func (t topChains) jumps() []struct {
 	}
 }
 
-// ensureJumps makes the top chains and the jumps to them: the isolation jump first in mangle FORWARD, the
-// accepts appended to filter FORWARD (after Docker's chains: DOCKER-USER stays first), the masquerade
-// appended to nat POSTROUTING.
-func (f *family) ensureJumps() error {
+// addJumps adds the jumps to the top chains that the host lacks (the batch declares the chains): the
+// isolation jump first in mangle FORWARD, the accepts appended to filter FORWARD (after Docker's chains:
+// DOCKER-USER stays first), the masquerade appended to nat POSTROUTING.
+func (f *family) addJumps(b *iptcmd.Batch, rs iptcmd.Ruleset) {
 	for _, j := range f.top.jumps() {
-		ok, err := f.ipt.ChainExists(j.table, j.chain)
-		if err != nil {
-			return fmt.Errorf("reading the %s table: %w", j.table, err)
-		}
-		if !ok {
-			if err := f.ipt.NewChain(j.table, j.chain); err != nil {
-				return fmt.Errorf("creating chain %s: %w", j.chain, err)
-			}
-		}
-		if j.table != tableMangle {
-			if err := f.ipt.AppendUnique(j.table, j.from, j.rule...); err != nil {
-				return fmt.Errorf("adding the jump to %s: %w", j.chain, err)
-			}
+		if len(rs.Jumps(j.table, j.from, j.chain)) > 0 {
 			continue
 		}
-		ok, err = f.ipt.Exists(j.table, j.from, j.rule...)
-		if err == nil && !ok {
-			err = f.ipt.Insert(j.table, j.from, 1, j.rule...)
-		}
-		if err != nil {
-			return fmt.Errorf("adding the jump to %s: %w", j.chain, err)
+		if j.table == tableMangle {
+			b.Insert(j.table, j.from, j.rule...)
+		} else {
+			b.Append(j.table, j.from, j.rule...)
 		}
 	}
-	return nil
 }
 
 // removeJumps deletes the jumps to the top chains (the batch then deletes the chains).
-func (f *family) removeJumps() error {
+func (f *family) removeJumps(b *iptcmd.Batch, rs iptcmd.Ruleset) {
 	for _, j := range f.top.jumps() {
-		ok, err := f.ipt.ChainExists(j.table, j.chain)
-		if err != nil {
-			return fmt.Errorf("reading the %s table: %w", j.table, err)
-		}
-		if !ok {
-			continue
-		}
-		if err := f.ipt.DeleteIfExists(j.table, j.from, j.rule...); err != nil {
-			return fmt.Errorf("removing the jump to %s: %w", j.chain, err)
+		for _, rule := range rs.Jumps(j.table, j.from, j.chain) {
+			b.Delete(j.table, rule)
 		}
 	}
-	return nil
 }
 
 // existingChains lists the instance's chains on the host: its top chains and the per-network chains its
-// isolation chain jumps to.
-func (f *family) existingChains() ([]string, error) {
+// top chains jump to (another instance's networks have chains of the same form).
+func existingChains(top topChains, rs iptcmd.Ruleset) []string {
 	var out []string
-	for _, c := range []struct{ table, chain string }{{tableMangle, f.top.isolation}, {tableFilter, f.top.networks}, {tableNAT, f.top.masquerade}} {
-		ok, err := f.ipt.ChainExists(c.table, c.chain)
-		if err != nil {
-			return nil, fmt.Errorf("reading the %s table: %w", c.table, err)
-		}
-		if !ok {
+	for _, c := range []struct{ table, chain string }{{tableMangle, top.isolation}, {tableFilter, top.networks}, {tableNAT, top.masquerade}} {
+		if !rs.HasChain(c.table, c.chain) {
 			continue
 		}
 		out = append(out, c.table+" "+c.chain)
-		if c.table == tableFilter {
-			continue
-		}
-		rules, err := f.ipt.List(c.table, c.chain)
-		if err != nil {
-			return nil, fmt.Errorf("reading chain %s: %w", c.chain, err)
-		}
 		seen := map[string]bool{}
-		for _, r := range rules {
+		for _, r := range rs.Rules(c.table, c.chain) {
 			fields := strings.Fields(r)
-			if n := len(fields); n >= 2 && fields[n-2] == "-j" && (strings.HasPrefix(fields[n-1], netChainPrefix) || strings.HasPrefix(fields[n-1], netMasqPrefix)) && !seen[fields[n-1]] {
-				seen[fields[n-1]] = true
-				out = append(out, c.table+" "+fields[n-1])
-				if strings.HasSuffix(fields[n-1], "-D") {
-					continue
-				}
-				if ok, _ := f.ipt.ChainExists(tableMangle, fields[n-1]+"-D"); ok {
-					seen[fields[n-1]+"-D"] = true
-					out = append(out, tableMangle+" "+fields[n-1]+"-D")
-				}
+			n := len(fields)
+			if n < 2 || fields[n-2] != "-j" || seen[fields[n-1]] ||
+				!(strings.HasPrefix(fields[n-1], netChainPrefix) || strings.HasPrefix(fields[n-1], netMasqPrefix)) {
+				continue
+			}
+			target := fields[n-1]
+			seen[target] = true
+			out = append(out, c.table+" "+target)
+			if c.table == tableMangle && !strings.HasSuffix(target, "-D") && rs.HasChain(tableMangle, target+"-D") && !seen[target+"-D"] {
+				seen[target+"-D"] = true
+				out = append(out, tableMangle+" "+target+"-D")
 			}
 		}
 	}
-	return out, nil
+	return out
 }
 
 // removeLegacy deletes the per-container chains (CNIPLUG-NET-<attachment>) that cniplug versions before the
-// per-network rules made, with their jumps from CNIPLUG-FORWARD.
-func (f *family) removeLegacy(ctx context.Context) error {
-	chains, err := f.ipt.ListChains(tableFilter)
+// per-network rules made, with their jumps.
+func removeLegacy(b *iptcmd.Batch, rs iptcmd.Ruleset) {
+	for _, c := range rs.Chains(tableFilter, "CNIPLUG-NET-") {
+		for _, rule := range rs.Jumps(tableFilter, "", c) {
+			b.Delete(tableFilter, rule)
+		}
+		b.Remove(tableFilter, c)
+	}
+}
+
+// intact reports whether every jump to the top chains is there (a jump cannot exist without its chain).
+func (f *family) intact(ctx context.Context) (bool, error) {
+	rs, err := f.cmd.Read(ctx)
 	if err != nil {
-		return fmt.Errorf("reading the filter table: %w", err)
+		return false, fmt.Errorf("reading the %s firewall rules: %w", f.name(), err)
 	}
-	var b strings.Builder
-	for _, c := range chains {
-		if !strings.HasPrefix(c, "CNIPLUG-NET-") {
-			continue
-		}
-		rules, err := f.ipt.List(tableFilter, "CNIPLUG-FORWARD")
-		if err == nil {
-			for _, rule := range rules {
-				if strings.HasSuffix(rule, "-j "+c) {
-					fmt.Fprintf(&b, "%s\n", strings.Replace(rule, "-A ", "-D ", 1))
-				}
-			}
-		}
-		fmt.Fprintf(&b, "-F %s\n-X %s\n", c, c)
-	}
-	if b.Len() == 0 {
-		return nil
-	}
-	if err := restore(ctx, f.restore, "*filter\n"+b.String()+"COMMIT\n"); err != nil {
-		return fmt.Errorf("removing the per-container rules of an earlier cniplug: %w", err)
-	}
-	return nil
-}
-
-// restore feeds a batch to iptables-restore without flushing the tables' other rules: all or nothing.
-func restore(ctx context.Context, binary, batch string) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, "--noflush", "--wait")
-	cmd.Stdin = strings.NewReader(batch)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s: %w: %s", binary, err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// intact reports whether both jumps to the top chains are there (a jump cannot exist without its chain).
-func (f *family) intact() bool {
 	for _, j := range f.top.jumps() {
-		if ok, err := f.ipt.Exists(j.table, j.from, j.rule...); err != nil || !ok {
-			return false
+		if len(rs.Jumps(j.table, j.from, j.chain)) == 0 {
+			return false, nil
 		}
 	}
-	return true
+	return true, nil
 }

@@ -30,7 +30,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/coreos/go-iptables/iptables"
+	"github.com/cniplug/cniplug/iptcmd"
 )
 
 // Member is what one Docker network, or one of its containers, adds to the network's rule set. The rule set
@@ -101,28 +101,17 @@ func New(v4Path, v6Path, instance string) (*Rules, error) {
 			masquerade: masqPrefix + "-" + instance}
 	}
 	for _, f := range []struct {
-		proto iptables.Protocol
-		path  string
-		def   string
-	}{{iptables.ProtocolIPv4, v4Path, "iptables"}, {iptables.ProtocolIPv6, v6Path, "ip6tables"}} {
-		var ipt *iptables.IPTables
-		var err error
-		if f.path != "" {
-			ipt, err = iptables.New(iptables.IPFamily(f.proto), iptables.Timeout(10), iptables.Path(f.path))
-		} else {
-			ipt, err = iptables.New(iptables.IPFamily(f.proto), iptables.Timeout(10))
-		}
+		path string
+		v6   bool
+	}{{v4Path, false}, {v6Path, true}} {
+		cmd, err := iptcmd.New(f.path, f.v6)
 		if err != nil {
-			if f.proto == iptables.ProtocolIPv4 {
+			if !f.v6 {
 				return nil, fmt.Errorf("iptables is needed for the networks' firewall rules: %w", err)
 			}
 			continue
 		}
-		path := f.path
-		if path == "" {
-			path = f.def
-		}
-		r.families = append(r.families, &family{v6: f.proto == iptables.ProtocolIPv6, ipt: ipt, restore: path + "-restore", top: r.top})
+		r.families = append(r.families, &family{v6: f.v6, cmd: cmd, top: r.top})
 	}
 	return r, nil
 }
@@ -182,14 +171,16 @@ func (r *Rules) Load(ctx context.Context, members []Member) error {
 	}
 	var errs []error
 	for _, f := range r.families {
-		stale, err := f.existingChains()
+		rs, err := f.cmd.Read(ctx)
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("reading the %s firewall rules: %w", f.name(), err))
 			continue
 		}
-		f.chains, f.programmed = stale, "" // removed by the next batch unless still wanted
-		if err := f.removeLegacy(ctx); err != nil {
-			errs = append(errs, err)
+		f.chains, f.programmed = existingChains(r.top, rs), "" // removed by the next batch unless still wanted
+		var legacy iptcmd.Batch
+		removeLegacy(&legacy, rs)
+		if err := f.cmd.Write(ctx, &legacy); err != nil {
+			errs = append(errs, fmt.Errorf("removing the per-container rules of an earlier cniplug: %w", err))
 		}
 	}
 	errs = append(errs, r.program(ctx))
@@ -235,13 +226,20 @@ func sortedUnique(s []string) []string {
 
 // Repair programs again every family whose jumps went missing behind cniplug's back (a flushed table, a
 // firewalld reload): the rule set is only rewritten when it changes, so nothing else would put them back. It
-// costs two iptables commands per family and reports whether it had to repair.
+// costs one iptables-save per family and reports whether it had to repair.
 func (r *Rules) Repair(ctx context.Context) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	repaired := false
 	for _, f := range r.families {
-		if f.programmed != "" && !f.intact() {
+		if f.programmed == "" {
+			continue
+		}
+		ok, err := f.intact(ctx)
+		if err != nil {
+			return false, err
+		}
+		if !ok {
 			f.programmed = ""
 			repaired = true
 		}

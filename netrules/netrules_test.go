@@ -81,7 +81,7 @@ func newTestHost(t *testing.T) *testHost {
 	dir := t.TempDir()
 	h.execLog = filepath.Join(dir, "log")
 	for _, c := range []string{"iptables", "ip6tables"} {
-		for _, suffix := range []string{"", "-restore"} {
+		for _, suffix := range []string{"", "-save", "-restore"} {
 			script := fmt.Sprintf("#!/bin/sh\necho %s%s \"$@\" >>%s\nexec %s-nft%s \"$@\"\n", c, suffix, h.execLog, c, suffix)
 			testutil.Must(t, os.WriteFile(filepath.Join(dir, c+suffix), []byte(script), 0o755))
 		}
