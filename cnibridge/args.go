@@ -45,7 +45,7 @@ func RequestArgs(n *Network, addresses []string, mac string) ([][2]string, map[s
 const ContainerNameArg = "DOCKER_CONTAINER_NAME"
 
 // WithContainerName adds the container's name to the CNI_ARGS when it is known and can be carried there
-// (CNI_ARGS are "K=V;K=V").
+// (CNI_ARGS are "K=V;K=V"; the IPAM driver refuses names with ';' or '=' at the door).
 func WithContainerName(args [][2]string, name string) [][2]string {
 	if name == "" || strings.ContainsAny(name, ";=") {
 		return args

@@ -31,14 +31,17 @@ func checkPoolID(id string) error {
 	return &naming.FieldError{Field: "PoolID", Value: id, Rule: "a pool ID " + poolIDPrefix + "<24 hex digits> that this IPAM driver handed out"}
 }
 
-// checkEndpointName accepts the endpoint names Docker sends: printable text. The name's length is bounded
+// checkEndpointName accepts the endpoint names Docker sends: printable text without ';' or '=', which
+// CNI_ARGS ("K=V;K=V") cannot carry and Docker's container names never hold. The name's length is bounded
 // where it is used (naming.BoundName), so a long container name never fails the CNI ADD.
 func checkEndpointName(name string) error {
-	ok := utf8.ValidString(name) && strings.IndexFunc(name, func(r rune) bool { return !unicode.IsPrint(r) }) < 0
+	ok := utf8.ValidString(name) && strings.IndexFunc(name, func(r rune) bool { return !unicode.IsPrint(r) }) < 0 &&
+		!strings.ContainsAny(name, ";=")
 	if ok {
 		return nil
 	}
-	return &naming.FieldError{Field: "option " + endpointNameOption, Value: name, Rule: "a container name of printable characters"}
+	return &naming.FieldError{Field: "option " + endpointNameOption, Value: name,
+		Rule: "a container name of printable characters without ';' or '='"}
 }
 
 func validateRequestPool(req *ipam.RequestPoolRequest) error {

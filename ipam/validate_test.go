@@ -56,6 +56,8 @@ func TestValidateRequests(t *testing.T) {
 		{"RequestAddress MAC with IP=", validateRequestAddress(&ipam.RequestAddressRequest{PoolID: pool,
 			Options: opts("02:00:00:5b:00:77;IP=10.91.0.200", "")}),
 			`invalid option com.docker.network.endpoint.macaddress "02:00:00:5b:00:77;IP=10.91.0.200": want six hex bytes`},
+		{"RequestAddress name with CNI_ARGS separators", validateRequestAddress(&ipam.RequestAddressRequest{PoolID: pool,
+			Options: opts("", "web;IP=10.0.0.9")}), `without ';' or '='`},
 		{"RequestAddress name with a newline", validateRequestAddress(&ipam.RequestAddressRequest{PoolID: pool,
 			Options: opts("", "web\nIP=10.0.0.9")}), `invalid option com.docker.network.endpoint.name`},
 		{"RequestAddress name with NUL", validateRequestAddress(&ipam.RequestAddressRequest{PoolID: pool,
