@@ -21,11 +21,17 @@ type Driver struct {
 	mgr     *attach.Manager
 	store   *state.Store
 	log     *slog.Logger
+	// sandboxDirs are where Join accepts a SandboxKey: Docker's netns directory.
+	sandboxDirs []string
 }
 
-// New returns a Driver that binds Docker networks to the CNI networks chooser picks.
-func New(name string, chooser cniconf.Chooser, mgr *attach.Manager, log *slog.Logger) *Driver {
-	return &Driver{name: name, chooser: chooser, mgr: mgr, store: mgr.Store(), log: log}
+// New returns a Driver that binds Docker networks to the CNI networks chooser picks, for a dockerd whose
+// --exec-root is dockerExecRoot ("" is DefaultDockerExecRoot).
+func New(name string, chooser cniconf.Chooser, mgr *attach.Manager, log *slog.Logger, dockerExecRoot string) *Driver {
+	if dockerExecRoot == "" {
+		dockerExecRoot = DefaultDockerExecRoot
+	}
+	return &Driver{name: name, chooser: chooser, mgr: mgr, store: mgr.Store(), log: log, sandboxDirs: sandboxDirs(dockerExecRoot)}
 }
 
 func (d *Driver) errorf(netID, format string, args ...any) error {

@@ -12,7 +12,7 @@ import (
 
 // Join hands the CNI-created link to Docker through the host netns, with the gateway and routes CNI set up.
 func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
-	if err := validateJoin(req); err != nil {
+	if err := validateJoin(req, d.sandboxDirs); err != nil {
 		return nil, d.invalid(err)
 	}
 	a, err := d.store.AttachmentByEndpoint(req.EndpointID)

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strings"
 
 	"github.com/cniplug/cniplug/naming"
 	"github.com/docker/go-plugins-helpers/network"
@@ -16,13 +18,24 @@ import (
 // container's link is moved to. Docker's own requests always pass; anything else on the socket is refused
 // with an error that names the field and its rule.
 
-// Where Docker pins each container's network namespace: <exec-root>/netns/<key>, exec-root /var/run/docker
-// by default. /var/run is a link to /run on the host, and in the managed plugin's image /run/docker/netns is
-// a link to the host's, mounted at /host/run (see the Dockerfile), so the paths Docker sends work in both.
-const (
-	dockerNetnsDir    = "/var/run/docker/netns"
-	dockerNetnsDirRun = "/run/docker/netns"
-)
+// DefaultDockerExecRoot is dockerd's --exec-root unless set otherwise. Docker pins each container's network
+// namespace at <exec-root>/netns/<key>. /var/run is a link to /run on the host, and in the managed plugin's
+// image /run/docker/netns is a link to the host's, mounted at /host/run (see the Dockerfile), so the paths
+// Docker sends work in both.
+const DefaultDockerExecRoot = "/var/run/docker"
+
+// sandboxDirs are the directories a SandboxKey may be in: <exec-root>/netns, under both the /var/run and the
+// /run spelling of the path.
+func sandboxDirs(execRoot string) []string {
+	dir := filepath.Join(filepath.Clean(execRoot), "netns")
+	dirs := []string{dir}
+	if rest, ok := strings.CutPrefix(dir, "/var/run/"); ok {
+		dirs = append(dirs, "/run/"+rest)
+	} else if rest, ok := strings.CutPrefix(dir, "/run/"); ok {
+		dirs = append(dirs, "/var/run/"+rest)
+	}
+	return dirs
+}
 
 // sandboxName is the base name of a sandbox key: a container ID's first 12 hex digits, or libnetwork's
 // names for its own sandboxes (ingress_sbox, lb_<id>, 1-<id>).
@@ -45,16 +58,15 @@ func checkIDs(networkID, endpointID string) error {
 	return naming.CheckDockerID("EndpointID", endpointID)
 }
 
-// checkSandboxKey accepts only a network namespace Docker pinned: a clean path directly in Docker's netns
-// directory whose base name is a plain name, and which, if it exists already, is no symlink (Docker's are
-// bind mounts of the namespace).
-func checkSandboxKey(key string) error {
+// checkSandboxKey accepts only a network namespace Docker pinned: a clean path directly in one of Docker's
+// netns directories (sandboxDirs) whose base name is a plain name, and which, if it exists already, is no
+// symlink (Docker's are bind mounts of the namespace).
+func checkSandboxKey(key string, dirs []string) error {
 	bad := func(rule string) error { return &naming.FieldError{Field: "SandboxKey", Value: key, Rule: rule} }
-	const rule = "the path of a network namespace in Docker's " + dockerNetnsDir + " (or " + dockerNetnsDirRun + "), like " +
-		dockerNetnsDir + "/0123456789ab"
+	rule := "the path of a network namespace in Docker's " + strings.Join(dirs, " or ") + ", like " + dirs[0] +
+		"/0123456789ab (a dockerd with another --exec-root needs cniplug's --docker-exec-root)"
 	dir, base := filepath.Split(key)
-	if filepath.Clean(key) != key || (filepath.Clean(dir) != dockerNetnsDir && filepath.Clean(dir) != dockerNetnsDirRun) ||
-		!sandboxName.MatchString(base) {
+	if filepath.Clean(key) != key || !slices.Contains(dirs, filepath.Clean(dir)) || !sandboxName.MatchString(base) {
 		return bad(rule)
 	}
 	fi, err := os.Lstat(key)
@@ -120,11 +132,11 @@ func validateCreateEndpoint(req *network.CreateEndpointRequest) error {
 	return nil
 }
 
-func validateJoin(req *network.JoinRequest) error {
+func validateJoin(req *network.JoinRequest, sandboxDirs []string) error {
 	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
 		return err
 	}
-	return checkSandboxKey(req.SandboxKey)
+	return checkSandboxKey(req.SandboxKey, sandboxDirs)
 }
 
 // invalid is the driver's answer to a request that failed its checks.

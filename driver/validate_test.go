@@ -40,8 +40,8 @@ func TestCheckSandboxKey(t *testing.T) {
 	// A symlink in Docker's netns dir pointing elsewhere is refused; the test makes one where dockerd made
 	// the dir (and it may write).
 	var link string
-	if fi, err := os.Stat(dockerNetnsDir); err == nil && fi.IsDir() {
-		link = filepath.Join(dockerNetnsDir, "cniplug-test-"+naming.RandomID()[:8])
+	if fi, err := os.Stat("/var/run/docker/netns"); err == nil && fi.IsDir() {
+		link = filepath.Join("/var/run/docker/netns", "cniplug-test-"+naming.RandomID()[:8])
 		if err := os.Symlink("/proc/1/ns/net", link); err == nil {
 			t.Cleanup(func() { os.Remove(link) })
 		} else {
@@ -73,7 +73,7 @@ func TestCheckSandboxKey(t *testing.T) {
 		{"var/run/docker/netns/abc", false},
 		{"/var/run/docker/netns/" + strings.Repeat("a", 200), false},
 	} {
-		err := checkSandboxKey(tc.key)
+		err := checkSandboxKey(tc.key, sandboxDirs(DefaultDockerExecRoot))
 		if (err == nil) != tc.ok {
 			t.Errorf("checkSandboxKey(%.60q) = %v, want ok=%v", tc.key, err, tc.ok)
 		}
@@ -83,7 +83,7 @@ func TestCheckSandboxKey(t *testing.T) {
 		}
 	}
 	if link != "" {
-		if err := checkSandboxKey(link); err == nil || !strings.Contains(err.Error(), "not a symlink") {
+		if err := checkSandboxKey(link, sandboxDirs(DefaultDockerExecRoot)); err == nil || !strings.Contains(err.Error(), "not a symlink") {
 			t.Errorf("checkSandboxKey(a symlink to /proc/1/ns/net) = %v, want refused", err)
 		}
 	}
@@ -119,8 +119,12 @@ func TestValidateRequests(t *testing.T) {
 			Interface: iface("10.1.0.2", "", "")}), `invalid Interface.Address "10.1.0.2"`},
 		{"CreateEndpoint bad IPv6", validateCreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
 			Interface: iface("", "fd00::2/64;x", "")}), `invalid Interface.AddressIPv6`},
-		{"Join", validateJoin(&network.JoinRequest{NetworkID: nid, EndpointID: eid, SandboxKey: "/var/run/docker/netns/0123456789ab"}), ""},
-		{"Join host netns", validateJoin(&network.JoinRequest{NetworkID: nid, EndpointID: eid, SandboxKey: "/proc/1/ns/net"}), `invalid SandboxKey "/proc/1/ns/net"`},
+		{"Join", validateJoin(&network.JoinRequest{NetworkID: nid, EndpointID: eid, SandboxKey: "/var/run/docker/netns/0123456789ab"}, sandboxDirs(DefaultDockerExecRoot)), ""},
+		{"Join host netns", validateJoin(&network.JoinRequest{NetworkID: nid, EndpointID: eid, SandboxKey: "/proc/1/ns/net"}, sandboxDirs(DefaultDockerExecRoot)), `invalid SandboxKey "/proc/1/ns/net"`},
+		{"Join another exec-root", validateJoin(&network.JoinRequest{NetworkID: nid, EndpointID: eid, SandboxKey: "/run/docker2/netns/0123456789ab"},
+			sandboxDirs("/var/run/docker2")), ""},
+		{"Join default exec-root when another is set", validateJoin(&network.JoinRequest{NetworkID: nid, EndpointID: eid, SandboxKey: "/var/run/docker/netns/0123456789ab"},
+			sandboxDirs("/srv/docker-exec")), `--docker-exec-root`},
 		{"Leave", checkIDs(nid, eid), ""},
 		{"Leave swarm network", checkIDs("qx0mvl1znq2a3hyrvqhcwdl6c", eid), ""},
 		{"Leave swarm-like endpoint", checkIDs(nid, "qx0mvl1znq2a3hyrvqhcwdl6c"), `invalid EndpointID`},
@@ -155,12 +159,12 @@ func FuzzCheckSandboxKey(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, key string) {
-		if checkSandboxKey(key) != nil {
+		if checkSandboxKey(key, sandboxDirs(DefaultDockerExecRoot)) != nil {
 			return
 		}
 		// Accepted keys are directly in Docker's netns dir, clean, with a plain base name.
 		dir, base := filepath.Split(key)
-		if dir != dockerNetnsDir+"/" && dir != dockerNetnsDirRun+"/" || base == "" || base[0] == '.' ||
+		if dir != "/var/run/docker/netns/" && dir != "/run/docker/netns/" || base == "" || base[0] == '.' ||
 			strings.ContainsAny(base, "/\x00 ;=") || filepath.Clean(key) != key || len(base) > 128 {
 			t.Fatalf("checkSandboxKey accepted %q", key)
 		}

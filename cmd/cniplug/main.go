@@ -44,6 +44,7 @@ type config struct {
 	iptablesBackend string // hostfw setting: system, auto, legacy or nft
 
 	dockerSocket      string
+	dockerExecRoot    string
 	reconcileInterval time.Duration
 	reconcileMinAge   time.Duration
 
@@ -89,6 +90,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.iptablesBackend, "iptables-backend", envOr("CNIPLUG_IPTABLES_BACKEND", "system"), "iptables backend for CNI plugins: system (the iptables in PATH), auto (the host's: legacy or nft), legacy or nft (env CNIPLUG_IPTABLES_BACKEND)")
 	fs.StringVar(&c.logLevel, "log-level", envOr("CNIPLUG_LOG_LEVEL", "info"), "debug, info, warn or error (env CNIPLUG_LOG_LEVEL)")
 	fs.StringVar(&c.dockerSocket, "docker-socket", envOr("CNIPLUG_DOCKER_SOCKET", "/var/run/docker.sock"), "Docker Engine API socket, used to find attachments whose endpoints Docker forgot; empty disables (env CNIPLUG_DOCKER_SOCKET)")
+	fs.StringVar(&c.dockerExecRoot, "docker-exec-root", envOr("CNIPLUG_DOCKER_EXEC_ROOT", driver.DefaultDockerExecRoot), "dockerd's --exec-root: Join accepts only network namespaces Docker pinned in its netns directory (env CNIPLUG_DOCKER_EXEC_ROOT)")
 	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", envDuration("CNIPLUG_RECONCILE_INTERVAL", time.Minute), "how often to release attachments no live Docker endpoint owns; 0 disables (env CNIPLUG_RECONCILE_INTERVAL)")
 	fs.DurationVar(&c.reconcileMinAge, "reconcile-min-age", envDuration("CNIPLUG_RECONCILE_MIN_AGE", 0), "attachments younger than this are in flight and never reconciled (default 2 x --cni-timeout + 30s) (env CNIPLUG_RECONCILE_MIN_AGE)")
 	fs.StringVar(&c.metricsListen, "metrics-listen", envOr("CNIPLUG_METRICS_LISTEN", ""), "serve Prometheus /metrics and /healthz on this TCP address, e.g. 127.0.0.1:9580; empty disables (env CNIPLUG_METRICS_LISTEN)")
@@ -161,7 +163,7 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	}
 	svc := newAdmin(c, name, mgr)
 	chooser := cniconf.Chooser{ConfDirs: c.confDir, DefaultNetwork: c.defaultNetwork, Validator: runner}
-	drv, ipd := driver.New(name, chooser, mgr, log), ipam.New(name, chooser, mgr, log, c.maxWarmTotal)
+	drv, ipd := driver.New(name, chooser, mgr, log, c.dockerExecRoot), ipam.New(name, chooser, mgr, log, c.maxWarmTotal)
 	h := plugin.NewHandler(drv, ipd, log,
 		plugin.WithAdmin(svc), plugin.WithObserver(m, svc))
 	if err := serveMetrics(ctx, c, m, store, log); err != nil {

@@ -122,7 +122,7 @@ func New(t testing.TB, o Options) *Stack {
 	}
 	opts = append(opts, plugin.WithObserver(s.Metrics, s.Admin))
 	chooser := cniconf.Chooser{ConfDirs: s.ConfDirs, Validator: runner}
-	drv, ipd := driver.New("cniplug", chooser, s.Manager, log), ipam.New("cniplug", chooser, s.Manager, log, o.maxWarmTotal())
+	drv, ipd := driver.New("cniplug", chooser, s.Manager, log, ""), ipam.New("cniplug", chooser, s.Manager, log, o.maxWarmTotal())
 	s.Handler = plugin.NewHandler(drv, ipd, log, opts...)
 	return s
 }
