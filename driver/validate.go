@@ -20,7 +20,7 @@ import (
 
 // DefaultDockerExecRoot is dockerd's --exec-root unless set otherwise. Docker pins each container's network
 // namespace at <exec-root>/netns/<key>. /var/run is a link to /run on the host, and in the managed plugin's
-// image /run/docker/netns is a link to the host's, mounted at /host/run (see the Dockerfile), so the paths
+// image /run/docker/netns is a link to the host's, mounted at /host/run (see scripts/build-rootfs.sh), so the paths
 // Docker sends work in both.
 const DefaultDockerExecRoot = "/var/run/docker"
 

@@ -9,10 +9,11 @@
 #   --no-create   only write the bundle (with -o), for `docker plugin create` elsewhere
 #   --no-enable   create the plugin but leave it disabled (to `docker plugin set` it first)
 #
-# Base image (env BASE): debian:bookworm-slim when it is present or can be pulled; otherwise a local
-# Debian base, cniplug-base:bookworm, made once with debootstrap (minbase + iptables, from DEBIAN_MIRROR)
-# and `docker import`, which is kept for the next build.
-# Needs root, docker, make and Go; debootstrap only when no base image can be had.
+# The bundle comes from scripts/build-rootfs.sh (static binaries and Debian's iptables, no base image), with a
+# release mark unlike any other build's: dockerd 20.10 refuses `docker plugin create` of a rootfs identical to
+# an installed plugin's ("content sha256:... already exists"). Releases are built reproducibly by
+# scripts/release.sh instead.
+# Needs root, docker, Go and apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,66 +32,15 @@ done
 [ "$(id -u)" = 0 ] || { echo "build-plugin.sh must run as root" >&2; exit 1; }
 
 say() { printf '== %s\n' "$*" >&2; }
-local_base=cniplug-base:bookworm
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
-# choose_base prints a base image that exists locally, making one if needed.
-choose_base() {
-  if [ -n "${BASE:-}" ]; then
-    docker image inspect "$BASE" >/dev/null 2>&1 || docker pull -q "$BASE" >&2
-    echo "$BASE"; return
-  fi
-  for img in debian:bookworm-slim "$local_base"; do
-    docker image inspect "$img" >/dev/null 2>&1 && { echo "$img"; return; }
-  done
-  if timeout 120 docker pull -q debian:bookworm-slim >/dev/null 2>&1; then
-    echo debian:bookworm-slim; return
-  fi
-  say "debian:bookworm-slim cannot be pulled: making $local_base with debootstrap from $mirror"
-  command -v debootstrap >/dev/null || { echo "debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
-  local root
-  root=$(mktemp -d /var/tmp/cniplug-base.XXXXXX)
-  # shellcheck disable=SC2064
-  trap "rm -rf '$root'" RETURN
-  debootstrap --variant=minbase --include=iptables bookworm "$root" "$mirror" >"$root.log" 2>&1 ||
-    { tail -20 "$root.log" >&2; rm -f "$root.log"; exit 1; }
-  rm -f "$root.log"
-  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc "$root"/usr/share/man
-  tar -C "$root" -c . | docker import -c 'CMD ["/bin/sh"]' - "$local_base" >/dev/null
-  echo "$local_base"
-}
-
-say "building cniplug and the reference CNI plugins"
-make -s build cni-plugins >&2
-
-base=$(choose_base)
-say "building the plugin rootfs on $base"
-image=cniplug-plugin-rootfs:build-$$
-buildlog=$(mktemp)
-if ! docker build --build-arg BASE="$base" -t "$image" . >"$buildlog" 2>&1; then
-  tail -30 "$buildlog" >&2; rm -f "$buildlog"; exit 1
-fi
-rm -f "$buildlog"
-cleanup() {
-  docker rm -f "cniplug-plugin-export-$$" >/dev/null 2>&1 || true
-  docker rmi -f "$image" >/dev/null 2>&1 || true
-  [ -z "${tmpdir:-}" ] || rm -rf "$tmpdir"
-}
-trap cleanup EXIT
-
+tmpdir=""
+trap '[ -z "$tmpdir" ] || rm -rf "$tmpdir"' EXIT
 if [ -z "$out" ]; then
   tmpdir=$(mktemp -d /var/tmp/cniplug-plugin.XXXXXX)
   out=$tmpdir
 fi
-rm -rf "$out/rootfs"
-mkdir -p "$out/rootfs"
-docker create --name "cniplug-plugin-export-$$" "$image" >/dev/null
-docker export "cniplug-plugin-export-$$" | tar -C "$out/rootfs" -x
-cp config.json "$out/config.json"
-# What was built, and a rootfs unlike any other build's: dockerd 20.10 refuses `docker plugin create` of a
-# rootfs identical to an installed plugin's ("content sha256:... already exists").
-printf 'cniplug %s built %s (%s)\n' "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
-  "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')" >"$out/rootfs/etc/cniplug-release"
+mark="cniplug $(git describe --always --dirty 2>/dev/null || echo unknown) built $(date -u +%Y-%m-%dT%H:%M:%SZ) ($(od -An -N6 -tx1 /dev/urandom | tr -d ' \n'))"
+scripts/build-rootfs.sh -r "$mark" "$out" >/dev/null
 say "plugin bundle in $out ($(du -sh "$out" | cut -f1))"
 # Staging namespaces reach the host's /run/netns only through a shared mount: make it one, in a peer group of
 # its own. `ip netns add` bind-mounts /run/netns onto itself, which puts it in the root mount's peer group when

@@ -12,10 +12,11 @@ command -v go >/dev/null || { echo "Go (the version in go.mod) is required to bu
 
 say "packages"
 need=()
-# debootstrap makes the managed plugin's base image offline; docker-registry serves the plugin push/install test;
+# binutils' readelf checks the managed plugin's rootfs (scripts/build-rootfs.sh) and qemu-user-static runs its
+# arm64 binaries in the release test; docker-registry serves the plugin push/install tests;
 # dnsmasq-base (the binary only, no service) is the DHCP server of the DHCP tests (cnibridge and e2e); iperf3 is
 # run inside containers' network namespaces by the cluster benchmark (make bench-cluster).
-for p in docker.io docker-compose iptables iproute2 busybox-static make debootstrap docker-registry dnsmasq-base iperf3; do
+for p in docker.io docker-compose iptables iproute2 busybox-static make binutils qemu-user-static docker-registry dnsmasq-base iperf3; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -12,7 +12,7 @@ const maxLinks = 8
 
 // Make creates dir and any missing parents, like os.MkdirAll, also when dir is a symlink whose target does not
 // exist yet: then it creates the target. The managed plugin's /run/netns and /run/cni are symlinks into the
-// host's /run (see the Dockerfile), where those directories do not exist after a boot until someone creates
+// host's /run (see scripts/build-rootfs.sh), where those directories do not exist after a boot until someone creates
 // them, and os.MkdirAll fails on the dangling link with "file exists".
 func Make(dir string, perm os.FileMode) error {
 	for range maxLinks {
