@@ -17,7 +17,7 @@ GOTESTFLAGS ?=
 # The end-to-end tests that exercise the host firewall: run again under dockerd --firewall-backend=nftables.
 FIREWALL_TESTS := TestDockerFirewall|TestNetworkIsolation|TestMasqueradeOption|TestPublishPorts|TestPublishPortRangesAndHostIP|TestAddressingModes|TestConnectDisconnect|TestMultipleNetworks
 
-.PHONY: build cni-plugins test test-unit test-e2e test-e2e-managed test-e2e-firewall test-cluster test-engines vet fuzz bench bench-cluster clean plugin install
+.PHONY: build cni-plugins test test-unit test-e2e test-e2e-managed test-e2e-firewall test-cluster test-engines vet fuzz bench bench-cluster clean plugin release install
 
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/cniplug ./cmd/cniplug
@@ -66,6 +66,12 @@ test-e2e-firewall: build cni-plugins
 # cniplug (replacing an existing one) and enables it. PLUGIN_NAME=... for another name.
 plugin: build cni-plugins
 	scripts/build-plugin.sh -n $(or $(PLUGIN_NAME),cniplug)
+
+# Release: the managed plugin for amd64 and arm64, pushed as $(REGISTRY)/cniplug:$(VERSION)-<arch> (one tag per
+# architecture: managed plugins cannot be installed from a manifest list). Reproducible for one commit.
+release:
+	@[ -n "$(VERSION)" ] && [ -n "$(REGISTRY)" ] || { echo "usage: make release VERSION=v1.2.3 REGISTRY=registry.example.com/you" >&2; exit 2; }
+	scripts/release.sh "$(VERSION)" "$(REGISTRY)"
 
 # Host (v1) mode: the binary and a systemd unit ordered before docker.service (enable it yourself:
 # systemctl enable --now cniplug). DESTDIR stages a package.

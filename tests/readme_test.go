@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -347,6 +348,59 @@ func TestREADMELayout(t *testing.T) {
 		}
 		if !strings.Contains(readme, "| `"+e.Name()+"/") {
 			t.Errorf("README.md's layout table has no row for %s/", e.Name())
+		}
+	}
+}
+
+// TestREADMEPluginSettings: the README's managed plugin settings table lists every setting of config.json that
+// `docker plugin set` can change, each with config.json's default, and nothing else.
+func TestREADMEPluginSettings(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(testutil.RepoRoot(), "config.json"))
+	testutil.Must(t, err)
+	var cfg struct {
+		Env []struct {
+			Name, Value string
+			Settable    []string
+		}
+		Args struct{ Settable []string }
+	}
+	testutil.Must(t, json.Unmarshal(b, &cfg))
+	want := map[string]string{} // setting -> its default
+	for _, e := range cfg.Env {
+		if slices.Contains(e.Settable, "value") {
+			want[e.Name] = e.Value
+		}
+	}
+	if slices.Contains(cfg.Args.Settable, "value") {
+		want["args"] = ""
+	}
+	_, section, ok := strings.Cut(readmeDocs(t)["README.md"], "\n## Managed plugin settings\n")
+	if !ok {
+		t.Fatal("README.md has no section \"Managed plugin settings\"")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	rows := map[string]string{}
+	for _, line := range strings.Split(section, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 4 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		rows[strings.Trim(strings.TrimSpace(cells[1]), "`")] = strings.TrimSpace(cells[2])
+	}
+	for name, def := range want {
+		got, ok := rows[name]
+		switch {
+		case !ok:
+			t.Errorf("README's settings table lacks %s (default %q)", name, def)
+		case def == "" && !strings.HasPrefix(got, "("):
+			t.Errorf("README says %s defaults to %s; config.json leaves it empty", name, got)
+		case def != "" && got != "`"+def+"`":
+			t.Errorf("README says %s defaults to %s; config.json says %q", name, got, def)
+		}
+	}
+	for name := range rows {
+		if _, ok := want[name]; !ok {
+			t.Errorf("README's settings table lists %s, which config.json does not let `docker plugin set` change", name)
 		}
 	}
 }
