@@ -9,13 +9,13 @@ import (
 
 	"github.com/cniplug/cniplug/cnibridge"
 	"github.com/cniplug/cniplug/cniconf"
-	"github.com/cniplug/cniplug/hostports"
 	"github.com/cniplug/cniplug/naming"
 	"github.com/cniplug/cniplug/state"
 )
 
 // Plan is one attachment a driver asks for, translated from Docker's request: the CNI ADD to run (or the
-// pending attachment to claim), what Docker chose that the result must match, and the host ports to publish.
+// pending attachment to claim) and what Docker chose that the result must match. Ports are published later,
+// when the endpoint becomes the container's gateway (Publish).
 type Plan struct {
 	Add   cnibridge.AddRequest
 	Owner state.Attachment // the phase and owners recorded with the attachment
@@ -23,10 +23,6 @@ type Plan struct {
 	// on the CNI network (its ADD ran when Docker allocated the address) instead of running an ADD.
 	Claim Claim
 	Want  Want
-	Ports []hostports.Mapping
-	// PortsByPlugin: the chain's portmap plugin does the DNAT (portMappings capability); cniplug adds only the
-	// FORWARD accepts.
-	PortsByPlugin bool
 	// AddAtJoin: Docker chose the addresses (Want) and the MAC, so the ADD waits for Join, which runs it in the
 	// container's netns when that exists then (Docker 28+): no staging netns, no link move.
 	AddAtJoin bool
@@ -59,9 +55,9 @@ func (w Want) check(got cnibridge.Interface) error {
 	return nil
 }
 
-// Apply applies the plan: it adds (or claims) the attachment, checks the result against what Docker chose
-// and publishes the ports. Whatever fails after the attachment exists removes it again through Remove, so a
-// failed request leaves nothing behind.
+// Apply applies the plan: it adds (or claims) the attachment and checks the result against what Docker
+// chose. Whatever fails after the attachment exists removes it again through Remove, so a failed request
+// leaves nothing behind.
 func (m *Manager) Apply(ctx context.Context, p Plan) (*state.Attachment, error) {
 	if p.Owner.EndpointID != "" {
 		unlock := m.endpoints.lock(p.Owner.EndpointID)
@@ -92,11 +88,6 @@ func (m *Manager) Apply(ctx context.Context, p Plan) (*state.Attachment, error) 
 	}
 	if !p.AddAtJoin {
 		err = p.Want.check(a.Interface)
-	}
-	if err == nil {
-		if err = m.publishPorts(ctx, a, p.Ports, !p.PortsByPlugin); err != nil {
-			err = fmt.Errorf("cannot publish ports: %w", err)
-		}
 	}
 	if err == nil {
 		return a, nil

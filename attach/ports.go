@@ -47,24 +47,15 @@ func (m *Manager) takenPorts(self string) (func(hostports.Mapping) bool, error) 
 	}, nil
 }
 
-// ResolvePorts chooses concrete host ports for Docker's bindings (ephemeral and range requests), refusing
-// ports that are in use on the host or published by another container.
-func (m *Manager) ResolvePorts(bs []hostports.Binding) ([]hostports.Mapping, error) {
-	m.ports.mu.Lock()
-	defer m.ports.mu.Unlock()
-	taken, err := m.takenPorts("")
-	if err != nil {
-		return nil, err
-	}
-	return hostports.Resolve(bs, taken)
-}
-
-// publishPorts records the attachment's published ports and then programs them. dnat says whether cniplug
-// programs the DNAT itself (false when the CNI chain's portmap plugin did, through the portMappings
-// capability). On failure no rule is left programmed; the record stays, and Attach removes the attachment
-// through Remove, which also forgets the ports.
-func (m *Manager) publishPorts(ctx context.Context, a *state.Attachment, ms []hostports.Mapping, dnat bool) error {
-	if len(ms) == 0 {
+// Publish publishes the ports Docker asks for on the attachment's endpoint when it becomes the container's
+// gateway endpoint (ProgramExternalConnectivity). Docker publishes a container's ports only through that
+// endpoint: since 28 it is chosen by gw-priority and 29 tells the driver each time it changes; 20.10 calls
+// it on the endpoint that gives the container its default route. The host ports are chosen here (ephemeral
+// and range requests, refusing ports in use on the host or published by another container) and recorded
+// before their rules exist, so the one teardown path removes them whatever fails next. An endpoint that
+// publishes already keeps its ports: a container's bindings do not change.
+func (m *Manager) Publish(ctx context.Context, a *state.Attachment, bs []hostports.Binding) error {
+	if len(bs) == 0 {
 		return nil
 	}
 	prog, err := m.programmer()
@@ -75,29 +66,57 @@ func (m *Manager) publishPorts(ctx context.Context, a *state.Attachment, ms []ho
 	defer m.ports.mu.Unlock()
 	unlock := m.locks.lock(a.ID())
 	defer unlock()
+	if a, err = m.store.Attachment(a.ID()); err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	if a.HostPorts != nil && len(a.HostPorts.Mappings) > 0 {
+		return prog.Apply(ctx, *a.HostPorts)
+	}
 	taken, err := m.takenPorts(a.ID())
 	if err != nil {
 		return err
 	}
-	for _, p := range ms {
-		if taken(p) {
-			return fmt.Errorf("host port %d/%s is already in use (published by another container)", p.HostPort, p.Proto)
-		}
+	ms, err := hostports.Resolve(bs, taken)
+	if err != nil {
+		return err
 	}
-	rec := &hostports.Record{ID: a.ID(), ContainerIPv4: a.Interface.IPv4, ContainerIPv6: a.Interface.IPv6, Mappings: ms, DNAT: dnat}
+	rec := &hostports.Record{ID: a.ID(), ContainerIPv4: a.Interface.IPv4, ContainerIPv6: a.Interface.IPv6, Mappings: ms, DNAT: true}
 	if err := hostports.Check(*rec); err != nil {
 		return err
 	}
 	a.HostPorts = rec
 	if err := m.store.PutAttachment(a); err != nil {
-		a.HostPorts = nil
 		return fmt.Errorf("recording published ports: %w", err)
 	}
 	if err := prog.Apply(ctx, *rec); err != nil {
 		return fmt.Errorf("publishing ports: %w", err)
 	}
-	m.log.Info("ports published", "attachment", a.ID(), "network", a.NetworkID, "endpoint", a.EndpointID,
-		"ports", fmt.Sprint(ms), "by", map[bool]string{true: "cniplug", false: "portmap plugin"}[dnat])
+	m.log.Info("ports published", "attachment", a.ID(), "network", a.NetworkID, "endpoint", a.EndpointID, "ports", fmt.Sprint(ms))
+	return nil
+}
+
+// Unpublish removes the attachment's published ports when its endpoint stops being the container's gateway
+// endpoint (RevokeExternalConnectivity), and forgets them.
+func (m *Manager) Unpublish(ctx context.Context, a *state.Attachment) error {
+	m.ports.mu.Lock()
+	defer m.ports.mu.Unlock()
+	unlock := m.locks.lock(a.ID())
+	defer unlock()
+	a, err := m.store.Attachment(a.ID())
+	if err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	if a.HostPorts == nil {
+		return nil
+	}
+	if err := m.unpublish(ctx, a); err != nil {
+		return err
+	}
+	a.HostPorts = nil
+	if err := m.store.PutAttachment(a); err != nil {
+		return fmt.Errorf("recording that the ports are no longer published: %w", err)
+	}
+	m.log.Info("ports unpublished", "attachment", a.ID(), "network", a.NetworkID, "endpoint", a.EndpointID)
 	return nil
 }
 

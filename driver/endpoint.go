@@ -2,9 +2,7 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cniargs"
@@ -41,8 +39,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *network.CreateEndpoint
 }
 
 // planEndpoint translates Docker's request into the attachment to make: the CNI args and capability args
-// (the network's and the endpoint's cni.* options), the addresses and MAC Docker chose, and the ports to
-// publish. With cniplug IPAM the attachment already exists, pending under the address Docker was given.
+// (the network's and the endpoint's cni.* options) and the addresses and MAC Docker chose. With cniplug IPAM the attachment already exists, pending under the address Docker was given.
 func (d *Driver) planEndpoint(nw *state.Network, req *network.CreateEndpointRequest, want network.EndpointInterface) (attach.Plan, error) {
 	owner := state.Attachment{Phase: state.PhaseEndpoint, NetworkID: req.NetworkID, EndpointID: req.EndpointID}
 	cniNet, err := cnibridge.ParseNetwork(nw.Conflist)
@@ -53,19 +50,17 @@ func (d *Driver) planEndpoint(nw *state.Network, req *network.CreateEndpointRequ
 	if err != nil {
 		return attach.Plan{}, err
 	}
-	ports, err := d.endpointPorts(nw, req.Options)
-	if err != nil {
+	// Docker 29 sends the ports to publish with the first endpoint it creates for a container, whichever
+	// becomes the gateway: they are checked here and published at ProgramExternalConnectivity.
+	if _, err := hostports.ParseDockerPortmap(req.Options[hostports.OptionPortMap]); err != nil {
 		return attach.Plan{}, err
 	}
 	if nw.Mode == state.ModeCNIIPAM {
-		// The CNI ADD ran at RequestAddress, before Docker said which ports to publish: cniplug programs them.
-		return attach.Plan{Owner: owner, Claim: attach.Claim{CNINetwork: nw.CNIName, Address: naming.Address(want.Address)}, Ports: ports}, nil
+		return attach.Plan{Owner: owner, Claim: attach.Claim{CNINetwork: nw.CNIName, Address: naming.Address(want.Address)}}, nil
 	}
 	plan := attach.Plan{
-		Owner: owner, Ports: ports,
-		Want: attach.Want{Address: want.Address, AddressIPv6: want.AddressIPv6, MAC: want.MacAddress},
-		// With portmap in the chain, the CNI network publishes the ports itself (portMappings capability).
-		PortsByPlugin: len(ports) > 0 && cniNet.Capabilities()["portMappings"],
+		Owner: owner,
+		Want:  attach.Want{Address: want.Address, AddressIPv6: want.AddressIPv6, MAC: want.MacAddress},
 		// Docker chose the addresses, so with direct join the ADD can wait for Join and run in the
 		// container's netns. CreateEndpoint must still answer a MAC for Docker to show: one generated here,
 		// which the ADD asks for (and Join sets when the chain ignores it, as direct join does).
@@ -95,24 +90,10 @@ func (d *Driver) endpointExtra(nw *state.Network, cniNet *cnibridge.Network, opt
 	return extra, nil
 }
 
-// endpointPorts chooses the host ports for the ports Docker asks to publish.
-func (d *Driver) endpointPorts(nw *state.Network, options map[string]any) ([]hostports.Mapping, error) {
-	bindings, err := hostports.ParseDockerPortmap(options[hostports.OptionPortMap])
-	if err != nil || len(bindings) == 0 {
-		return nil, err
-	}
-	if nw.Internal {
-		return nil, errors.New("ports cannot be published from an internal network (it has no way in or out); connect the container to another network to publish them")
-	}
-	ports, err := d.mgr.ResolvePorts(bindings)
-	if err != nil {
-		return nil, fmt.Errorf("cannot publish ports: %w", err)
-	}
-	return ports, nil
-}
-
-// addRequest is the CNI ADD for the plan: the addresses and MAC Docker chose as CNI_ARGS/capability args,
-// the cni.* arguments, and the port mappings when the chain's portmap plugin publishes them.
+// addRequest is the CNI ADD for the plan: the addresses and MAC Docker chose as CNI_ARGS/capability args, and
+// the cni.* arguments. It passes no portMappings: cniplug publishes ports itself when the endpoint becomes the
+// container's gateway (ProgramExternalConnectivity), which a chain's portmap plugin, called only at ADD,
+// could not follow; portmap then has nothing to do.
 func addRequest(containerID string, cniNet *cnibridge.Network, extra cniargs.Extra, plan attach.Plan) (cnibridge.AddRequest, error) {
 	var requested []string
 	for _, addr := range []string{plan.Want.Address, plan.Want.AddressIPv6} {
@@ -129,12 +110,6 @@ func addRequest(containerID string, cniNet *cnibridge.Network, extra cniargs.Ext
 	}
 	req := cnibridge.AddRequest{ContainerID: containerID, Network: cniNet}
 	req.Args, req.CapabilityArgs = extra.Apply(cnibridge.RequestArgs(cniNet, requested, plan.Want.MAC))
-	if plan.PortsByPlugin {
-		if req.CapabilityArgs == nil {
-			req.CapabilityArgs = map[string]any{}
-		}
-		req.CapabilityArgs["portMappings"] = portMappings(plan.Ports)
-	}
 	return req, nil
 }
 
@@ -153,19 +128,6 @@ func parseEndpointOptions(options map[string]any) (cniargs.Extra, error) {
 		opts[k] = s
 	}
 	return cniargs.Parse(opts)
-}
-
-// portMappings is the portmap plugin's runtime config for the mappings (CNI CONVENTIONS portMappings).
-func portMappings(ms []hostports.Mapping) []map[string]any {
-	out := make([]map[string]any, 0, len(ms))
-	for _, m := range ms {
-		e := map[string]any{"hostPort": m.HostPort, "containerPort": m.ContainerPort, "protocol": m.Proto}
-		if m.HostIP != "" && !net.ParseIP(m.HostIP).IsUnspecified() {
-			e["hostIP"] = m.HostIP
-		}
-		out = append(out, e)
-	}
-	return out
 }
 
 // endpointResponse fills in only what Docker left empty: libnetwork rejects a driver changing a field it set.

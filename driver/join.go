@@ -2,11 +2,14 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"net"
 
 	"github.com/cniplug/cniplug/attach"
 	"github.com/cniplug/cniplug/cnibridge"
+	"github.com/cniplug/cniplug/hostports"
 	"github.com/cniplug/cniplug/naming"
+	"github.com/cniplug/cniplug/state"
 	"github.com/docker/go-plugins-helpers/network"
 )
 
@@ -105,17 +108,59 @@ func (d *Driver) Leave(ctx context.Context, req *network.LeaveRequest) (*struct{
 	return nil, nil
 }
 
-// Connectivity outside the network is the CNI network's: nothing to program or revoke.
-
-func (d *Driver) ProgramExternalConnectivity(_ context.Context, req *network.ProgramExternalConnectivityRequest) (*struct{}, error) {
+// ProgramExternalConnectivity: the endpoint became the container's gateway endpoint (Docker 28+ choose it
+// by gw-priority; 20.10 calls it for the endpoint that gives the default route), the one Docker publishes the
+// container's ports through: Options carry them (libnetwork's sandbox labels). Outbound connectivity is the
+// CNI network's own.
+func (d *Driver) ProgramExternalConnectivity(ctx context.Context, req *network.ProgramExternalConnectivityRequest) (*struct{}, error) {
 	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, d.invalid(err)
+	}
+	bindings, err := hostports.ParseDockerPortmap(req.Options[hostports.OptionPortMap])
+	if err != nil {
+		return nil, d.invalid(err)
+	}
+	if len(bindings) == 0 {
+		return nil, nil
+	}
+	a, nw, err := d.endpointAttachment(req.NetworkID, req.EndpointID)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.mgr.Publish(ctx, a, bindings); err != nil {
+		return nil, d.errorf(req.NetworkID, "CNI network %q: endpoint %s: cannot publish ports: %w", nw.CNIName, naming.ShortID(req.EndpointID), err)
 	}
 	return nil, nil
 }
-func (d *Driver) RevokeExternalConnectivity(_ context.Context, req *network.RevokeExternalConnectivityRequest) (*struct{}, error) {
+
+// RevokeExternalConnectivity: the endpoint is no longer the container's gateway endpoint (another network
+// took over by gw-priority, or the container leaves): its ports go.
+func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.RevokeExternalConnectivityRequest) (*struct{}, error) {
 	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, d.invalid(err)
 	}
+	a, nw, err := d.endpointAttachment(req.NetworkID, req.EndpointID)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil, nil // already gone: nothing published
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := d.mgr.Unpublish(ctx, a); err != nil {
+		return nil, d.errorf(req.NetworkID, "CNI network %q: endpoint %s: %w", nw.CNIName, naming.ShortID(req.EndpointID), err)
+	}
 	return nil, nil
+}
+
+// endpointAttachment finds the endpoint's attachment and network.
+func (d *Driver) endpointAttachment(networkID, endpointID string) (*state.Attachment, *state.Network, error) {
+	nw, err := d.store.Network(networkID)
+	if err != nil {
+		return nil, nil, d.errorf(networkID, "unknown to %s (its state was lost?): %w", d.name, err)
+	}
+	a, err := d.store.AttachmentByEndpoint(endpointID)
+	if err != nil {
+		return nil, nw, d.errorf(networkID, "endpoint %s has no CNI attachment: %w", naming.ShortID(endpointID), err)
+	}
+	return a, nw, nil
 }

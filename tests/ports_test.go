@@ -11,13 +11,14 @@ import (
 	"time"
 )
 
-// portmapBridgeNet is a bridge network whose chain publishes ports itself (portmap, portMappings capability).
+// portmapBridgeNet is a bridge network whose chain has portmap (portMappings capability): cniplug publishes
+// the ports itself all the same, and portmap, given no mappings, leaves them alone.
 func portmapBridgeNet(t *testing.T) cniNet {
 	return bridgeNet(t, `{"type":"portmap","capabilities":{"portMappings":true}}`)
 }
 
-// TestPublishPorts: `docker run -p` on cniplug networks, in every addressing way, both when cniplug programs
-// the DNAT itself and when the chain's portmap plugin does. TCP and UDP reach the container from another
+// TestPublishPorts: `docker run -p` on cniplug networks, in every addressing way, on a chain without and with
+// the portmap plugin. TCP and UDP reach the container from another
 // host, TCP from the host itself (its own address and 127.0.0.1); `docker port` shows the mapping; removal
 // removes every rule.
 func TestPublishPorts(t *testing.T) {
