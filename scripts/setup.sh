@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# From a fresh Debian machine to a working cniplug: installs what is missing (docker.io, docker-compose, iptables, iproute2,
+# From a fresh Debian machine to a working cniplug: installs what is missing (docker.io, iptables, iproute2,
 # busybox-static, dnsmasq-base, iperf3), starts dockerd (today's engine by default, built and cached by scripts/install-engine.sh;
 # CNIPLUG_ENGINE=20.10 for Debian's), builds cniplug and the pinned reference CNI plugins, installs the plugins
 # into /opt/cni/bin (never overwriting existing ones), adds a demo CNI bridge network, starts cniplug as a host
@@ -16,7 +16,7 @@ need=()
 # arm64 binaries in the release test; docker-registry serves the plugin push/install tests;
 # dnsmasq-base (the binary only, no service) is the DHCP server of the DHCP tests (cnibridge and e2e); iperf3 is
 # run inside containers' network namespaces by the cluster benchmark (make bench-cluster).
-for p in docker.io docker-compose iptables iproute2 busybox-static make binutils qemu-user-static docker-registry dnsmasq-base iperf3; do
+for p in docker.io iptables iproute2 busybox-static make binutils qemu-user-static docker-registry dnsmasq-base iperf3; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -46,6 +46,11 @@ if [ "$want" != "$running_engine" ]; then
   bash scripts/engine.sh start "$want"
 fi
 echo "dockerd $(docker version --format '{{.Server.Version}}') is up ($want engine; switch with scripts/engine.sh start current|20.10)"
+
+say "docker compose"
+# Today's Compose as the docker CLI plugin, built from the Go module proxy and cached by version.
+bash scripts/install-compose.sh >/dev/null
+docker compose version
 
 say "build"
 make build cni-plugins

@@ -1,10 +1,7 @@
 package tests
 
 import (
-	"context"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -217,68 +214,120 @@ func runExpectFailureOn(t *testing.T, network string) (string, error) {
 	return out, err
 }
 
-// TestCompose: docker compose brings up a two-service app on a cniplug network (driver, driver_opts and ipam
-// options), the services reach each other by name over the CNI network, and `down` removes everything.
+// TestCompose: today's Compose (`docker compose`, v5, which scripts/setup.sh builds) brings up an app on
+// cniplug networks: a dual-stack network with Docker's IPAM (driver, driver_opts, enable_ipv6, ipam.config),
+// one with cniplug's IPAM (ipam.driver and ipam.options) and an external network created beforehand (a Docker
+// bridge). The web service asks for ipv4_address, ipv6_address, mac_address, aliases and gw_priority, and
+// publishes a port: it gets each of them, the client reaches it by alias over the CNI network, the port is
+// published through the gateway network (cniplug's, by gw_priority), and `down` removes everything.
 func TestCompose(t *testing.T) {
 	requireSuite(t)
-	compose, err := exec.LookPath("docker-compose")
-	if err != nil {
-		t.Skip("skipping: docker-compose is not installed (scripts/setup.sh installs Debian's docker-compose)")
+	if out, err := dockerErr("compose", "version"); err != nil {
+		t.Skipf("skipping: the docker compose plugin is not installed (scripts/setup.sh builds it): %v: %s", err, out)
 	}
-	n := bridgeNet(t)
-	dir := t.TempDir()
+	if engineIs2010(t) {
+		t.Skip("skipping: the file uses gw_priority and a per-network mac_address, which need Docker 28 or later")
+	}
+	n := dualStackNet(t)
+	ipamNet := bridgeNet(t)
+	ext := dockerBridgeNetwork(t)
 	project := testutil.UniqueName("e2ecomp")
-	file := testutil.WriteFile(t, dir, "docker-compose.yml", fmt.Sprintf(`version: "2.4"
+	port := freePort()
+	web := struct{ ip, ip6, mac string }{n.Prefix + "50", n.Prefix6 + "50", "02:42:0a:d5:00:32"}
+	file := testutil.WriteFile(t, t.TempDir(), "compose.yaml", fmt.Sprintf(`name: %[1]s
 services:
   web:
-    image: %[1]s
+    image: %[2]s
     command: ["sh", "-c", "mkdir -p /www && echo hello-compose > /www/index.html && exec httpd -f -p 80 -h /www"]
-    networks: [cninet]
+    ports: ["%[3]d:80"]
+    networks:
+      cninet:
+        ipv4_address: %[4]s
+        ipv6_address: %[5]s
+        mac_address: %[6]s
+        aliases: [www]
+        gw_priority: 10
+      ext: {}
   client:
-    image: %[1]s
+    image: %[2]s
     command: ["sleep", "600"]
-    networks: [cninet]
+    networks: [cninet, cniipam]
 networks:
   cninet:
-    driver: %[2]s
+    driver: %[7]s
     driver_opts:
-      cni: %[3]s
+      cni: %[8]s
+    enable_ipv6: true
     ipam:
-      driver: %[2]s
       config:
-        - subnet: %[4]s
+        - {subnet: %[9]s, gateway: %[10]s}
+        - {subnet: %[11]s, gateway: %[12]s}
+  cniipam:
+    driver: %[7]s
+    driver_opts:
+      cni: %[13]s
+    ipam:
+      driver: %[7]s
       options:
-        cni: %[3]s
-`, image, driverName, n.Name, n.Subnet))
-	run := func(args ...string) (string, error) {
-		cmd := exec.Command(compose, append([]string{"-p", project, "-f", file}, args...)...)
-		out, err := cmd.CombinedOutput()
-		return strings.TrimSpace(string(out)), err
+        cni: %[13]s
+  ext:
+    external: true
+    name: %[14]s
+`, project, image, port, web.ip, web.ip6, web.mac, driverName, n.Name, n.Subnet, n.Gateway, n.Subnet6, n.Gateway6, ipamNet.Name, ext))
+	compose := func(args ...string) (string, error) {
+		return dockerErr(append([]string{"compose", "-f", file}, args...)...)
 	}
 	t.Cleanup(func() {
-		if out, err := run("down", "--timeout", "1"); err != nil {
-			t.Errorf("docker-compose down: %v: %s", err, out)
+		if out, err := compose("down", "--timeout", "1"); err != nil {
+			t.Errorf("docker compose down: %v: %s", err, out)
+		}
+		if out, _ := dockerErr("network", "ls", "-q", "--filter", "name="+project); out != "" {
+			t.Errorf("networks of the project remain after down: %s", out)
 		}
 	})
-	if out, err := run("up", "-d"); err != nil {
-		t.Fatalf("docker-compose up: %v: %s", err, out)
+	if out, err := compose("up", "-d"); err != nil {
+		t.Fatalf("docker compose up: %v: %s", err, out)
 	}
-	web := project + "_web_1"
-	client := project + "_client_1"
-	nw := project + "_cninet"
-	checkEndpoint(t, web, nw, n)
-	ep := checkEndpoint(t, client, nw, n)
-	_ = ep
-	// By service name through the embedded DNS, over the CNI network.
+	webC, clientC := project+"-web-1", project+"-client-1"
+	cninet, cniipam := project+"_cninet", project+"_cniipam"
+	ep := checkEndpoint(t, webC, cninet, n.cniNet)
+	ep6 := checkIPv6(t, webC, cninet, n)
+	if ep.IPAddress != web.ip || ep6.GlobalIPv6Address != web.ip6 || !strings.EqualFold(ep.MacAddress, web.mac) {
+		t.Errorf("web on %s: %s, %s, %s; compose asked for %s, %s, %s", cninet, ep.IPAddress, ep6.GlobalIPv6Address, ep.MacAddress, web.ip, web.ip6, web.mac)
+	}
+	if l := containerLink(t, webC, web.ip); !strings.EqualFold(l.MAC, web.mac) {
+		t.Errorf("web's link has MAC %s, compose asked for %s", l.MAC, web.mac)
+	}
+	checkEndpoint(t, clientC, cninet, n.cniNet)
+	checkEndpoint(t, clientC, cniipam, ipamNet)
+	// By alias through the embedded DNS, over the CNI network.
 	var out string
+	var err error
 	for deadline := time.Now().Add(8 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
-		out, err = dockerErr("exec", client, "sh", "-c", `ip=$(nslookup web 2>/dev/null | awk '/^Address/ {a=$NF} END {print a}'); printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 "$ip" 80`)
+		out, err = dockerErr("exec", clientC, "sh", "-c", `ip=$(nslookup www 2>/dev/null | awk '/^Address/ && $NF !~ /:/ {a=$NF} END {print a}'); echo "$ip"; printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 "$ip" 80`)
 		if err == nil && strings.Contains(out, "hello-compose") {
 			break
 		}
 	}
-	if !strings.Contains(out, "hello-compose") {
-		t.Errorf("client could not fetch from web by name: %v: %s", err, out)
+	if !strings.Contains(out, "hello-compose") || !strings.HasPrefix(out, web.ip+"\n") {
+		t.Errorf("client could not fetch from web by its alias at %s: %v: %s", web.ip, err, out)
+	}
+	// gw_priority made cninet the gateway: default route and published port go through it.
+	if routes := docker(t, "exec", webC, "ip", "route", "show", "default"); !strings.Contains(routes, "via "+n.Gateway+" ") {
+		t.Errorf("web's default route %q, want via %s (gw_priority 10)", routes, n.Gateway)
+	}
+	netHelper(t)
+	if out, err := waitHTTP(nil, fmt.Sprintf("http://127.0.0.1:%d/", port), "hello-compose"); err != nil {
+		t.Errorf("published port %d: %v: %s", port, err, out)
+	}
+	lines := iptablesMentions(t, fmt.Sprintf("--dport %d -j DNAT", port))
+	for _, l := range lines {
+		if !strings.Contains(l, "CNIPLUG-DN-") {
+			t.Errorf("port %d is published by another network than the gateway: %s", port, l)
+		}
+	}
+	if len(lines) == 0 {
+		t.Errorf("no DNAT rule for port %d", port)
 	}
 }
 
@@ -294,18 +343,9 @@ func runWithMAC(t *testing.T, network, mac string) string {
 	}
 	name := testutil.UniqueName("dc")
 	t.Cleanup(func() { _, _ = dockerErr("rm", "-f", name) })
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", "/var/run/docker.sock")
-	}}}
 	body := fmt.Sprintf(`{"Image":%q,"Cmd":["sleep","600"],"MacAddress":%q,"HostConfig":{"NetworkMode":%q}}`, image, mac, network)
-	resp, err := client.Post("http://docker/v1.41/containers/create?name="+name, "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("creating a container with MAC %s: %s: %s", mac, resp.Status, b)
+	if status, b := engineAPI(t, "POST", "/v1.41/containers/create?name="+name, body); status != http.StatusCreated {
+		t.Fatalf("creating a container with MAC %s: %d: %s", mac, status, b)
 	}
 	docker(t, "start", name)
 	return name

@@ -1,10 +1,16 @@
 package tests
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/cniplug/cniplug/internal/testing/testutil"
 )
 
 // gatewayCheck is what the test expects of a container on a cniplug network and a Docker bridge network.
@@ -86,6 +92,65 @@ func TestGatewayPriority(t *testing.T) {
 			docker(t, "network", "connect", cn, c) // priority 0: the bridge stays the gateway
 			gatewayCheck{cniplugIsGateway: false}.check(t, c, cn, bn, n, r, port)
 			docker(t, "rm", "-f", c)
+		})
+	}
+}
+
+// engineAPI sends one request to dockerd's Engine API and returns the status and body.
+func engineAPI(t *testing.T, method, path, body string) (int, string) {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", "/var/run/docker.sock")
+	}}}
+	req, err := http.NewRequest(method, "http://docker"+path, strings.NewReader(body))
+	testutil.Must(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	testutil.Must(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestConnectMACAndIP: Docker 29 lets `docker network connect` choose the endpoint's MAC (--mac-address, 29.3+)
+// and its address on a network without a user subnet (--ip, 29.0.4+, here cniplug's IPAM, whose pool is the CNI
+// network's). The CLI of this machine (28.2) has no `connect --mac-address`, so the MAC goes the way that flag
+// sends it: POST /networks/{id}/connect with EndpointConfig.MacAddress, at the daemon's API version (dockerd
+// ignored the field at API 1.51 on this engine).
+func TestConnectMACAndIP(t *testing.T) {
+	requireSuite(t)
+	if engineIs2010(t) {
+		t.Skip("skipping: Docker 20.10 sets neither a MAC at connect nor --ip without a user subnet")
+	}
+	n := bridgeNet(t)
+	api := docker(t, "version", "--format", "{{.Server.APIVersion}}")
+	for _, mode := range []addressing{cniIPAM, dockerIPAM} {
+		t.Run(string(mode), func(t *testing.T) {
+			nw := createNetwork(t, n, mode)
+			c := runContainer(t, "")
+			mac := "02:42:0a:d6:00:" + map[addressing]string{cniIPAM: "41", dockerIPAM: "42"}[mode]
+			status, body := engineAPI(t, "POST", "/v"+api+"/networks/"+nw+"/connect",
+				fmt.Sprintf(`{"Container":%q,"EndpointConfig":{"MacAddress":%q}}`, c, mac))
+			if status != http.StatusOK {
+				t.Fatalf("connect with MacAddress %s: %d: %s", mac, status, body)
+			}
+			ep := checkEndpoint(t, c, nw, n)
+			if !strings.EqualFold(ep.MacAddress, mac) {
+				t.Errorf("docker inspect shows MAC %s, connect asked for %s", ep.MacAddress, mac)
+			}
+			if l := containerLink(t, c, ep.IPAddress); !strings.EqualFold(l.MAC, mac) {
+				t.Errorf("the link has MAC %s, connect asked for %s", l.MAC, mac)
+			}
+			ping(t, c, n.Gateway)
+
+			ip := n.Prefix + map[addressing]string{cniIPAM: "61", dockerIPAM: "62"}[mode]
+			d := runContainer(t, "")
+			docker(t, "network", "connect", "--ip", ip, nw, d)
+			if got := checkEndpoint(t, d, nw, n).IPAddress; got != ip {
+				t.Errorf("connect --ip %s gave %s", ip, got)
+			}
+			ping(t, d, ep.IPAddress)
+			docker(t, "rm", "-f", c, d)
 		})
 	}
 }
