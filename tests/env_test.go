@@ -102,7 +102,9 @@ func prepare() string {
 			return err.Error()
 		}
 	}
-	writeScriptedPlugins(env.testBinDir)
+	if err := installMisbehaving(env.testBinDir, "e2e-failer", "e2e-slowdel", "e2e-hanger"); err != nil {
+		return err.Error()
+	}
 	env.pluginBinDir = env.cniBinDir
 	if env.managed {
 		if reason := prepareManaged(tmp); reason != "" {
@@ -246,40 +248,38 @@ func teardownPlugin() {
 	stopPlugin()
 }
 
-// writeScriptedPlugins installs CNI plugins that misbehave on purpose.
-func writeScriptedPlugins(dir string) {
-	version := `{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}`
-	scripts := map[string]string{
-		// failer: ADD fails with its own message; DEL succeeds.
-		"e2e-failer": `#!/bin/sh
-case "$CNI_COMMAND" in
-ADD) echo '{"cniVersion":"1.0.0","code":999,"msg":"e2e-failer refuses ADD on purpose"}'; exit 1;;
-VERSION) echo '` + version + `';;
-esac
-exit 0
-`,
-		// slowdel: first in a chain, it answers ADD with an empty result and takes 3 s over DEL (under the
-		// suite's 5 s --cni-timeout).
-		"e2e-slowdel": `#!/bin/sh
-case "$CNI_COMMAND" in
-ADD) cat >/dev/null; echo '{"cniVersion":"1.0.0"}';;
-DEL) cat >/dev/null; sleep 3;;
-VERSION) echo '` + version + `';;
-esac
-exit 0
-`,
-		// hanger: ADD never answers (cniplug must kill it at its deadline); DEL succeeds.
-		"e2e-hanger": `#!/bin/sh
-case "$CNI_COMMAND" in
-ADD) cat >/dev/null; exec sleep 300;;
-VERSION) echo '` + version + `';;
-esac
-exit 0
-`,
+var (
+	misbehaveOnce sync.Once
+	misbehavePath string
+	misbehaveErr  error
+)
+
+// installMisbehaving installs the CNI plugin that misbehaves on purpose (internal/testing/misbehave, built once
+// per run into bin/) into dir under each name, which selects its behaviour. Copies, not links: a managed plugin
+// sees dir under another path.
+func installMisbehaving(dir string, names ...string) error {
+	misbehaveOnce.Do(func() {
+		misbehavePath = filepath.Join(testutil.RepoRoot(), "bin", "e2e-misbehave")
+		cmd := exec.Command("go", "build", "-o", misbehavePath, "./internal/testing/misbehave")
+		cmd.Dir = testutil.RepoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			misbehaveErr = fmt.Errorf("building the misbehaving CNI plugin: %v: %s", err, out)
+		}
+	})
+	if misbehaveErr != nil {
+		return misbehaveErr
 	}
-	for name, body := range scripts {
-		_ = os.WriteFile(filepath.Join(dir, name), []byte(body), 0o755)
+	b, err := os.ReadFile(misbehavePath)
+	if err != nil {
+		return err
 	}
+	for _, name := range names {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // requireSuite skips the test when the environment is missing and returns a leak-checked test context.

@@ -16,18 +16,13 @@ func TestPluginHealth(t *testing.T) {
 	requireSuite(t)
 	plugin := testutil.UniqueName("e2e-st")
 	flag := filepath.Join(env.testBinDir, plugin+".notready")
-	// The flag is found next to the script: a managed plugin sees the bin dir under another path.
-	script := fmt.Sprintf(`#!/bin/sh
-case "$CNI_COMMAND" in
-STATUS) if [ -e "$(dirname "$0")/%s" ]; then echo '{"cniVersion":"1.1.0","code":50,"msg":"%s: backing daemon is down"}'; exit 1; fi;;
-ADD) cat >/dev/null; echo '{"cniVersion":"1.1.0"}';; # cniplug reads the link from the netns, not the result
-VERSION) echo '{"cniVersion":"1.1.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}';;
-esac
-exit 0
-`, filepath.Base(flag), plugin)
-	path := testutil.WriteFile(t, env.testBinDir, plugin, script)
+	// The misbehaving plugin under an e2e-st* name: STATUS fails while the flag exists next to it (a managed
+	// plugin sees the bin dir under another path).
+	if err := installMisbehaving(env.testBinDir, plugin); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(env.testBinDir, plugin)
 	t.Cleanup(func() { os.Remove(path); os.Remove(flag) })
-	_ = os.Chmod(path, 0o755)
 
 	subnet, gw, prefix := nextSubnet()
 	n := cniNet{Name: testutil.UniqueName("e2est"), Subnet: subnet, Gateway: gw, Prefix: prefix}
@@ -81,6 +76,7 @@ exit 0
 	_, _ = dockerErr("rm", "-f", name)
 	// Removing the running container still works without the plugin binary? DEL runs the whole chain, so put
 	// it back first: a missing plugin at DEL time is reported, not ignored.
-	testutil.WriteFile(t, env.testBinDir, plugin, script)
-	_ = os.Chmod(path, 0o755)
+	if err := installMisbehaving(env.testBinDir, plugin); err != nil {
+		t.Fatal(err)
+	}
 }
