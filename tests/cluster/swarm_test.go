@@ -225,6 +225,46 @@ func TestSwarmServices(t *testing.T) {
 		})
 	}
 
+	// A stack: `docker stack deploy` of a compose file whose network is the swarm cniplug network, made
+	// beforehand (a stack file cannot say --config-from, so the network is external).
+	t.Run("stack", func(t *testing.T) {
+		before := c.Snapshots(t)
+		t.Cleanup(func() { c.AssertNoLeaks(t, before) })
+		w := c.Wire(t, cluster.VXLAN, testutil.UniqueName("sw"))
+		network := testutil.UniqueName("swn")
+		c.SwarmNetwork(t, w, network, func(int) []string { return []string{"--ipam-driver", c.Driver, "--ipam-opt", "cni=" + w.CNIName} })
+		stack := testutil.UniqueName("stk")
+		file := testutil.WriteFile(t, t.TempDir(), "stack.yaml", fmt.Sprintf(`version: "3.8"
+services:
+  web:
+    image: %s
+    command: [%q, %q, %q]
+    deploy:
+      replicas: 3
+      endpoint_mode: dnsrr
+    networks: [cninet]
+networks:
+  cninet:
+    external: true
+    name: %s
+`, image, hostnameServer[0], hostnameServer[1], hostnameServer[2], network))
+		mgr := c.Nodes[0]
+		mgr.Docker(t, "stack", "deploy", "--detach=true", "-c", file, stack)
+		t.Cleanup(func() {
+			_, _ = mgr.DockerE("stack", "rm", stack)
+			cluster.Eventually(t, time.Minute, "stack "+stack+"'s containers gone from every node", func() bool {
+				for _, n := range c.Nodes {
+					if out, err := n.DockerE("ps", "-aq", "--filter", "label=com.docker.stack.namespace="+stack); err != nil || out != "" {
+						return false
+					}
+				}
+				return true
+			})
+		})
+		tasks := c.WaitRunning(t, stack+"_web", network, 3, 2*time.Minute)
+		checkTasks(t, c, w, tasks)
+	})
+
 	t.Run("without-config-from", func(t *testing.T) {
 		before := c.Snapshots(t)
 		t.Cleanup(func() { c.AssertNoLeaks(t, before) })
