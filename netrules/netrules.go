@@ -83,8 +83,8 @@ type topChains struct {
 	isolation, networks, masquerade string
 }
 
-// Instance returns the tag of the instance whose state lives in stateDir: six hex digits of its hash, short
-// enough for iptables' 28-character chain names.
+// Instance returns the tag cniplug versions before the state store's own (state.Store.Instance) derived from
+// the state dir: six hex digits of its hash, short enough for iptables' 28-character chain names.
 func Instance(stateDir string) string {
 	sum := sha256.Sum256([]byte(stateDir))
 	return hex.EncodeToString(sum[:3])

@@ -4,6 +4,8 @@ package state
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +25,7 @@ var (
 	bucketPending     = []byte("pending")   // cniName/ip -> attachment ID, for addresses not yet claimed
 	bucketReleases    = []byte("releases")  // cniName/ip -> count of ReleaseAddress calls owed to claimed addresses
 	bucketWarm        = []byte("warm")      // poolID/attachment ID -> "", for warm attachments no request took yet
+	bucketMeta        = []byte("meta")      // store-wide values: the instance tag
 )
 
 // ErrNotFound is returned for missing records.
@@ -44,7 +47,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("opening state store %s (is another cniplug running?): %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketNetworks, bucketPools, bucketAttachments, bucketEndpoints, bucketPending, bucketReleases, bucketWarm} {
+		for _, b := range [][]byte{bucketNetworks, bucketPools, bucketAttachments, bucketEndpoints, bucketPending, bucketReleases, bucketWarm, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -56,6 +59,40 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("initialising state store: %w", err)
 	}
 	return &Store{db: db}, nil
+}
+
+// Instance returns the tag that tells this store's cniplug apart from any other on the host (its firewall
+// chains carry it). It is made once, at random, with the store: a managed plugin sees its state dir as
+// /var/lib/cniplug whatever the host path, so a tag derived from the path would be the same as a host plugin's
+// using /var/lib/cniplug, and the two would rewrite each other's chains. A store that already holds records
+// when it first gets a tag (made by an earlier cniplug) keeps legacy, the tag that cniplug used.
+func (s *Store) Instance(legacy string) (string, error) {
+	var tag string
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get([]byte("instance")); v != nil {
+			tag = string(v)
+			return nil
+		}
+		tag = legacy
+		if isEmpty(tx, bucketNetworks) && isEmpty(tx, bucketPools) && isEmpty(tx, bucketAttachments) {
+			b := make([]byte, 3)
+			if _, err := rand.Read(b); err != nil {
+				return err
+			}
+			tag = hex.EncodeToString(b)
+		}
+		return meta.Put([]byte("instance"), []byte(tag))
+	})
+	if err != nil {
+		return "", fmt.Errorf("reading the instance tag from the state store: %w", err)
+	}
+	return tag, nil
+}
+
+func isEmpty(tx *bolt.Tx, bucket []byte) bool {
+	k, _ := tx.Bucket(bucket).Cursor().First()
+	return k == nil
 }
 
 // Close closes the store.

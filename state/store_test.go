@@ -537,3 +537,42 @@ func TestClaimWarm(t *testing.T) {
 	}
 	count("p10", 0)
 }
+
+// TestInstance: a new store gets a random tag, kept across reopening; a store that holds records when it
+// first gets one (an earlier cniplug's) keeps the legacy tag; two new stores get different tags.
+func TestInstance(t *testing.T) {
+	dirA, dirB, dirOld := t.TempDir(), t.TempDir(), t.TempDir()
+	tag := func(dir string) string {
+		s, err := Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		got, err := s.Instance("legacy")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	a := tag(dirA)
+	if a == "legacy" || len(a) != 6 {
+		t.Errorf("a new store's tag is %q, want 6 random hex digits", a)
+	}
+	if again := tag(dirA); again != a {
+		t.Errorf("the tag changed on reopening: %q then %q", a, again)
+	}
+	if b := tag(dirB); b == a {
+		t.Errorf("two new stores got the same tag %q", a)
+	}
+	old, err := Open(dirOld)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.PutNetwork(&Network{ID: "n1"}); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	if got := tag(dirOld); got != "legacy" {
+		t.Errorf("a store with records got tag %q, want the legacy one", got)
+	}
+}

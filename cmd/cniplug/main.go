@@ -153,7 +153,10 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 		return err
 	}
 	defer runner.Close()
-	mgr := newManager(c, store, runner, iptables, m, log)
+	mgr, err := newManager(c, store, runner, iptables, m, log)
+	if err != nil {
+		return err
+	}
 	// Before serving: whatever a crash left half-done (staging namespaces, parked links, unfinished ADDs).
 	rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Startup: true, MinAge: reconcileMinAge(c)})
 	logReconcile(log, "startup", rep, err)
@@ -204,16 +207,20 @@ func newRunner(c *config, name string, iptables hostfw.Selection, m *metrics.Met
 }
 
 // newManager is the attachment manager, with the host's firewall and the dhcp daemon's supervisor.
-func newManager(c *config, store *state.Store, runner *cnibridge.Runner, iptables hostfw.Selection, m *metrics.Metrics, log *slog.Logger) *attach.Manager {
+func newManager(c *config, store *state.Store, runner *cnibridge.Runner, iptables hostfw.Selection, m *metrics.Metrics, log *slog.Logger) (*attach.Manager, error) {
 	v4, v6 := iptables.IPTables()
+	instance, err := store.Instance(netrules.Instance(c.stateDir))
+	if err != nil {
+		return nil, err
+	}
 	// The dhcp IPAM plugin's daemon on its default socket, started when a DHCP network first needs it.
 	// Its DHCP client retransmits after a quarter of the CNI deadline, so a lost first DISCOVER (a link that
 	// just came up) is sent again well within the ADD.
 	leases := dhcpdaemon.New(dhcpdaemon.Config{BinDirs: filepath.SplitList(c.binDirs), StateDir: c.stateDir, Logger: log,
 		RequestTimeout: max(c.cniTimeout/4, time.Second)})
 	return attach.NewManager(attach.Config{Store: store, Runner: runner, Logger: log, IPTables: v4, IP6Tables: v6,
-		FirewallInstance: netrules.Instance(c.stateDir), CNIGC: c.cniGC,
-		RemovalObserver: m, WarmFillObserver: m, LeaseDaemon: leases})
+		FirewallInstance: instance, CNIGC: c.cniGC,
+		RemovalObserver: m, WarmFillObserver: m, LeaseDaemon: leases}), nil
 }
 
 // reconcileMinAge leaves alone anything young enough to belong to a Docker call still in flight.
