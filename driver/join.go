@@ -18,13 +18,9 @@ func (d *Driver) Join(ctx context.Context, req *network.JoinRequest) (*network.J
 	if err := validateJoin(req, d.sandboxDirs); err != nil {
 		return nil, d.invalid(err)
 	}
-	a, err := d.store.AttachmentByEndpoint(req.EndpointID)
+	a, nw, err := d.endpointAttachment(req.NetworkID, req.EndpointID)
 	if err != nil {
-		return nil, d.errorf(req.NetworkID, "endpoint %s has no CNI attachment: %w", naming.ShortID(req.EndpointID), err)
-	}
-	nw, err := d.store.Network(req.NetworkID)
-	if err != nil {
-		return nil, d.errorf(req.NetworkID, "unknown to %s (its state was lost?): %w", d.name, err)
+		return nil, err
 	}
 	if err := d.mgr.Join(ctx, a, attach.PolicyOf(nw), req.SandboxKey); err != nil {
 		return nil, d.errorf(req.NetworkID, "endpoint %s: %w", naming.ShortID(req.EndpointID), err)

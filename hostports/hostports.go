@@ -53,8 +53,8 @@ type Record struct {
 	ContainerIPv4 string    `json:"containerIPv4,omitempty"`
 	ContainerIPv6 string    `json:"containerIPv6,omitempty"`
 	Mappings      []Mapping `json:"mappings"`
-	// DNAT: cniplug programs the DNAT itself. False when the CNI chain's portmap plugin does it (the
-	// portMappings capability) and cniplug only lets the traffic through FORWARD.
+	// DNAT: cniplug programs the DNAT itself, as it always does now. False only in records of earlier
+	// versions, where the chain's portmap plugin did it and cniplug only let the traffic through FORWARD.
 	DNAT bool `json:"dnat"`
 }
 

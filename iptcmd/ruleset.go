@@ -76,15 +76,3 @@ func (rs Ruleset) Jumps(table, chain, target string) []string {
 	}
 	return out
 }
-
-// Contains reports whether chain holds a rule equal to args (compared as iptables-save prints it: the caller
-// writes the rule in that canonical form).
-func (rs Ruleset) Contains(table, chain string, args ...string) bool {
-	want := "-A " + chain + " " + Join(args)
-	for _, r := range rs.Rules(table, chain) {
-		if r == want {
-			return true
-		}
-	}
-	return false
-}
