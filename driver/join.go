@@ -150,13 +150,13 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, req *network.Re
 
 // endpointAttachment finds the endpoint's attachment and network.
 func (d *Driver) endpointAttachment(networkID, endpointID string) (*state.Attachment, *state.Network, error) {
+	a, err := d.store.AttachmentByEndpoint(endpointID)
+	if err != nil {
+		return nil, nil, d.errorf(networkID, "endpoint %s has no CNI attachment: %w", naming.ShortID(endpointID), err)
+	}
 	nw, err := d.store.Network(networkID)
 	if err != nil {
 		return nil, nil, d.errorf(networkID, "unknown to %s (its state was lost?): %w", d.name, err)
-	}
-	a, err := d.store.AttachmentByEndpoint(endpointID)
-	if err != nil {
-		return nil, nw, d.errorf(networkID, "endpoint %s has no CNI attachment: %w", naming.ShortID(endpointID), err)
 	}
 	return a, nw, nil
 }
