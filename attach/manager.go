@@ -206,6 +206,8 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 		// Recorded before the hand-over: teardown then releases with the container's key, which is harmless
 		// if the hand-over never happened (the staging lease is released by the chain's DEL).
 		a.LeaseInSandbox = dhcp
+	} else if !addedInContainer {
+		a.ContainerNetNS = sandboxKey // where Leave finds the link Docker moved in (HoldAtLeave)
 	}
 	// One durable write records the rules and where the link goes, before either is applied, so that
 	// teardown finds them.
@@ -223,6 +225,28 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 		return errors.Join(err, <-forwarded)
 	}
 	return <-forwarded
+}
+
+// Leave keeps a link that was handed over to Docker in the container's netns, for teardown to delete it
+// there (cnibridge.Runner.HoldAtLeave): libnetwork would move it back to the host after Leave, and teardown
+// on into staging. Leave cannot fail the container's stop (dockerd only logs a driver's Leave error), so a
+// link that cannot be held is left to Docker, as before, and teardown takes it from the host. A DHCP chain's
+// link is in the container already, with its lease.
+func (m *Manager) Leave(a *state.Attachment) {
+	unlock := m.locks.lock(a.ID())
+	defer unlock()
+	if a.Phase != state.PhaseJoined {
+		return
+	}
+	held, err := m.cni.HoldAtLeave(&a.Attachment, func() error { return m.store.PutAttachment(a) })
+	if err != nil {
+		m.log.Warn("Docker moves the link back to the host; teardown takes it from there", "attachment", a.ID(),
+			"cni_network", a.Network, "network", a.NetworkID, "endpoint", a.EndpointID, "error", err)
+		return
+	}
+	if held {
+		m.log.Debug("link held in the container's netns for teardown", "attachment", a.ID(), "netns", a.ContainerNetNS)
+	}
 }
 
 // placeLink puts the joined attachment's link where the container gets it (Join's choice, see there).

@@ -16,6 +16,11 @@ type Attachment struct {
 	// into the container itself (JoinSandbox) instead of handing it to Docker.
 	Sandbox       string `json:"sandbox,omitempty"`
 	SandboxIfName string `json:"sandboxIfName,omitempty"`
+	// ContainerNetNS: the container's netns Docker named at Join (SandboxKey), for a link handed over to Docker;
+	// HeldInSandbox: at Leave the link stayed there under HostIfName, and that netns is pinned over NetNS
+	// (HoldAtLeave).
+	ContainerNetNS string `json:"containerNetns,omitempty"`
+	HeldInSandbox  bool   `json:"heldInSandbox,omitempty"`
 	// LeaseInSandbox: the DHCP leases were handed over to the container's netns (HandOverLease); teardown
 	// releases them with that key.
 	LeaseInSandbox bool           `json:"leaseInSandbox,omitempty"`

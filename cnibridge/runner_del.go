@@ -40,6 +40,11 @@ func (r *Runner) Teardown(ctx context.Context, att *Attachment) error {
 		// DEL still runs; the lease expires on the server.
 		r.log.Warn("could not release the DHCP lease from the container's netns", "attachment", att.ContainerID, "cni_network", att.Network, "error", err)
 	}
+	// Unlike a link that cannot be recovered, this one must not be skipped: the DEL would otherwise run in a
+	// container's netns where CNI_IFNAME may name another network's link.
+	if err := r.reclaimHeld(att); err != nil {
+		return fmt.Errorf("taking back the link held in the container's netns before CNI DEL: %w", err)
+	}
 	if err := r.returnLink(att, nw); err != nil {
 		// DEL still runs: it releases addresses and rules even when the link cannot be recovered.
 		r.log.Warn("could not return link to staging netns before CNI DEL", "attachment", att.ContainerID, "cni_network", att.Network, "error", err)
@@ -117,7 +122,7 @@ func (r *Runner) delList(nw *Network, att *Attachment) *libcni.NetworkConfigList
 }
 
 // returnLink makes sure CNI_IFNAME exists in the staging netns with the attachment's addresses, wherever the
-// link is: in the container (JoinSandbox), in the host (MoveToHost, or handed back by Docker), in staging
+// link is: in the container (JoinSandbox, or held there at Leave), in the host (MoveToHost, or handed back by Docker), in staging
 // under another name, or gone.
 func (r *Runner) returnLink(att *Attachment, nw *Network) error {
 	host, err := netlink.NewHandleAt(r.hostNS)
@@ -144,7 +149,9 @@ func (r *Runner) returnLink(att *Attachment, nw *Network) error {
 				return nil // nothing to recover and DEL does not need it
 			}
 			// A stand-in carrying the addresses lets bridge/ptp DEL find and remove the CNI-xxx masquerade chain.
-			if err := stage.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: att.IfName}}); err != nil {
+			// Marked as the attachment's, like the link it stands in for (reclaimHeld tells them apart by it).
+			standIn := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: att.IfName, Alias: r.linkAliasPrefix() + att.ContainerID}}
+			if err := stage.LinkAdd(standIn); err != nil {
 				return fmt.Errorf("creating stand-in link for DEL: %w", err)
 			}
 			if l, err = stage.LinkByName(att.IfName); err != nil {

@@ -516,28 +516,36 @@ func (a *attached) moveToHost(t *testing.T) {
 	testutil.Must(t, a.r.MoveToHost(a.att))
 }
 
-// dockerJoinLeave does what libnetwork does with the link between Join and Leave: moves it into the
-// container's netns, renames it, applies MAC, address, routes and gateway from the Interface (all of which
-// must be accepted), then at Leave sets it down, renames it back to SrcName and returns it to the host.
+// dockerJoinLeave does what libnetwork does with the link between Join and Leave (dockerJoin, dockerLeave),
+// in a container's netns of its own, and checks that the link came back to the host.
 func (a *attached) dockerJoinLeave(t *testing.T) {
 	t.Helper()
 	ctrNS := filepath.Join(t.TempDir(), "container")
 	testutil.Must(t, createNetNS(ctrNS))
 	defer func() { testutil.Must(t, removeNetNS(ctrNS)) }()
+	a.dockerJoin(t, ctrNS, "eth1")
+	if !a.dockerLeave(t, ctrNS, "eth1") {
+		t.Fatal("libnetwork would not find the link at Leave")
+	}
+	if !hostLinkExists(t, a.att.HostIfName) {
+		t.Fatalf("%s did not come back to the host", a.att.HostIfName)
+	}
+}
+
+// dockerJoin does what libnetwork does with the link at Join: moves it into the container's netns, renames it
+// to dstName, applies MAC, address, routes and gateway from the Interface (all of which must be accepted).
+func (a *attached) dockerJoin(t *testing.T, ctrNS, dstName string) {
+	t.Helper()
 	ctr, err := netns.GetFromPath(ctrNS)
 	testutil.Must(t, err)
 	defer ctr.Close()
-	host, err := netns.Get()
-	testutil.Must(t, err)
-	defer host.Close()
-
 	l, err := netlink.LinkByName(a.att.HostIfName)
 	testutil.Must(t, err)
 	testutil.Must(t, netlink.LinkSetNsFd(l, int(ctr)))
 	inNetNS(t, ctrNS, func(h *netlink.Handle) {
 		l, err := h.LinkByName(a.att.HostIfName)
 		testutil.Must(t, err)
-		testutil.Must(t, h.LinkSetName(l, "eth1"))
+		testutil.Must(t, h.LinkSetName(l, dstName))
 		mac, err := net.ParseMAC(a.att.Interface.MAC)
 		testutil.Must(t, err)
 		testutil.Must(t, h.LinkSetHardwareAddr(l, mac))
@@ -570,14 +578,28 @@ func (a *attached) dockerJoinLeave(t *testing.T) {
 				}
 			}
 		}
-		// Leave.
+	})
+}
+
+// dockerLeave does what libnetwork does after the driver's Leave (osl's RemoveInterface): it looks the link up
+// by the name it gave it, and when it finds it sets it down, renames it back to SrcName and returns it to the
+// host. It reports whether it found the link (libnetwork only logs when it does not).
+func (a *attached) dockerLeave(t *testing.T, ctrNS, dstName string) (found bool) {
+	t.Helper()
+	host, err := netns.Get()
+	testutil.Must(t, err)
+	defer host.Close()
+	inNetNS(t, ctrNS, func(h *netlink.Handle) {
+		l, err := h.LinkByName(dstName)
+		if err != nil {
+			return
+		}
+		found = true
 		testutil.Must(t, h.LinkSetDown(l))
 		testutil.Must(t, h.LinkSetName(l, a.att.HostIfName))
 		testutil.Must(t, h.LinkSetNsFd(l, int(host)))
 	})
-	if !hostLinkExists(t, a.att.HostIfName) {
-		t.Fatalf("%s did not come back to the host", a.att.HostIfName)
-	}
+	return found
 }
 
 // checkAttachedState checks the per-attachment host state that must exist while attached.

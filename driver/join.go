@@ -95,11 +95,14 @@ func insideRoutes(routes []cnibridge.Route, addrs []string) []cnibridge.Route {
 // libnetwork's route types (types.NEXTHOP = 0, types.CONNECTED = 1).
 const routeConnected = 1
 
-// Leave needs no work: libnetwork itself moves the link back to the host netns under SrcName, where
-// DeleteEndpoint's teardown picks it up.
+// Leave: libnetwork moves the link it was handed back to the host netns after Leave, unless cniplug keeps it
+// in the container's netns for DeleteEndpoint's teardown (attach.Manager.Leave).
 func (d *Driver) Leave(ctx context.Context, req *network.LeaveRequest) (*struct{}, error) {
 	if err := checkIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, d.invalid(err)
+	}
+	if a, err := d.store.AttachmentByEndpoint(req.EndpointID); err == nil {
+		d.mgr.Leave(a)
 	}
 	return nil, nil
 }
