@@ -81,6 +81,7 @@ func (m *Manager) Apply(ctx context.Context, p Plan) (*state.Attachment, error) 
 			a, err = m.recordForJoin(p)
 		} else {
 			a, err = m.Add(ctx, p.Add, p.Owner)
+			err = m.explainHeld(err, p.Add.Network.Name, "", p.Want.Address, p.Want.AddressIPv6)
 		}
 		if err != nil {
 			return nil, err
@@ -145,7 +146,7 @@ func (m *Manager) addAtJoin(ctx context.Context, a *state.Attachment, p JoinPoli
 		return false, fmt.Errorf("recording attachment: %w", err)
 	}
 	forwarded := alongside(allowForward)
-	err = add(ctx, &a.Attachment)
+	err = m.explainHeld(add(ctx, &a.Attachment), a.Network, a.ID(), want.Address, want.AddressIPv6)
 	if err == nil {
 		a.AddAtJoin = false
 		err = m.cni.SetMAC(&a.Attachment, a.RequestMAC)
@@ -207,6 +208,38 @@ func (m *Manager) finishRemovalsHolding(ctx context.Context, cniNetwork string, 
 		}
 	}
 	return nil
+}
+
+// explainHeld adds the likely cause to an ADD's error for addresses Docker's IPAM chose: another attachment on
+// the same CNI network holds one of them. Docker's IPAM and the chain's own IPAM (host-local continues after
+// the last address anyone reserved in its range, Docker's requested ones included) then hand out addresses
+// from one range independently, and sooner or later the same one.
+func (m *Manager) explainHeld(err error, cniNetwork, self string, addresses ...string) error {
+	if err == nil {
+		return nil
+	}
+	wanted := map[string]bool{}
+	for _, a := range addresses {
+		if a != "" {
+			wanted[naming.Address(a)] = true
+		}
+	}
+	atts, serr := m.store.Attachments()
+	if serr != nil || len(wanted) == 0 {
+		return err
+	}
+	for _, a := range atts {
+		if a.Network != cniNetwork || a.ID() == self {
+			continue
+		}
+		for _, held := range a.Interface.Addresses() {
+			if wanted[naming.Address(held)] {
+				return fmt.Errorf("%w (address %s, which Docker's IPAM chose, is held by attachment %s of Docker network %s on the same CNI network %q: Docker's IPAM (--subnet) and the CNI network's own IPAM allocate from its range independently; give a Docker network with --subnet a CNI network of its own)",
+					err, naming.Address(held), naming.ShortID(a.ID()), orNone(naming.ShortID(a.NetworkID)), cniNetwork)
+			}
+		}
+	}
+	return err
 }
 
 // RemoveNetwork removes a Docker network (DeleteNetwork, and reconciliation for one Docker removed while

@@ -108,3 +108,35 @@ func TestPluginFailures(t *testing.T) {
 		}
 	}
 }
+
+// TestDockerIPAMBesideCNIIPAM: Docker's IPAM and cniplug's on one CNI network hand out addresses from one
+// host-local range independently (host-local continues after the last address anyone reserved, Docker's
+// included): the address Docker's IPAM chooses next is one a CNI-IPAM container holds. The ADD fails, and
+// the error names the attachment that holds the address and the cause; nothing is left.
+func TestDockerIPAMBesideCNIIPAM(t *testing.T) {
+	requireSuite(t)
+	for _, tc := range []struct {
+		name  string
+		extra []string
+	}{{"hand-over", nil}, {"direct join", []string{"--opt", "direct-join=true"}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := bridgeNet(t)
+			byDocker := createNetwork(t, n, dockerIPAM, tc.extra...)
+			byCNI := createNetwork(t, n, cniIPAM)
+			first := runContainer(t, byDocker)                           // the first address after the gateway
+			second := checkEndpoint(t, runContainer(t, byCNI), byCNI, n) // host-local's next: the one after it
+			name := testutil.UniqueName("dc")
+			t.Cleanup(func() { _, _ = dockerErr("rm", "-f", name) })
+			out, err := dockerErr("run", "-d", "--name", name, "--net", byDocker, image, "sleep", "600")
+			if err == nil {
+				t.Fatalf("a container got %s on %s although a container on %s holds it", inspectEndpoint(t, name, byDocker).IPAddress, byDocker, byCNI)
+			}
+			for _, want := range []string{second.IPAddress, "is held by attachment", n.Name, "Docker's IPAM (--subnet) and the CNI network's own IPAM"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("the error lacks %q:\n%s", want, out)
+				}
+			}
+			checkEndpoint(t, first, byDocker, n)
+		})
+	}
+}

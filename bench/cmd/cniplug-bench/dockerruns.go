@@ -83,7 +83,11 @@ func setUpNetworks(e *env, o *options, res *results) error {
 	if err != nil {
 		return err
 	}
-	if err := e.writeConflist(subnet, o.IPMasq); err != nil {
+	dockerIPAMSubnet, err := freeSubnet("10.214.0.0/16", "10.224.0.0/16", "10.234.0.0/16")
+	if err != nil {
+		return err
+	}
+	if err := e.writeConflist(subnet, dockerIPAMSubnet, o.IPMasq); err != nil {
 		return err
 	}
 	if err := e.writeMasqConflists(masqSubnet, nftSubnet); err != nil {
@@ -105,7 +109,7 @@ func setUpNetworks(e *env, o *options, res *results) error {
 	if err := e.createMasqNetworks(); err != nil {
 		return err
 	}
-	if err := e.createNetworks(bridgeSubnet, subnet); err != nil {
+	if err := e.createNetworks(bridgeSubnet, dockerIPAMSubnet); err != nil {
 		return err
 	}
 	return e.createFloorNetwork(floorSubnet)

@@ -42,8 +42,8 @@ type env struct {
 	cniplugNet string // Docker network on cniplug
 	syncNet    string // the same on cniplug with --opt async-delete=false (CNI DEL inside DeleteEndpoint)
 	directNet  string // the same with the speed-up option --opt direct-join=true
-	// dockerDirectNet: on the same CNI network with Docker's IPAM (--subnet, --ip-range the upper half, clear
-	// of host-local's allocations for the other networks) and --opt direct-join=true: ADD at Join, in place
+	// dockerDirectNet: on the same chain with a bridge and subnet of its own, with Docker's IPAM (--subnet) and
+	// --opt direct-join=true: ADD at Join, in place
 	dockerDirectNet string
 	warmNet         string // cniplug's IPAM with --ipam-opt warm-pool and --opt direct-join=true
 	// masqNet: a conflist without ipMasq (masqConflist), cniplug's IPAM, --opt masquerade=true and direct join

@@ -66,7 +66,7 @@ func (r *results) mdSetup(w printf) {
 		w("; cniplug direct-join: a third with the speed-up option `--opt direct-join=true`")
 	}
 	if len(r.RunRM[kindDockerDirect]) > 0 {
-		w("; cniplug Docker IPAM + direct-join: a fourth with Docker's IPAM (`--subnet` of the conflist, `--ip-range` its upper half, clear of host-local's allocations for the others) and `--opt direct-join=true`")
+		w("; cniplug Docker IPAM + direct-join: a fourth with Docker's IPAM (`--subnet`) and `--opt direct-join=true` on the same chain with a bridge and subnet of its own (host-local continues after the last address anyone reserved in its range, so Docker's IPAM and host-local must not share one)")
 	}
 	if len(r.RunRM[kindWarm]) > 0 {
 		w("; cniplug warm pool + direct-join: a fifth with cniplug's IPAM, `--ipam-opt warm-pool=%d` and `--opt direct-join=true`", warmPoolSize)

@@ -39,15 +39,22 @@ func freeSubnet(candidates ...string) (string, error) {
 	return "", fmt.Errorf("none of %v is free on this host", candidates)
 }
 
-// writeConflist writes the bridge + host-local conflist every contender uses; host-local keeps its
-// reservations in the benchmark's temp dir.
-func (e *env) writeConflist(subnet string, ipMasq bool) error {
+// writeConflist writes the bridge + host-local conflist every contender uses, and the same chain on a bridge
+// and subnet of its own (dockerIPAMSubnet) for the Docker-IPAM kind; host-local keeps its reservations in the
+// benchmark's temp dir. Docker's IPAM gets a range of its own because host-local continues after the last
+// address anyone reserved in its range, Docker's requested ones included: on one shared range the two
+// allocators soon hand out the same address.
+func (e *env) writeConflist(subnet, dockerIPAMSubnet string, ipMasq bool) error {
 	e.confDir = filepath.Join(e.tmp, "net.d")
 	if err := os.MkdirAll(e.confDir, 0o755); err != nil {
 		return err
 	}
+	masq := fmt.Sprintf("%q:%t", "ipMasq", ipMasq)
 	var err error
-	e.conflist, err = e.writeChain(e.cniName, e.bridge, subnet, fmt.Sprintf("%q:%t", "ipMasq", ipMasq))
+	if e.conflist, err = e.writeChain(e.cniName, e.bridge, subnet, masq); err != nil {
+		return err
+	}
+	_, err = e.writeChain(e.cniName+"d", e.bridge+"d", dockerIPAMSubnet, masq)
 	return err
 }
 
@@ -71,27 +78,28 @@ func (e *env) writeChain(name, bridge, subnet, masq string) (string, error) {
 
 // createNetworks creates the Docker network on cniplug (CNI IPAM, as the README recommends, default options),
 // a second one without the default background DEL (--opt async-delete=false), a third with the speed-up
-// option (--opt direct-join=true) and a fourth with Docker's IPAM and direct join on the same CNI network
-// (cniSubnet), a fifth with a warm pool and direct join, and Docker's own user-defined bridge network.
-func (e *env) createNetworks(bridgeSubnet, cniSubnet string) error {
+// option (--opt direct-join=true), a fourth with Docker's IPAM and direct join on the same chain with a
+// subnet of its own (dockerIPAMSubnet, see writeConflist), a fifth with a warm pool and direct join, and
+// Docker's own user-defined bridge network.
+func (e *env) createNetworks(bridgeSubnet, dockerIPAMSubnet string) error {
 	e.cniplugNet = "cnibench-" + e.runID
 	e.syncNet = "cnibenchsync-" + e.runID
 	e.directNet = "cnibenchdirect-" + e.runID
 	e.dockerDirectNet = "cnibenchdd-" + e.runID
 	e.warmNet = "cnibenchwarm-" + e.runID
-	dockerIPAM, err := dockerIPAMArgs(cniSubnet)
+	dockerIPAM, err := dockerIPAMArgs(dockerIPAMSubnet)
 	if err != nil {
 		return err
 	}
 	cniIPAM := []string{"--ipam-driver", e.driver, "--ipam-opt", "cni=" + e.cniName}
 	for _, n := range []struct {
-		name  string
-		extra []string
-	}{{e.cniplugNet, cniIPAM}, {e.syncNet, append([]string{"--opt", "async-delete=false"}, cniIPAM...)},
-		{e.directNet, append([]string{"--opt", "direct-join=true"}, cniIPAM...)},
-		{e.dockerDirectNet, append([]string{"--opt", "direct-join=true"}, dockerIPAM...)},
-		{e.warmNet, append([]string{"--opt", "direct-join=true", "--ipam-opt", fmt.Sprintf("warm-pool=%d", warmPoolSize)}, cniIPAM...)}} {
-		args := append([]string{"network", "create", "-d", e.driver, "--opt", "cni=" + e.cniName}, n.extra...)
+		name, cni string
+		extra     []string
+	}{{e.cniplugNet, e.cniName, cniIPAM}, {e.syncNet, e.cniName, append([]string{"--opt", "async-delete=false"}, cniIPAM...)},
+		{e.directNet, e.cniName, append([]string{"--opt", "direct-join=true"}, cniIPAM...)},
+		{e.dockerDirectNet, e.cniName + "d", append([]string{"--opt", "direct-join=true"}, dockerIPAM...)},
+		{e.warmNet, e.cniName, append([]string{"--opt", "direct-join=true", "--ipam-opt", fmt.Sprintf("warm-pool=%d", warmPoolSize)}, cniIPAM...)}} {
+		args := append([]string{"network", "create", "-d", e.driver, "--opt", "cni=" + n.cni}, n.extra...)
 		args = append(args, n.name)
 		if _, err := docker(args...); err != nil {
 			return err
@@ -122,20 +130,16 @@ func (e *env) createNetworks(bridgeSubnet, cniSubnet string) error {
 	return nil
 }
 
-// dockerIPAMArgs are the docker network create flags of Docker's IPAM on the conflist's subnet: the bridge
-// plugin's gateway (the first address), and addresses from the upper half, clear of host-local's allocations
-// (for the other Docker networks on the conflist, and raw libcni) from the bottom.
+// dockerIPAMArgs are the docker network create flags of Docker's IPAM on the subnet of its conflist: the
+// bridge plugin's gateway (the first address).
 func dockerIPAMArgs(subnet string) ([]string, error) {
 	_, sub, err := net.ParseCIDR(subnet)
 	if err != nil {
 		return nil, err
 	}
-	ones, _ := sub.Mask.Size()
-	upper := &net.IPNet{IP: append(net.IP(nil), sub.IP.To4()...), Mask: net.CIDRMask(ones+1, 32)}
-	upper.IP[ones/8] |= 0x80 >> (ones % 8)
 	gateway := append(net.IP(nil), sub.IP.To4()...)
 	gateway[3]++
-	return []string{"--subnet", subnet, "--gateway", gateway.String(), "--ip-range", upper.String()}, nil
+	return []string{"--subnet", subnet, "--gateway", gateway.String()}, nil
 }
 
 // writeMasqConflists writes the two conflists of the masquerade comparison next to the main one: without
@@ -151,8 +155,8 @@ func (e *env) writeMasqConflists(masqSubnet, nftSubnet string) error {
 }
 
 // createMasqNetworks creates the Docker networks of the masquerade comparison, both like the direct-join kind
-// (cniplug's IPAM and --opt direct-join=true, so that they compare with it one to one; Docker's IPAM with
-// direct join, cheaper in sequence, fails under parallel lifecycles): on the conflist without ipMasq with
+// (cniplug's IPAM and --opt direct-join=true, so that they compare with it one to one): on the conflist
+// without ipMasq with
 // --opt masquerade=true, and on the nftables-ipMasq one.
 func (e *env) createMasqNetworks() error {
 	e.masqNet = "cnibenchmasq-" + e.runID
