@@ -28,53 +28,48 @@ func (r *Runner) HoldAtLeave(att *Attachment, record func() error) (bool, error)
 	if att.Sandbox != "" || att.HeldInSandbox || !SandboxReady(att.ContainerNetNS) || !isNetNS(att.NetNS) {
 		return false, nil // moved in by cniplug (JoinSandbox), held already, or no netns to hold it in
 	}
-	sbNS, err := netns.GetFromPath(att.ContainerNetNS)
-	if err != nil {
-		return false, fmt.Errorf("opening the container's netns %s: %w", att.ContainerNetNS, err)
-	}
-	defer sbNS.Close()
-	sb, err := netlink.NewHandleAt(sbNS)
-	if err != nil {
-		return false, fmt.Errorf("netlink handle in the container's netns: %w", err)
-	}
-	defer sb.Close()
-	links, err := sb.LinkList()
-	if err != nil {
-		return false, fmt.Errorf("reading links of the container's netns: %w", err)
-	}
-	var own netlink.Link
-	for _, l := range links {
-		switch {
-		case l.Attrs().Alias == r.linkAliasPrefix()+att.ContainerID:
-			own = l
-		case l.Attrs().Flags&net.FlagLoopback != 0:
-		default:
-			return false, nil // another network's link is there
+	held := false
+	err := withNetNS(att.ContainerNetNS, func(sb *netlink.Handle) error {
+		links, err := sb.LinkList()
+		if err != nil {
+			return fmt.Errorf("reading links of the container's netns: %w", err)
 		}
-	}
-	if own == nil {
-		return false, nil
-	}
-	att.HeldInSandbox = true
-	if err := record(); err != nil {
-		att.HeldInSandbox = false
-		return false, err
-	}
-	dockerName := own.Attrs().Name
-	if err := sb.LinkSetDown(own); err != nil {
-		return false, fmt.Errorf("setting %s down in the container's netns: %w", dockerName, err)
-	}
-	if err := sb.LinkSetName(own, att.HostIfName); err != nil {
-		return false, fmt.Errorf("renaming %s to %s in the container's netns: %w", dockerName, att.HostIfName, err)
-	}
-	if err := pinNetNSOver(att.ContainerNetNS, att.NetNS); err != nil {
-		// Unpinned, the link would go with the container's netns: give it back to Docker to move out.
-		if rerr := sb.LinkSetName(own, dockerName); rerr != nil {
-			err = fmt.Errorf("%w; renaming it back to %s also failed: %v", err, dockerName, rerr)
+		var own netlink.Link
+		for _, l := range links {
+			switch {
+			case l.Attrs().Alias == r.linkAliasPrefix()+att.ContainerID:
+				own = l
+			case l.Attrs().Flags&net.FlagLoopback != 0:
+			default:
+				return nil // another network's link is there
+			}
 		}
-		return false, fmt.Errorf("pinning the container's netns for teardown: %w", err)
-	}
-	return true, nil
+		if own == nil {
+			return nil
+		}
+		att.HeldInSandbox = true
+		if err := record(); err != nil {
+			att.HeldInSandbox = false
+			return err
+		}
+		dockerName := own.Attrs().Name
+		if err := sb.LinkSetDown(own); err != nil {
+			return fmt.Errorf("setting %s down in the container's netns: %w", dockerName, err)
+		}
+		if err := sb.LinkSetName(own, att.HostIfName); err != nil {
+			return fmt.Errorf("renaming %s to %s in the container's netns: %w", dockerName, att.HostIfName, err)
+		}
+		if err := pinNetNSOver(att.ContainerNetNS, att.NetNS); err != nil {
+			// Unpinned, the link would go with the container's netns: give it back to Docker to move out.
+			if rerr := sb.LinkSetName(own, dockerName); rerr != nil {
+				err = fmt.Errorf("%w; renaming it back to %s also failed: %v", err, dockerName, rerr)
+			}
+			return fmt.Errorf("pinning the container's netns for teardown: %w", err)
+		}
+		held = true
+		return nil
+	})
+	return held, err
 }
 
 // reclaimHeld readies a link held at Leave (HoldAtLeave) for the DEL: it is renamed to CNI_IFNAME in the
@@ -86,39 +81,31 @@ func (r *Runner) reclaimHeld(att *Attachment) error {
 		return nil
 	}
 	alias := r.linkAliasPrefix() + att.ContainerID
-	held, err := netns.GetFromPath(att.NetNS)
-	if err != nil {
-		return fmt.Errorf("opening netns %s: %w", att.NetNS, err)
-	}
-	defer held.Close()
-	h, err := netlink.NewHandleAt(held)
-	if err != nil {
-		return fmt.Errorf("netlink handle in %s: %w", att.NetNS, err)
-	}
-	defer h.Close()
-	if l, err := h.LinkByName(att.IfName); err == nil {
-		if l.Attrs().Alias == alias {
-			return nil // renamed by an earlier teardown
+	return withNetNS(att.NetNS, func(h *netlink.Handle) error {
+		if l, err := h.LinkByName(att.IfName); err == nil {
+			if l.Attrs().Alias == alias {
+				return nil // renamed by an earlier teardown
+			}
+			return r.unpinHeld(att, h)
 		}
-		return r.unpinHeld(att, held, h)
-	}
-	l, err := h.LinkByName(att.HostIfName)
-	if err != nil || l.Attrs().Alias != alias {
-		return nil // not at the path (the pin did not happen, or the link went): returnLink looks elsewhere
-	}
-	_ = h.LinkSetDown(l)
-	if err := h.LinkSetName(l, att.IfName); err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return r.unpinHeld(att, held, h)
+		l, err := h.LinkByName(att.HostIfName)
+		if err != nil || l.Attrs().Alias != alias {
+			return nil // not at the path (the pin did not happen, or the link went): returnLink looks elsewhere
 		}
-		return fmt.Errorf("renaming %s back to %s: %w", att.HostIfName, att.IfName, err)
-	}
-	return nil
+		_ = h.LinkSetDown(l)
+		if err := h.LinkSetName(l, att.IfName); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return r.unpinHeld(att, h)
+			}
+			return fmt.Errorf("renaming %s back to %s: %w", att.HostIfName, att.IfName, err)
+		}
+		return nil
+	})
 }
 
-// unpinHeld undoes HoldAtLeave's pin (the container's netns, held open by held) and moves the link into the
-// staging netns that the path names again, under its host-side name, where returnLink finds it.
-func (r *Runner) unpinHeld(att *Attachment, held netns.NsHandle, h *netlink.Handle) error {
+// unpinHeld undoes HoldAtLeave's pin (h, a handle in the container's netns, keeps it open) and moves the link
+// into the staging netns that the path names again, under its host-side name, where returnLink finds it.
+func (r *Runner) unpinHeld(att *Attachment, h *netlink.Handle) error {
 	if err := unix.Unmount(att.NetNS, unix.MNT_DETACH); err != nil {
 		return fmt.Errorf("unpinning the container's netns from %s: %w", att.NetNS, err)
 	}
