@@ -235,7 +235,9 @@ func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, s
 func (m *Manager) Leave(a *state.Attachment) {
 	unlock := m.locks.lock(a.ID())
 	defer unlock()
-	if a.Phase != state.PhaseJoined {
+	// Read again under the lock: reconciliation may have removed it meanwhile, and the hold records it.
+	a, err := m.store.Attachment(a.ID())
+	if err != nil || a.Phase != state.PhaseJoined {
 		return
 	}
 	held, err := m.cni.HoldAtLeave(&a.Attachment, func() error { return m.store.PutAttachment(a) })

@@ -122,8 +122,8 @@ func (r *Runner) delList(nw *Network, att *Attachment) *libcni.NetworkConfigList
 }
 
 // returnLink makes sure CNI_IFNAME exists in the staging netns with the attachment's addresses, wherever the
-// link is: in the container (JoinSandbox, or held there at Leave), in the host (MoveToHost, or handed back by Docker), in staging
-// under another name, or gone.
+// link is: in the container (JoinSandbox, or held there at Leave), in the host (MoveToHost, or handed back by
+// Docker), in staging under another name, or gone.
 func (r *Runner) returnLink(att *Attachment, nw *Network) error {
 	host, err := netlink.NewHandleAt(r.hostNS)
 	if err != nil {
