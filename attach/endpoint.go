@@ -81,7 +81,11 @@ func (m *Manager) Apply(ctx context.Context, p Plan) (*state.Attachment, error) 
 			a, err = m.recordForJoin(p)
 		} else {
 			a, err = m.Add(ctx, p.Add, p.Owner)
-			err = m.explainHeld(err, p.Add.Network.Name, "", p.Want.Address, p.Want.AddressIPv6)
+			if p.Owner.EndpointID != "" {
+				// CreateEndpoint: the address is Docker's IPAM's (cniplug's IPAM asks at RequestAddress, with no
+				// endpoint yet, for an address the user gave with --ip).
+				err = m.explainHeld(err, p.Add.Network.Name, "", p.Want.Address, p.Want.AddressIPv6)
+			}
 		}
 		if err != nil {
 			return nil, err

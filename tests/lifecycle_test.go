@@ -99,6 +99,9 @@ func TestRequestedAddress(t *testing.T) {
 			t.Cleanup(func() { _, _ = dockerErr("rm", "-f", name) })
 			if out, err := dockerErr("run", "-d", "--name", name, "--net", net, "--ip", want, image, "sleep", "60"); err == nil {
 				t.Errorf("second container with --ip %s started", want)
+			} else if strings.Contains(out, "Docker's IPAM chose") {
+				// Only Docker's IPAM and the chain's own colliding is explained so (TestDockerIPAMBesideCNIIPAM).
+				t.Errorf("the refusal of a taken --ip blames Docker's IPAM:\n%s", out)
 			} else {
 				t.Logf("second --ip %s refused: %s", want, out)
 			}
