@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -93,6 +94,13 @@ func restartDockerd(t *testing.T, sig syscall.Signal, liveRestore bool, between 
 	waitFor(t, 60*time.Second, "dockerd to answer", func() bool {
 		return exec.Command("docker", "info").Run() == nil
 	})
+}
+
+// restartDockerdAsIs restarts dockerd with the command line it runs with.
+func restartDockerdAsIs(t *testing.T) {
+	t.Helper()
+	_, argv := dockerdCmdline(t)
+	restartDockerd(t, syscall.SIGTERM, slices.Contains(argv, "--live-restore"), nil)
 }
 
 // restoreDockerd puts dockerd back without --live-restore when a test switched it on.
