@@ -184,6 +184,29 @@ func (m *Manager) addAtJoin(ctx context.Context, a *state.Attachment, p JoinPoli
 // one of the requested addresses, before the ADD asks CNI for them: a container re-created with the same --ip
 // right after `docker rm` must not fail because the old container's DEL has not run yet.
 func (m *Manager) finishRemovalsHolding(ctx context.Context, cniNetwork string, addresses ...string) error {
+	holders, err := m.holders(cniNetwork, addresses...)
+	if err != nil {
+		return err
+	}
+	for _, h := range holders {
+		if h.attachment.Phase != state.PhaseDeleting {
+			continue
+		}
+		if err := m.Remove(ctx, h.attachment); err != nil {
+			return fmt.Errorf("address %s is still held by a removed container whose CNI DEL failed: %w", h.address, err)
+		}
+	}
+	return nil
+}
+
+// holder is an attachment that holds one of the addresses asked about (holders).
+type holder struct {
+	attachment *state.Attachment
+	address    string // the address it holds, without prefix length
+}
+
+// holders returns the attachments on the CNI network that hold one of the addresses, each once.
+func (m *Manager) holders(cniNetwork string, addresses ...string) ([]holder, error) {
 	wanted := map[string]bool{}
 	for _, a := range addresses {
 		if a != "" {
@@ -191,27 +214,25 @@ func (m *Manager) finishRemovalsHolding(ctx context.Context, cniNetwork string, 
 		}
 	}
 	if len(wanted) == 0 {
-		return nil
+		return nil, nil
 	}
 	atts, err := m.store.Attachments()
 	if err != nil {
-		return fmt.Errorf("reading state: %w", err)
+		return nil, fmt.Errorf("reading state: %w", err)
 	}
+	var out []holder
 	for _, a := range atts {
-		if a.Phase != state.PhaseDeleting || a.Network != cniNetwork {
+		if a.Network != cniNetwork {
 			continue
 		}
 		for _, held := range a.Interface.Addresses() {
-			if !wanted[naming.Address(held)] {
-				continue
+			if wanted[naming.Address(held)] {
+				out = append(out, holder{attachment: a, address: naming.Address(held)})
+				break
 			}
-			if err := m.Remove(ctx, a); err != nil {
-				return fmt.Errorf("address %s is still held by a removed container whose CNI DEL failed: %w", naming.Address(held), err)
-			}
-			break
 		}
 	}
-	return nil
+	return out, nil
 }
 
 // explainHeld adds the likely cause to an ADD's error for addresses Docker's IPAM chose: another attachment on
@@ -222,26 +243,16 @@ func (m *Manager) explainHeld(err error, cniNetwork, self string, addresses ...s
 	if err == nil {
 		return nil
 	}
-	wanted := map[string]bool{}
-	for _, a := range addresses {
-		if a != "" {
-			wanted[naming.Address(a)] = true
-		}
-	}
-	atts, serr := m.store.Attachments()
-	if serr != nil || len(wanted) == 0 {
+	holders, herr := m.holders(cniNetwork, addresses...)
+	if herr != nil {
 		return err
 	}
-	for _, a := range atts {
-		if a.Network != cniNetwork || a.ID() == self {
+	for _, h := range holders {
+		if h.attachment.ID() == self {
 			continue
 		}
-		for _, held := range a.Interface.Addresses() {
-			if wanted[naming.Address(held)] {
-				return fmt.Errorf("%w (address %s, which Docker's IPAM chose, is held by attachment %s of Docker network %s on the same CNI network %q: Docker's IPAM (--subnet) and the CNI network's own IPAM allocate from its range independently; give a Docker network with --subnet a CNI network of its own)",
-					err, naming.Address(held), naming.ShortID(a.ID()), orNone(naming.ShortID(a.NetworkID)), cniNetwork)
-			}
-		}
+		return fmt.Errorf("%w (address %s, which Docker's IPAM chose, is held by attachment %s of Docker network %s on the same CNI network %q: Docker's IPAM (--subnet) and the CNI network's own IPAM allocate from its range independently; give a Docker network with --subnet a CNI network of its own)",
+			err, h.address, naming.ShortID(h.attachment.ID()), orNone(naming.ShortID(h.attachment.NetworkID)), cniNetwork)
 	}
 	return err
 }

@@ -37,7 +37,7 @@ func (r *Runner) HoldAtLeave(att *Attachment, record func() error) (bool, error)
 		var own netlink.Link
 		for _, l := range links {
 			switch {
-			case l.Attrs().Alias == r.linkAliasPrefix()+att.ContainerID:
+			case r.isOwnLink(l, att):
 				own = l
 			case l.Attrs().Flags&net.FlagLoopback != 0:
 			default:
@@ -80,16 +80,15 @@ func (r *Runner) reclaimHeld(att *Attachment) error {
 	if !att.HeldInSandbox {
 		return nil
 	}
-	alias := r.linkAliasPrefix() + att.ContainerID
 	return withNetNS(att.NetNS, func(h *netlink.Handle) error {
 		if l, err := h.LinkByName(att.IfName); err == nil {
-			if l.Attrs().Alias == alias {
+			if r.isOwnLink(l, att) {
 				return nil // renamed by an earlier teardown
 			}
 			return r.unpinHeld(att, h)
 		}
 		l, err := h.LinkByName(att.HostIfName)
-		if err != nil || l.Attrs().Alias != alias {
+		if err != nil || !r.isOwnLink(l, att) {
 			return nil // not at the path (the pin did not happen, or the link went): returnLink looks elsewhere
 		}
 		_ = h.LinkSetDown(l)
@@ -116,7 +115,7 @@ func (r *Runner) unpinHeld(att *Attachment, h *netlink.Handle) error {
 	}
 	defer stage.Close()
 	l, err := h.LinkByName(att.HostIfName)
-	if err != nil || l.Attrs().Alias != r.linkAliasPrefix()+att.ContainerID {
+	if err != nil || !r.isOwnLink(l, att) {
 		return nil
 	}
 	if err := h.LinkSetNsFd(l, int(stage)); err != nil {

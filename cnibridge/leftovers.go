@@ -96,3 +96,12 @@ func (r *Runner) ownNetNS(path string) bool {
 
 // linkAliasPrefix marks links parked in the host by this instance (IFLA_IFALIAS survives netns moves).
 func (r *Runner) linkAliasPrefix() string { return "cniplug:" + r.owner + ":" }
+
+// linkAlias marks the attachment's link as this instance's, wherever the link goes (an alias survives moves
+// and renames).
+func (r *Runner) linkAlias(att *Attachment) string { return r.linkAliasPrefix() + att.ContainerID }
+
+// isOwnLink reports whether l is the attachment's link (linkAlias).
+func (r *Runner) isOwnLink(l netlink.Link, att *Attachment) bool {
+	return l.Attrs().Alias == r.linkAlias(att)
+}

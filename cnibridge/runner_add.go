@@ -170,7 +170,7 @@ func (r *Runner) MoveToHost(att *Attachment) error {
 		if err := stage.LinkSetName(l, att.HostIfName); err != nil {
 			return fmt.Errorf("renaming %s to %s: %w", att.IfName, att.HostIfName, err)
 		}
-		if err := stage.LinkSetAlias(l, r.linkAliasPrefix()+att.ContainerID); err != nil {
+		if err := stage.LinkSetAlias(l, r.linkAlias(att)); err != nil {
 			return fmt.Errorf("marking %s as cniplug's: %w", att.HostIfName, err)
 		}
 		if err := stage.LinkSetNsFd(l, int(r.hostNS)); err != nil {

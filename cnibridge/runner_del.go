@@ -150,7 +150,7 @@ func (r *Runner) returnLink(att *Attachment, nw *Network) error {
 			}
 			// A stand-in carrying the addresses lets bridge/ptp DEL find and remove the CNI-xxx masquerade chain.
 			// Marked as the attachment's, like the link it stands in for (reclaimHeld tells them apart by it).
-			standIn := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: att.IfName, Alias: r.linkAliasPrefix() + att.ContainerID}}
+			standIn := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: att.IfName, Alias: r.linkAlias(att)}}
 			if err := stage.LinkAdd(standIn); err != nil {
 				return fmt.Errorf("creating stand-in link for DEL: %w", err)
 			}

@@ -76,7 +76,7 @@ func (r *Runner) JoinSandbox(att *Attachment, mac string) error {
 			if err != nil {
 				return fmt.Errorf("link %s not found in staging netns %s: %w", att.IfName, att.NetNS, err)
 			}
-			if err := stage.LinkSetAlias(l, r.linkAliasPrefix()+att.ContainerID); err != nil {
+			if err := stage.LinkSetAlias(l, r.linkAlias(att)); err != nil {
 				return fmt.Errorf("marking %s as cniplug's: %w", att.IfName, err)
 			}
 			if att.SandboxIfName != att.IfName {
@@ -165,7 +165,7 @@ func (r *Runner) PinSandbox(att *Attachment) error {
 // instance's for this attachment (another link may carry the name after a failed move).
 func (r *Runner) ownLink(sb *netlink.Handle, att *Attachment) netlink.Link {
 	l, err := sb.LinkByName(att.SandboxIfName)
-	if err != nil || l.Attrs().Alias != r.linkAliasPrefix()+att.ContainerID {
+	if err != nil || !r.isOwnLink(l, att) {
 		return nil
 	}
 	return l
