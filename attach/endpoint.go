@@ -199,6 +199,32 @@ func (m *Manager) finishRemovalsHolding(ctx context.Context, cniNetwork string, 
 	return nil
 }
 
+// finishRemovalsIn completes the background removals of attachments whose link is still in the container's
+// netns at sandboxKey, moved in at Join (direct join, DHCP) or held there at Leave: a container connected
+// again right after a disconnect would otherwise find the old link under the name its new one should take
+// (eth0, which a DHCP chain's client ID needs), and the old DEL could meet the new link. It only logs a DEL
+// that fails: reconciliation retries it, and Join goes on as it would have.
+func (m *Manager) finishRemovalsIn(ctx context.Context, sandboxKey string) {
+	if sandboxKey == "" {
+		return
+	}
+	atts, err := m.store.Attachments()
+	if err != nil {
+		m.log.Warn("reading state to finish removals in the container's netns", "netns", sandboxKey, "error", err)
+		return
+	}
+	for _, a := range atts {
+		inSandbox := a.Sandbox == sandboxKey || (a.HeldInSandbox && a.ContainerNetNS == sandboxKey)
+		if a.Phase != state.PhaseDeleting || !inSandbox {
+			continue
+		}
+		if err := m.Remove(ctx, a); err != nil {
+			m.log.Warn("the CNI DEL of an earlier attachment whose link is still in the container's netns failed",
+				"attachment", a.ID(), "cni_network", a.Network, "network", a.NetworkID, "netns", sandboxKey, "error", err)
+		}
+	}
+}
+
 // holder is an attachment that holds one of the addresses asked about (holders).
 type holder struct {
 	attachment *state.Attachment

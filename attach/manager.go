@@ -168,6 +168,7 @@ func (m *Manager) keepForTeardown(rec *state.Attachment, err error) error {
 // into the container's netns when that exists, which leaves no link to move. Teardown finds the link either
 // way.
 func (m *Manager) Join(ctx context.Context, a *state.Attachment, p JoinPolicy, sandboxKey string) error {
+	m.finishRemovalsIn(ctx, sandboxKey) // before any lock: Remove takes the network's and the attachment's
 	if a.AddAtJoin {
 		// An ADD, as in Add: shared with the network's CNI GC, taken before the attachment's lock.
 		runlock := m.nets.rlock(a.Network)

@@ -278,6 +278,32 @@ func TestTwoNetworksOnOneCNINetwork(t *testing.T) {
 	ping(t, b, epA.IPAddress)
 }
 
+// TestReconnectRightAway: `docker network disconnect` and at once `connect` again, while the first
+// attachment's CNI DEL still runs in the background with its link in the container (e2e-slowdel holds the DEL
+// 3 s before bridge deletes the link): the new link is eth0 again, as with Docker's bridge, because Join
+// finishes that removal first. With direct join cniplug names the link itself; a DHCP chain needs eth0.
+func TestReconnectRightAway(t *testing.T) {
+	requireSuite(t)
+	if engineIs2010(t) || !pluginSeesContainerNetns() {
+		t.Skip("skipping: cniplug names the link only with direct join, which needs the container's netns at Join (Docker 28+)")
+	}
+	n := bridgeNet(t, `{"type":"e2e-slowdel"}`) // ADD order bridge, e2e-slowdel, firewall; DEL the reverse
+	net := createNetwork(t, n, cniIPAM, "--opt", "direct-join=true")
+	c := runContainer(t, net)
+	first := checkEndpoint(t, c, net, n)
+	docker(t, "network", "disconnect", net, c)
+	docker(t, "network", "connect", net, c)
+	// The first DEL (3 s) ended before the connect returned: its address is free already.
+	if reservedByHostLocal(n.Name, first.IPAddress) {
+		t.Errorf("the first attachment's %s is still reserved after the connect: its DEL had not finished", first.IPAddress)
+	}
+	second := checkEndpoint(t, c, net, n)
+	if name := containerLink(t, c, second.IPAddress).Name; name != "eth0" {
+		t.Errorf("after disconnect and connect the link is %s, want eth0", name)
+	}
+	ping(t, c, n.Gateway)
+}
+
 // TestDirectJoin: on a network created with --opt direct-join=true, containers get working networking in
 // every addressing way, with a second such network connected and disconnected at run time. On Docker 28+
 // (the container's netns exists at Join) cniplug moves the link into the container itself, or with Docker's
