@@ -228,12 +228,13 @@ func (s *Service) GC(ctx context.Context, req *GCRequest) (*GCReport, error) {
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
+	asked := time.Now()
 	inv, dockerErr := s.inventory(ctx)
 	var live dockerapi.Live
 	if inv != nil {
 		live = inv.Live()
 	}
-	rep, err := s.cfg.Manager.Reconcile(ctx, attach.ReconcileOptions{Live: live, MinAge: s.cfg.MinAge, DryRun: *req.DryRun})
+	rep, err := s.cfg.Manager.Reconcile(ctx, attach.ReconcileOptions{Live: live, MinAge: s.cfg.MinAge, DryRun: *req.DryRun, Now: asked})
 	out := &GCReport{Report: rep, MinAge: s.cfg.MinAge.String(), DockerError: dockerErr}
 	if err != nil {
 		out.Error = err.Error()

@@ -290,6 +290,11 @@ func (m *Manager) Remove(ctx context.Context, a *state.Attachment) error {
 	if _, err := m.store.Attachment(a.ID()); errors.Is(err, state.ErrNotFound) {
 		return nil
 	}
+	return m.removeLocked(ctx, a)
+}
+
+// removeLocked is Remove with the network's and the attachment's locks held.
+func (m *Manager) removeLocked(ctx context.Context, a *state.Attachment) error {
 	if nw, err := cnibridge.ParseNetwork(a.Conflist); err == nil {
 		if err := m.ensureLeaseDaemon(ctx, nw); err != nil {
 			return err // the DEL needs it to end the lease; a later Remove or reconciliation retries

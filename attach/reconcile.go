@@ -16,13 +16,15 @@ type ReconcileOptions struct {
 	// Live is Docker's list of this driver's networks and live endpoints; nil when Docker could not be asked,
 	// in which case only crash leftovers are cleaned.
 	Live dockerapi.Live
-	// MinAge protects in-flight work: younger attachments and networks are left alone.
+	// MinAge protects in-flight work: attachments changed more recently, and younger networks, are left alone.
 	MinAge time.Duration
 	// Startup: no request has been served yet, so "adding" records are crash leftovers whatever their age.
 	Startup bool
 	// DryRun reports what would be done without doing it.
 	DryRun bool
-	Now    time.Time
+	// Now is when Live was taken: set it before asking Docker, so that what changed after Docker answered
+	// counts as young. Zero means the time Reconcile starts.
+	Now time.Time
 }
 
 // Action is one attachment reconciliation removed (or would remove).
@@ -74,7 +76,7 @@ func staleReason(a *state.Attachment, o ReconcileOptions, stagingLost, poolRelea
 		}
 		return ""
 	}
-	if o.Now.Sub(a.Created) < o.MinAge && !(o.Startup && a.Phase == state.PhaseAdding) {
+	if o.Now.Sub(a.LastChanged()) < o.MinAge && !(o.Startup && a.Phase == state.PhaseAdding) {
 		return ""
 	}
 	switch a.Phase {
@@ -203,23 +205,53 @@ func (m *Manager) recordedPoolIDs() (map[string]bool, error) {
 
 // removeStaleAttachments tears down the recorded attachments staleReason gives a reason for.
 func (m *Manager) removeStaleAttachments(ctx context.Context, o ReconcileOptions, atts []*state.Attachment, poolIDs map[string]bool) ([]Action, error) {
+	judge := func(a *state.Attachment) string {
+		return staleReason(a, o, m.cni.StagingLost(&a.Attachment), !poolIDs[a.PoolID])
+	}
 	var acts []Action
 	var errs []error
 	for _, a := range atts {
-		reason := staleReason(a, o, m.cni.StagingLost(&a.Attachment), !poolIDs[a.PoolID])
+		reason := judge(a)
 		if reason == "" {
 			continue
 		}
-		act := Action{Attachment: a.ID(), Network: a.Network, NetworkID: a.NetworkID, Endpoint: a.EndpointID, Address: a.Interface.IPv4, Reason: reason}
+		var err error
 		if !o.DryRun {
-			if err := m.Remove(ctx, a); err != nil {
-				act.Error = err.Error()
-				errs = append(errs, err)
+			if a, reason, err = m.removeIfStale(ctx, a, judge); reason == "" {
+				continue
 			}
+		}
+		act := Action{Attachment: a.ID(), Network: a.Network, NetworkID: a.NetworkID, Endpoint: a.EndpointID, Address: a.Interface.IPv4, Reason: reason}
+		if err != nil {
+			act.Error = err.Error()
+			errs = append(errs, err)
 		}
 		acts = append(acts, act)
 	}
 	return acts, errors.Join(errs...)
+}
+
+// removeIfStale judges the attachment again under its locks, from the record as it is now, and removes it
+// if it is still stale: an operation on it may have been running when the snapshot was read (an ADD that
+// outlasts the minimum age holds the lock) or have finished since, and what it wrote decides. It returns
+// the record judged and the reason, "" when the attachment is gone or no longer stale.
+func (m *Manager) removeIfStale(ctx context.Context, a *state.Attachment, judge func(*state.Attachment) string) (*state.Attachment, string, error) {
+	runlock := m.nets.rlock(a.Network)
+	defer runlock()
+	unlock := m.locks.lock(a.ID())
+	defer unlock()
+	now, err := m.store.Attachment(a.ID())
+	if errors.Is(err, state.ErrNotFound) {
+		return a, "", nil
+	}
+	if err != nil {
+		return a, judge(a), fmt.Errorf("reading attachment %s again: %w", a.ID(), err)
+	}
+	reason := judge(now)
+	if reason == "" {
+		return now, "", nil
+	}
+	return now, reason, m.removeLocked(ctx, now)
 }
 
 // removeCacheOrphans tears down the attachments of this instance that libcni's cache holds but no record

@@ -16,6 +16,7 @@ func TestStaleReason(t *testing.T) {
 		return &state.Attachment{Phase: phase, Created: created, NetworkID: netID, EndpointID: epID}
 	}
 	addAtJoin := func(a *state.Attachment) *state.Attachment { a.AddAtJoin = true; return a }
+	changed := func(a *state.Attachment, at time.Time) *state.Attachment { a.Updated = at; return a }
 	cases := []struct {
 		name    string
 		a       *state.Attachment
@@ -35,6 +36,9 @@ func TestStaleReason(t *testing.T) {
 		{"joined and live", att(state.PhaseJoined, old, "net1", "ep-live"), live, false, false, false, false},
 		{"joined, endpoint gone", att(state.PhaseJoined, old, "net1", "ep-gone"), live, false, true, false, false},
 		{"endpoint, network gone", att(state.PhaseEndpoint, old, "net2", "ep"), live, false, true, false, false},
+		{"old endpoint changed recently: not yet visible in Docker", changed(att(state.PhaseEndpoint, old, "net1", "ep-new"), young), live, false, false, false, false},
+		{"old endpoint changed after Docker was asked", changed(att(state.PhaseEndpoint, old, "net1", "ep-new"), now.Add(time.Second)), live, false, false, false, false},
+		{"old adding changed long ago", changed(att(state.PhaseAdding, old, "", ""), old.Add(time.Minute)), nil, false, true, false, false},
 		{"young endpoint not yet visible in Docker", att(state.PhaseEndpoint, young, "net1", "ep-new"), live, false, false, false, false},
 		{"young deleting: Docker deleted the endpoint", att(state.PhaseDeleting, young, "net1", "ep-live"), live, false, true, false, false},
 		{"deleting, Docker unknown", att(state.PhaseDeleting, old, "net1", "ep-live"), nil, false, true, false, false},

@@ -109,6 +109,10 @@ type Attachment struct {
 	EndpointID string    `json:"endpointID,omitempty"`
 	PoolID     string    `json:"poolID,omitempty"`
 	Created    time.Time `json:"created"`
+	// Updated is when the record was last written (the store sets it). Reconciliation measures an
+	// attachment's age from its last change: one an operation has just written may belong to a Docker object
+	// that Docker has not recorded yet.
+	Updated time.Time `json:"updated,omitempty"`
 	// HostPorts are the ports published for the endpoint (`docker run -p`), recorded before their rules are
 	// programmed so that teardown removes them even after a crash.
 	HostPorts *hostports.Record `json:"hostPorts,omitempty"`
@@ -131,3 +135,11 @@ type Attachment struct {
 
 // ID is the attachment's key (its CNI container ID).
 func (a *Attachment) ID() string { return a.ContainerID }
+
+// LastChanged is when the record was last written (its creation, for records of versions that kept no Updated).
+func (a *Attachment) LastChanged() time.Time {
+	if a.Updated.After(a.Created) {
+		return a.Updated
+	}
+	return a.Created
+}

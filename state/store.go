@@ -144,6 +144,7 @@ func (s *Store) PutAttachment(a *Attachment) error {
 }
 
 func putAttachment(tx *bolt.Tx, a *Attachment) error {
+	a.Updated = time.Now().UTC()
 	if err := put(tx, bucketAttachments, a.ID(), a); err != nil {
 		return err
 	}

@@ -92,7 +92,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.dockerSocket, "docker-socket", envOr("CNIPLUG_DOCKER_SOCKET", "/var/run/docker.sock"), "Docker Engine API socket, used to find attachments whose endpoints Docker forgot; empty disables (env CNIPLUG_DOCKER_SOCKET)")
 	fs.StringVar(&c.dockerExecRoot, "docker-exec-root", envOr("CNIPLUG_DOCKER_EXEC_ROOT", driver.DefaultDockerExecRoot), "dockerd's --exec-root: Join accepts only network namespaces Docker pinned in its netns directory (env CNIPLUG_DOCKER_EXEC_ROOT)")
 	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", envDuration("CNIPLUG_RECONCILE_INTERVAL", time.Minute), "how often to release attachments no live Docker endpoint owns; 0 disables (env CNIPLUG_RECONCILE_INTERVAL)")
-	fs.DurationVar(&c.reconcileMinAge, "reconcile-min-age", envDuration("CNIPLUG_RECONCILE_MIN_AGE", 0), "attachments younger than this are in flight and never reconciled (default 2 x --cni-timeout + 30s) (env CNIPLUG_RECONCILE_MIN_AGE)")
+	fs.DurationVar(&c.reconcileMinAge, "reconcile-min-age", envDuration("CNIPLUG_RECONCILE_MIN_AGE", 0), "attachments changed more recently than this may be in flight and are never reconciled (default 2 x --cni-timeout + 30s) (env CNIPLUG_RECONCILE_MIN_AGE)")
 	fs.StringVar(&c.metricsListen, "metrics-listen", envOr("CNIPLUG_METRICS_LISTEN", ""), "serve Prometheus /metrics and /healthz on this TCP address, e.g. 127.0.0.1:9580; empty disables (env CNIPLUG_METRICS_LISTEN)")
 	fs.IntVar(&c.maxWarmTotal, "warm-pool-max-total", envInt("CNIPLUG_WARM_POOL_MAX_TOTAL", ipam.DefaultMaxWarmTotal), "the most warm attachments (--ipam-opt warm-pool=N) all pools may keep together; a pool beyond it is refused (env CNIPLUG_WARM_POOL_MAX_TOTAL)")
 	fs.BoolVar(&c.cniGC, "cni-gc", envBool("CNIPLUG_CNI_GC"), "also run CNI GC (spec 1.1) on the CNI networks cniplug uses, at every reconciliation; only where no other runtime adds attachments to them, as GC releases whatever is not listed at the moment it runs (env CNIPLUG_CNI_GC=1)")
@@ -250,12 +250,13 @@ func reconcileLoop(ctx context.Context, c *config, mgr *attach.Manager, log *slo
 			log.Error("reconcile: cannot read the state store", "error", err)
 			continue
 		}
+		asked := time.Now()
 		live, err := docker.LiveEndpoints(ctx, ids)
 		if err != nil {
 			log.Debug("reconcile: cannot ask Docker for live endpoints", "error", err)
 			continue
 		}
-		rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Live: live, MinAge: reconcileMinAge(c)})
+		rep, err := mgr.Reconcile(ctx, attach.ReconcileOptions{Live: live, MinAge: reconcileMinAge(c), Now: asked})
 		logReconcile(log, "periodic", rep, err)
 	}
 }
