@@ -38,6 +38,12 @@ if [ ${#failed[@]} -gt 0 ]; then
   printf '\nfailed stages:\n'; printf '  %s\n' "${failed[@]}"
   [ "$fail" -eq 0 ] && fail=${#failed[@]}
 fi
+# What each failed test said, last, where a reader of the run's tail sees it first: the failure messages
+# themselves are otherwise far above, behind the plugin log a failed e2e test dumps.
+if [ "$fail" -gt 0 ]; then
+  printf '\nwhat the failed tests said (their last lines naming a _test.go line):\n'
+  bash scripts/failure-digest.sh "$log"
+fi
 echo "full log: $log"
 echo "$pass passed, $fail failed, $skip skipped"
 [ ${#failed[@]} -eq 0 ]
