@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -184,17 +186,15 @@ func (m *Manager) addAtJoin(ctx context.Context, a *state.Attachment, p JoinPoli
 // one of the requested addresses, before the ADD asks CNI for them: a container re-created with the same --ip
 // right after `docker rm` must not fail because the old container's DEL has not run yet.
 func (m *Manager) finishRemovalsHolding(ctx context.Context, cniNetwork string, addresses ...string) error {
-	holders, err := m.holders(cniNetwork, addresses...)
-	if err != nil {
-		return err
+	wanted := addressSet(addresses...)
+	if len(wanted) == 0 {
+		return nil
 	}
-	for _, h := range holders {
-		if h.attachment.Phase != state.PhaseDeleting {
-			continue
-		}
-		if err := m.Remove(ctx, h.attachment); err != nil {
-			return fmt.Errorf("address %s is still held by a removed container whose CNI DEL failed: %w", h.address, err)
-		}
+	err := m.removeAll(ctx, func(a *state.Attachment) bool {
+		return a.Phase == state.PhaseDeleting && a.Network == cniNetwork && heldAddress(a, wanted) != ""
+	})
+	if err != nil {
+		return fmt.Errorf("an address asked for (%s) is still held by a removed container whose CNI DEL failed: %w", strings.Join(slices.Sorted(maps.Keys(wanted)), ", "), err)
 	}
 	return nil
 }
@@ -208,20 +208,13 @@ func (m *Manager) finishRemovalsIn(ctx context.Context, sandboxKey string) {
 	if sandboxKey == "" {
 		return
 	}
-	atts, err := m.store.Attachments()
-	if err != nil {
-		m.log.Warn("reading state to finish removals in the container's netns", "netns", sandboxKey, "error", err)
-		return
-	}
-	for _, a := range atts {
+	err := m.removeAll(ctx, func(a *state.Attachment) bool {
 		inSandbox := a.Sandbox == sandboxKey || (a.HeldInSandbox && a.ContainerNetNS == sandboxKey)
-		if a.Phase != state.PhaseDeleting || !inSandbox {
-			continue
-		}
-		if err := m.Remove(ctx, a); err != nil {
-			m.log.Warn("the CNI DEL of an earlier attachment whose link is still in the container's netns failed",
-				"attachment", a.ID(), "cni_network", a.Network, "network", a.NetworkID, "netns", sandboxKey, "error", err)
-		}
+		return a.Phase == state.PhaseDeleting && inSandbox
+	})
+	if err != nil {
+		m.log.Warn("the CNI DEL of an earlier attachment whose link is still in the container's netns failed",
+			"netns", sandboxKey, "error", err)
 	}
 }
 
@@ -233,12 +226,7 @@ type holder struct {
 
 // holders returns the attachments on the CNI network that hold one of the addresses, each once.
 func (m *Manager) holders(cniNetwork string, addresses ...string) ([]holder, error) {
-	wanted := map[string]bool{}
-	for _, a := range addresses {
-		if a != "" {
-			wanted[naming.Address(a)] = true
-		}
-	}
+	wanted := addressSet(addresses...)
 	if len(wanted) == 0 {
 		return nil, nil
 	}
@@ -248,17 +236,32 @@ func (m *Manager) holders(cniNetwork string, addresses ...string) ([]holder, err
 	}
 	var out []holder
 	for _, a := range atts {
-		if a.Network != cniNetwork {
-			continue
-		}
-		for _, held := range a.Interface.Addresses() {
-			if wanted[naming.Address(held)] {
-				out = append(out, holder{attachment: a, address: naming.Address(held)})
-				break
-			}
+		if held := heldAddress(a, wanted); a.Network == cniNetwork && held != "" {
+			out = append(out, holder{attachment: a, address: held})
 		}
 	}
 	return out, nil
+}
+
+// addressSet is the set of the addresses without their prefix lengths; "" is not one.
+func addressSet(addresses ...string) map[string]bool {
+	set := map[string]bool{}
+	for _, a := range addresses {
+		if a != "" {
+			set[naming.Address(a)] = true
+		}
+	}
+	return set
+}
+
+// heldAddress is the first address of the attachment in wanted, without prefix length, or "".
+func heldAddress(a *state.Attachment, wanted map[string]bool) string {
+	for _, held := range a.Interface.Addresses() {
+		if wanted[naming.Address(held)] {
+			return naming.Address(held)
+		}
+	}
+	return ""
 }
 
 // explainHeld adds the likely cause to an ADD's error for addresses Docker's IPAM chose: another attachment on
