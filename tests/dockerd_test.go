@@ -99,19 +99,20 @@ func restartDockerd(t *testing.T, sig syscall.Signal, liveRestore bool, between 
 // restartDockerdAsIs restarts dockerd with the command line it runs with.
 func restartDockerdAsIs(t *testing.T) {
 	t.Helper()
-	_, argv := dockerdCmdline(t)
-	restartDockerd(t, syscall.SIGTERM, slices.Contains(argv, "--live-restore"), nil)
+	restartDockerd(t, syscall.SIGTERM, liveRestoring(t), nil)
 }
 
 // restoreDockerd puts dockerd back without --live-restore when a test switched it on.
 func restoreDockerd(t *testing.T) {
-	_, argv := dockerdCmdline(t)
-	for _, a := range argv {
-		if a == "--live-restore" {
-			restartDockerd(t, syscall.SIGTERM, false, nil)
-			return
-		}
+	if liveRestoring(t) {
+		restartDockerd(t, syscall.SIGTERM, false, nil)
 	}
+}
+
+// liveRestoring reports whether the running dockerd was started with --live-restore.
+func liveRestoring(t *testing.T) bool {
+	_, argv := dockerdCmdline(t)
+	return slices.Contains(argv, "--live-restore")
 }
 
 func reservations(cniName string) []string {

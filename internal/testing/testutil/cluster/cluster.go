@@ -51,9 +51,7 @@ func (c *Cluster) Script(t testing.TB, args ...string) string {
 	return out
 }
 
-// Stop shuts a node down cleanly, Kill powers it off, Start boots it again with its disks kept.
-func (c *Cluster) Stop(t testing.TB, n *Node) { t.Helper(); c.Script(t, "stop", n.Name) }
-
+// Kill powers a node off; Start boots it again with its disks kept.
 func (c *Cluster) Kill(t testing.TB, n *Node) { t.Helper(); c.Script(t, "kill", n.Name) }
 
 func (c *Cluster) Start(t testing.TB, n *Node) { t.Helper(); c.Script(t, "start", n.Name) }
