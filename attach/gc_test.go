@@ -158,20 +158,30 @@ func TestNoCNIGCByDefault(t *testing.T) {
 // recorder, which writes what GC names into the returned dir; it ends with a leak check.
 func gcStack(t *testing.T, cniGC bool) (*teststack.Stack, *cnibridge.Network, string) {
 	t.Helper()
+	recordDir := t.TempDir()
+	s, nw := scriptedChainStack(t, "gc-recorder", fmt.Sprintf(gcRecorder, recordDir), teststack.Options{CNIGC: cniGC})
+	return s, nw, recordDir
+}
+
+// scriptedChainStack is a stack and a spec 1.1 CNI network whose chain runs the shell script (a CNI plugin
+// installed as name) before a masquerading bridge with host-local; it ends with a leak check.
+func scriptedChainStack(t *testing.T, name, script string, o teststack.Options) (*teststack.Stack, *cnibridge.Network) {
+	t.Helper()
 	testutil.RequireRoot(t)
 	bins := testutil.CNIBinDir(t)
 	before := testutil.TakeSnapshot(t)
 	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
-	pluginDir, recordDir := t.TempDir(), t.TempDir()
-	testutil.WriteFile(t, pluginDir, "gc-recorder", fmt.Sprintf(gcRecorder, recordDir))
-	testutil.Must(t, os.Chmod(filepath.Join(pluginDir, "gc-recorder"), 0o755))
-	s := teststack.New(t, teststack.Options{BinDirs: []string{pluginDir, bins}, CNIGC: cniGC})
-	name, bridge := testutil.UniqueName("gcnet"), testutil.UniqueName("gcbr")
+	pluginDir := t.TempDir()
+	testutil.WriteFile(t, pluginDir, name, script)
+	testutil.Must(t, os.Chmod(filepath.Join(pluginDir, name), 0o755))
+	o.BinDirs = []string{pluginDir, bins}
+	s := teststack.New(t, o)
+	netName, bridge := testutil.UniqueName("scnet"), testutil.UniqueName("scbr")
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
-	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"gc-recorder"},`+
+	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":%q},`+
 		`{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":true,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.251.%d.0/24"}]]}}]}`,
-		name, bridge, t.TempDir(), 1+mrand.IntN(250))
+		netName, name, bridge, t.TempDir(), 1+mrand.IntN(250))
 	nw, err := cnibridge.ParseNetwork([]byte(conf))
 	testutil.Must(t, err)
-	return s, nw, recordDir
+	return s, nw
 }

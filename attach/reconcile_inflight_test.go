@@ -3,11 +3,7 @@ package attach_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	mrand "math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -49,7 +45,7 @@ func TestReconcileSparesWorkInFlight(t *testing.T) {
 		{"an endpoint answered after Docker was asked", dockerapi.Live{"net1": {}}, 800 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, nw := slowAddStack(t)
+			s, nw := scriptedChainStack(t, "slow-adder", slowAdder, teststack.Options{})
 			ctx := context.Background()
 			id := naming.RandomID()
 			added := make(chan error, 1)
@@ -106,25 +102,4 @@ func waitAdded(t *testing.T, added <-chan error) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the ADD did not end")
 	}
-}
-
-// slowAddStack is a stack whose CNI network runs slowAdder before a bridge with host-local.
-func slowAddStack(t *testing.T) (*teststack.Stack, *cnibridge.Network) {
-	t.Helper()
-	testutil.RequireRoot(t)
-	bins := testutil.CNIBinDir(t)
-	before := testutil.TakeSnapshot(t)
-	t.Cleanup(func() { testutil.AssertNoLeaks(t, before) })
-	pluginDir := t.TempDir()
-	testutil.WriteFile(t, pluginDir, "slow-adder", slowAdder)
-	testutil.Must(t, os.Chmod(filepath.Join(pluginDir, "slow-adder"), 0o755))
-	s := teststack.New(t, teststack.Options{BinDirs: []string{pluginDir, bins}})
-	name, bridge := testutil.UniqueName("slownet"), testutil.UniqueName("slowbr")
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
-	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"slow-adder"},`+
-		`{"type":"bridge","bridge":%q,"isGateway":true,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.252.%d.0/24"}]]}}]}`,
-		name, bridge, t.TempDir(), 1+mrand.IntN(250))
-	nw, err := cnibridge.ParseNetwork([]byte(conf))
-	testutil.Must(t, err)
-	return s, nw
 }
