@@ -31,18 +31,18 @@ exit 0
 // lock, and an endpoint answered after Docker was asked is missing from Docker's answer only because Docker
 // had not recorded it yet. Once it is really stale, the same reconciliation removes it.
 func TestReconcileSparesWorkInFlight(t *testing.T) {
-	const minAge = 300 * time.Millisecond
+	const minAge, askedAt = 300 * time.Millisecond, 800 * time.Millisecond // Docker is asked mid-ADD
 	for _, tc := range []struct {
 		name string
-		// reconcile runs while the ADD is in flight; it returns Docker's answer and when it was asked.
-		live    dockerapi.Live
-		askedAt time.Duration // after the ADD started
+		live dockerapi.Live // Docker's answer, taken while the ADD runs
+		// addEndsFirst: the ADD finishes between Docker's answer and reconciliation; otherwise reconciliation
+		// runs while it is in flight.
+		addEndsFirst bool
 	}{
 		// The endpoint is live: only the ADD's own record (adding, older than minAge) could look stale.
-		{"an ADD longer than the minimum age", dockerapi.Live{"net1": {"ep1": true}}, 800 * time.Millisecond},
-		// Docker was asked while the ADD ran, so its answer cannot hold the endpoint; the ADD has finished by
-		// the time reconciliation reads the records.
-		{"an endpoint answered after Docker was asked", dockerapi.Live{"net1": {}}, 800 * time.Millisecond},
+		{"an ADD longer than the minimum age", dockerapi.Live{"net1": {"ep1": true}}, false},
+		// Docker was asked while the ADD ran, so its answer cannot hold the endpoint yet.
+		{"an endpoint answered after Docker was asked", dockerapi.Live{"net1": {}}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, nw := scriptedChainStack(t, "slow-adder", slowAdder, teststack.Options{})
@@ -55,20 +55,20 @@ func TestReconcileSparesWorkInFlight(t *testing.T) {
 					state.Attachment{Phase: state.PhaseEndpoint, NetworkID: "net1", EndpointID: "ep1"})
 				added <- err
 			}()
-			time.Sleep(time.Until(start.Add(tc.askedAt)))
+			time.Sleep(time.Until(start.Add(askedAt)))
 			asked := time.Now()
 			if rec, err := s.Store.Attachment(id); err != nil || rec.Phase != state.PhaseAdding {
 				t.Fatalf("the ADD should be in flight when Docker is asked: record %+v, %v", rec, err)
 			}
-			if !tc.live["net1"]["ep1"] {
-				waitAdded(t, added) // the ADD finishes between Docker's answer and reconciliation
+			if tc.addEndsFirst {
+				waitAdded(t, added)
 			}
 			rep, err := s.Manager.Reconcile(ctx, attach.ReconcileOptions{Live: tc.live, MinAge: minAge, Now: asked})
 			testutil.Must(t, err)
 			if len(rep.Attachments) != 0 {
 				t.Errorf("reconciliation removed %+v", rep.Attachments)
 			}
-			if tc.live["net1"]["ep1"] {
+			if !tc.addEndsFirst {
 				waitAdded(t, added)
 			}
 			rec, err := s.Store.Attachment(id)
